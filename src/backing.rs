@@ -1,0 +1,250 @@
+//! Opened backing devices: regular files, block devices, and other devices of this mount
+//! (served in-process: going back through FUSE would deadlock the request threads).
+//!
+//! How a reference is shown in `table` text: the kernel prints `major:minor`. A block device
+//! keeps exactly that; a regular file has no device number, so its absolute path stands in;
+//! a device of this mount is shown as its path `MNT/dev/NAME` (following renames).
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use crate::device::Device;
+use crate::error::{DmError, DmResult};
+use crate::units::{Bytes, Sectors};
+
+/// Opens the device references that table lines name.
+pub trait DeviceResolver {
+    fn open(&self, reference: &str) -> DmResult<Arc<Backing>>;
+}
+
+enum Source {
+    /// A regular file or a block device, read and written with positioned I/O.
+    File { file: File, size: Sectors, name: String, short: String, id: (u64, u64) },
+    /// A device of this mount.
+    Mapped { device: Arc<Device>, mountpoint: Arc<Path> },
+}
+
+pub struct Backing {
+    source: Source,
+}
+
+impl Drop for Backing {
+    fn drop(&mut self) {
+        if let Source::Mapped { device, .. } = &self.source {
+            device.holders.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+fn eof_is_eio(e: io::Error) -> io::Error {
+    if e.kind() == io::ErrorKind::UnexpectedEof { io::Error::from_raw_os_error(libc::EIO) } else { e }
+}
+
+/// BLKGETSIZE64: the size of a block device in bytes.
+fn block_device_bytes(file: &File) -> io::Result<u64> {
+    use std::os::fd::AsRawFd;
+    const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
+    let mut size: u64 = 0;
+    // SAFETY: BLKGETSIZE64 writes one u64 through the pointer, which points at `size`.
+    let r = unsafe { libc::ioctl(file.as_raw_fd(), BLKGETSIZE64 as _, &mut size as *mut u64) };
+    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(size) }
+}
+
+impl Backing {
+    /// Opens a regular file or block device by path, read-write.
+    pub fn open_path(path: &Path) -> DmResult<Backing> {
+        let shown = path.display().to_string();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(path)
+            .map_err(|e| DmError::io(&shown, &e))?;
+        let meta = file.metadata().map_err(|e| DmError::io(&shown, &e))?;
+        let ft = meta.file_type();
+        let (size, name, short) = if ft.is_block_device() {
+            let bytes = block_device_bytes(&file).map_err(|e| DmError::io(&shown, &e))?;
+            let rdev = meta.rdev();
+            let name = format!("{}:{}", libc::major(rdev), libc::minor(rdev));
+            let short = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| name.clone());
+            (Bytes(bytes).sectors_floor(), name, short)
+        } else if ft.is_file() {
+            let name = path.to_string_lossy().into_owned();
+            (Bytes(meta.len()).sectors_floor(), name.clone(), name)
+        } else {
+            return Err(DmError::invalid(format!("{shown}: not a block device or regular file")));
+        };
+        Ok(Backing { source: Source::File { file, size, name, short, id: (meta.dev(), meta.ino()) } })
+    }
+
+    /// A reference to another device of this mount.
+    pub fn mapped(device: Arc<Device>, mountpoint: Arc<Path>) -> Backing {
+        device.holders.fetch_add(1, Ordering::SeqCst);
+        Backing { source: Source::Mapped { device, mountpoint } }
+    }
+
+    pub fn size(&self) -> Sectors {
+        match &self.source {
+            Source::File { size, .. } => *size,
+            Source::Mapped { device, .. } => device.size(),
+        }
+    }
+
+    /// The reference as a table prints it.
+    pub fn name(&self) -> String {
+        match &self.source {
+            Source::File { name, .. } => name.clone(),
+            Source::Mapped { device, mountpoint } => {
+                format!("{}/dev/{}", mountpoint.display(), device.name())
+            }
+        }
+    }
+
+    /// The name the kernel uses in messages (`vda`, not `254:0`).
+    pub fn short_name(&self) -> String {
+        match &self.source {
+            Source::File { short, .. } => short.clone(),
+            Source::Mapped { .. } => self.name(),
+        }
+    }
+
+    /// The device of this mount behind this reference, if it is one.
+    pub fn mapped_device(&self) -> Option<&Arc<Device>> {
+        match &self.source {
+            Source::Mapped { device, .. } => Some(device),
+            Source::File { .. } => None,
+        }
+    }
+
+    /// Whether two references name the same device.
+    pub fn same_device(&self, other: &Backing) -> bool {
+        match (&self.source, &other.source) {
+            (Source::File { id: a, .. }, Source::File { id: b, .. }) => a == b,
+            (Source::Mapped { device: a, .. }, Source::Mapped { device: b, .. }) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+
+    pub fn read_at(&self, at: Sectors, buf: &mut [u8]) -> io::Result<()> {
+        match &self.source {
+            Source::File { file, .. } => file.read_exact_at(buf, at.bytes().0).map_err(eof_is_eio),
+            Source::Mapped { device, .. } => device.read_sectors(at, buf),
+        }
+    }
+
+    pub fn write_at(&self, at: Sectors, buf: &[u8]) -> io::Result<()> {
+        match &self.source {
+            Source::File { file, .. } => file.write_all_at(buf, at.bytes().0),
+            Source::Mapped { device, .. } => device.write_sectors(at, buf),
+        }
+    }
+
+    pub fn flush(&self) -> io::Result<()> {
+        match &self.source {
+            Source::File { file, .. } => file.sync_data(),
+            Source::Mapped { device, .. } => device.flush(),
+        }
+    }
+}
+
+/// Resolves references the way a shell user expects: absolute paths, paths relative to the
+/// writing process's working directory, `major:minor`, and `MNT/dev/NAME` for this mount's own
+/// devices (recognised by path, never opened through FUSE).
+pub struct Resolver<'a> {
+    pub cwd: Option<PathBuf>,
+    pub mountpoint: Arc<Path>,
+    pub lookup: &'a dyn Fn(&str) -> Option<Arc<Device>>,
+}
+
+/// Resolves `.` and `..` without touching the filesystem (a path into this mount must not be
+/// looked up through it).
+fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
+
+/// `M:m` as a pair of numbers, if the reference has that shape.
+fn parse_major_minor(reference: &str) -> Option<(u32, u32)> {
+    let (maj, min) = reference.split_once(':')?;
+    if maj.is_empty() || min.is_empty() || !(maj.bytes().chain(min.bytes()).all(|b| b.is_ascii_digit())) {
+        return None;
+    }
+    Some((maj.parse().ok()?, min.parse().ok()?))
+}
+
+/// The /dev node of a block device number, from sysfs.
+fn block_device_path(major: u32, minor: u32) -> DmResult<PathBuf> {
+    let uevent = format!("/sys/dev/block/{major}:{minor}/uevent");
+    let text = std::fs::read_to_string(&uevent)
+        .map_err(|_| DmError::not_found(format!("{major}:{minor}: no such block device")))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("DEVNAME="))
+        .map(|n| Path::new("/dev").join(n))
+        .ok_or_else(|| DmError::not_found(format!("{major}:{minor}: no device node")))
+}
+
+impl DeviceResolver for Resolver<'_> {
+    fn open(&self, reference: &str) -> DmResult<Arc<Backing>> {
+        if let Some((major, minor)) = parse_major_minor(reference) {
+            return Backing::open_path(&block_device_path(major, minor)?).map(Arc::new);
+        }
+        let path = Path::new(reference);
+        let full = if path.is_absolute() {
+            normalize(path)
+        } else {
+            let cwd = self.cwd.as_ref().ok_or_else(|| {
+                DmError::invalid(format!("{reference}: relative path, but the writer's directory is unknown"))
+            })?;
+            normalize(&cwd.join(path))
+        };
+        if let Ok(inside) = full.strip_prefix(&*self.mountpoint) {
+            let mut parts = inside.components();
+            return match (parts.next(), parts.next(), parts.next()) {
+                (Some(Component::Normal(d)), Some(Component::Normal(name)), None) if d == "dev" => {
+                    let name = name.to_string_lossy();
+                    let device = (self.lookup)(&name)
+                        .ok_or_else(|| DmError::not_found(format!("{reference}: no such device")))?;
+                    Ok(Arc::new(Backing::mapped(device, self.mountpoint.clone())))
+                }
+                _ => Err(DmError::invalid(format!(
+                    "{reference}: not a device (devices of this mount are {}/dev/NAME)",
+                    self.mountpoint.display()
+                ))),
+            };
+        }
+        Backing::open_path(&full).map(Arc::new)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalize_is_lexical() {
+        assert_eq!(normalize(Path::new("/a/./b/../c")), PathBuf::from("/a/c"));
+        assert_eq!(normalize(Path::new("/../x")), PathBuf::from("/x"));
+    }
+
+    #[test]
+    fn major_minor_shape() {
+        assert_eq!(parse_major_minor("8:0"), Some((8, 0)));
+        assert_eq!(parse_major_minor("254:16"), Some((254, 16)));
+        assert_eq!(parse_major_minor("a:0"), None);
+        assert_eq!(parse_major_minor("8:"), None);
+        assert_eq!(parse_major_minor("/x:y"), None);
+    }
+}

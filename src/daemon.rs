@@ -1,0 +1,183 @@
+//! Mounting and unmounting: `dmfs mount` serves in the background once the mount is ready
+//! (like sshfs), or in the foreground with `-f`; SIGTERM, SIGINT and SIGHUP unmount cleanly.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use fuser::{Config, MountOption, Session, SessionACL};
+
+use crate::fs::DmFs;
+use crate::registry::Registry;
+
+pub struct MountOptions {
+    pub mountpoint: PathBuf,
+    pub foreground: bool,
+    pub allow_other: bool,
+    pub log_level: log::LevelFilter,
+    pub log_file: Option<PathBuf>,
+    pub threads: usize,
+}
+
+fn die(msg: &str) -> ! {
+    eprintln!("dmfs: {msg}");
+    std::process::exit(1)
+}
+
+/// The signals that end the daemon, blocked in every thread and taken by one.
+fn exit_signals() -> libc::sigset_t {
+    // SAFETY: sigemptyset/sigaddset only write the set they are given.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            libc::sigaddset(&mut set, s);
+        }
+        set
+    }
+}
+
+fn init_logging(opts: &MountOptions) -> std::io::Result<()> {
+    let config = simplelog::ConfigBuilder::new().set_time_format_rfc3339().build();
+    let sink: Box<dyn Write + Send> = match &opts.log_file {
+        Some(path) => Box::new(std::fs::OpenOptions::new().create(true).append(true).open(path)?),
+        None if opts.foreground => Box::new(std::io::stderr()),
+        None => return Ok(()),
+    };
+    let _ = simplelog::WriteLogger::init(opts.log_level, config, sink);
+    Ok(())
+}
+
+/// Points stdin, stdout and stderr at /dev/null once a background daemon has reported in.
+fn detach_stdio() {
+    if let Ok(null) = File::options().read(true).write(true).open("/dev/null") {
+        use std::os::fd::AsRawFd;
+        for fd in 0..3 {
+            // SAFETY: dup2 onto the standard descriptors; `null` stays open until the end.
+            unsafe { libc::dup2(null.as_raw_fd(), fd) };
+        }
+    }
+}
+
+/// Runs `dmfs mount`. Returns only in the foreground, after the mount has ended.
+pub fn mount(opts: MountOptions) {
+    let mountpoint = std::fs::canonicalize(&opts.mountpoint)
+        .unwrap_or_else(|e| die(&format!("{}: {e}", opts.mountpoint.display())));
+    if !mountpoint.is_dir() {
+        die(&format!("{}: not a directory", mountpoint.display()));
+    }
+
+    // In the background, fork first (before any thread exists); the parent waits until the
+    // child reports that the mount is ready, or why it failed.
+    let mut ready_pipe: Option<File> = None;
+    if !opts.foreground {
+        let mut fds = [0; 2];
+        // SAFETY: pipe writes two descriptors into `fds`.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            die(&format!("pipe: {}", std::io::Error::last_os_error()));
+        }
+        // SAFETY: both descriptors were just created and are owned here.
+        let (read_end, write_end) = unsafe { (File::from(OwnedFd::from_raw_fd(fds[0])), File::from(OwnedFd::from_raw_fd(fds[1]))) };
+        // SAFETY: no other thread exists yet, so the child is a complete copy.
+        match unsafe { libc::fork() } {
+            -1 => die(&format!("fork: {}", std::io::Error::last_os_error())),
+            0 => {
+                drop(read_end);
+                // SAFETY: setsid has no preconditions; the child leaves the terminal's session.
+                unsafe { libc::setsid() };
+                ready_pipe = Some(write_end);
+            }
+            _child => {
+                drop(write_end);
+                let mut msg = String::new();
+                let mut read_end = read_end;
+                let _ = read_end.read_to_string(&mut msg);
+                if msg == "ok" {
+                    std::process::exit(0);
+                }
+                die(if msg.is_empty() { "the mount daemon exited before the mount was ready" } else { &msg });
+            }
+        }
+    }
+    let fail = |msg: String| -> ! {
+        if let Some(mut p) = ready_pipe.as_ref() {
+            let _ = p.write_all(msg.as_bytes());
+        }
+        die(&msg)
+    };
+
+    if let Err(e) = init_logging(&opts) {
+        fail(format!("log file: {e}"));
+    }
+    let signals = exit_signals();
+    // SAFETY: blocks the exit signals in this thread; threads spawned later inherit the mask.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &signals, std::ptr::null_mut()) };
+
+    let registry = Arc::new(Registry::new(mountpoint.clone()));
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::FSName("dmfs".into()),
+        MountOption::Subtype("dmfs".into()),
+        MountOption::DefaultPermissions,
+        MountOption::NoSuid,
+        MountOption::NoDev,
+    ];
+    config.acl = if opts.allow_other { SessionACL::All } else { SessionACL::Owner };
+    config.n_threads = Some(opts.threads.max(1));
+    config.clone_fd = true;
+    let mut session = match Session::new(DmFs::new(registry.clone()), &mountpoint, &config) {
+        Ok(s) => s,
+        Err(e) => fail(format!("mount {}: {e}", mountpoint.display())),
+    };
+    let mut unmounter = session.unmount_callable();
+    let mnt = mountpoint.clone();
+    std::thread::spawn(move || {
+        let mut sig = 0;
+        // SAFETY: waits on the set blocked above; writes the signal number into `sig`.
+        unsafe { libc::sigwait(&signals, &mut sig) };
+        log::info!("signal {sig}: unmounting {}", mnt.display());
+        if let Err(e) = unmounter.unmount() {
+            // Busy: detach now, the kernel finishes the unmount when the last user leaves.
+            log::warn!("unmount {}: {e}; detaching lazily", mnt.display());
+            let _ = lazy_unmount(&mnt);
+        }
+    });
+    log::info!("mounted {} ({} threads)", mountpoint.display(), opts.threads);
+    if let Some(mut p) = ready_pipe.take() {
+        let _ = p.write_all(b"ok");
+        drop(p);
+        detach_stdio();
+    }
+    if let Err(e) = session.run() {
+        log::error!("session ended: {e}");
+    }
+    registry.flush_all();
+    log::info!("unmounted {}", mountpoint.display());
+}
+
+fn lazy_unmount(path: &Path) -> std::io::Result<()> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+    // SAFETY: `c` is a valid NUL-terminated path.
+    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+}
+
+/// `dmfs umount MNT`: umount(2) as root, fusermount3 -u for other users.
+pub fn umount(path: &Path) -> Result<(), String> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|e| e.to_string())?;
+    // SAFETY: `c` is a valid NUL-terminated path.
+    if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
+        return Ok(());
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() != Some(libc::EPERM) {
+        return Err(format!("umount {}: {err}", path.display()));
+    }
+    for helper in ["fusermount3", "fusermount"] {
+        if let Ok(status) = std::process::Command::new(helper).arg("-u").arg(path).status() {
+            return if status.success() { Ok(()) } else { Err(format!("{helper} -u {} failed", path.display())) };
+        }
+    }
+    Err(format!("umount {}: {err} (and no fusermount3 to unmount as a user)", path.display()))
+}

@@ -1,0 +1,477 @@
+//! The FUSE adapter: maps inodes to the registry's devices and files, and replies. It owns no
+//! business logic: tables are assembled in `control`, I/O is done by `device`, texts come from
+//! `table`, `report` and `target`.
+
+mod nodes;
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyWrite, Request, WriteFlags,
+};
+use parking_lot::{Mutex, RwLock};
+
+use crate::control::{Command, CommandInput, CreateSession};
+use crate::device::Device;
+use crate::error::DmError;
+use crate::registry::Registry;
+use crate::units::Bytes;
+use nodes::{CtlFile, DmFile, Node};
+
+/// Nothing is cached by the kernel: devices come and go, and their texts change.
+const TTL: Duration = Duration::ZERO;
+
+enum Handle {
+    Dev(Arc<Device>),
+    /// A text file's content, taken at open so one reader sees one consistent text.
+    Text(Vec<u8>),
+    Create(Mutex<Option<CreateSession>>),
+    Command(Mutex<CommandInput>),
+}
+
+pub struct DmFs {
+    registry: Arc<Registry>,
+    handles: RwLock<HashMap<u64, Arc<Handle>>>,
+    next_fh: AtomicU64,
+    uid: u32,
+    gid: u32,
+    started: SystemTime,
+}
+
+fn errno(e: &DmError) -> Errno {
+    Errno::from_i32(e.errno)
+}
+
+fn io_errno(e: &std::io::Error) -> Errno {
+    Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+/// The working directory of the process behind a request, for relative paths in tables.
+fn cwd_of(pid: u32) -> Option<PathBuf> {
+    std::fs::read_link(format!("/proc/{pid}/cwd")).ok()
+}
+
+impl DmFs {
+    pub fn new(registry: Arc<Registry>) -> DmFs {
+        // SAFETY: getuid and getgid cannot fail.
+        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        DmFs {
+            registry,
+            handles: RwLock::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            uid,
+            gid,
+            started: SystemTime::now(),
+        }
+    }
+
+    fn device(&self, id: u64) -> Option<Arc<Device>> {
+        self.registry.get_by_id(id)
+    }
+
+    /// The text a readable file shows, or None if the node is gone.
+    fn text(&self, node: Node) -> Option<String> {
+        Some(match node {
+            Node::Ctl(CtlFile::Targets) => crate::target::targets_text(),
+            Node::Ctl(CtlFile::Version) => crate::report::version_text(),
+            Node::Ctl(CtlFile::Errors) => self.registry.errors.text(),
+            Node::DmFile(id, f) => {
+                let device = self.device(id)?;
+                match f {
+                    DmFile::Table => device.table().table_text(),
+                    DmFile::Status => device.table().status_text(),
+                    DmFile::Info => crate::report::info_text(&device),
+                    DmFile::Deps => crate::report::deps_text(&device),
+                }
+            }
+            _ => String::new(),
+        })
+    }
+
+    /// Attributes of a node, or None if it no longer exists.
+    fn attr(&self, node: Node) -> Option<FileAttr> {
+        let (perm, size) = match node {
+            Node::DevFile(id) => (0o644, self.device(id)?.size().bytes().0),
+            Node::DmDevDir(id) => {
+                self.device(id)?;
+                (0o755, 0)
+            }
+            Node::DmFile(..) | Node::Ctl(CtlFile::Targets | CtlFile::Version | CtlFile::Errors) => {
+                (0o444, self.text(node)?.len() as u64)
+            }
+            Node::Ctl(CtlFile::Remove) => (0o200, 0),
+            Node::Pending(_) => (0o200, 0),
+            _ => (0o755, 0),
+        };
+        let kind = node.kind();
+        Some(FileAttr {
+            ino: node.ino(),
+            size,
+            blocks: size.div_ceil(512),
+            atime: self.started,
+            mtime: self.started,
+            ctime: self.started,
+            crtime: self.started,
+            kind,
+            perm,
+            nlink: if kind == FileType::Directory { 2 } else { 1 },
+            uid: self.uid,
+            gid: self.gid,
+            rdev: 0,
+            blksize: 4096,
+            flags: 0,
+        })
+    }
+
+    fn child(&self, parent: Node, name: &str) -> Option<Node> {
+        match parent {
+            Node::Root => match name {
+                "ctl" => Some(Node::CtlDir),
+                "dev" => Some(Node::DevDir),
+                "dm" => Some(Node::DmDir),
+                _ => None,
+            },
+            Node::CtlDir => {
+                if name == "create" {
+                    return Some(Node::CreateDir);
+                }
+                CtlFile::ALL.into_iter().find(|f| f.name() == name).map(Node::Ctl)
+            }
+            Node::DevDir => self.registry.get(name).map(|d| Node::DevFile(d.id)),
+            Node::DmDir => self.registry.get(name).map(|d| Node::DmDevDir(d.id)),
+            Node::DmDevDir(id) => DmFile::ALL.into_iter().find(|f| f.name() == name).map(|f| Node::DmFile(id, f)),
+            _ => None,
+        }
+    }
+
+    /// Directory entries after "." and "..".
+    fn children(&self, dir: Node) -> Option<Vec<(Node, String)>> {
+        Some(match dir {
+            Node::Root => vec![
+                (Node::CtlDir, "ctl".into()),
+                (Node::DevDir, "dev".into()),
+                (Node::DmDir, "dm".into()),
+            ],
+            Node::CtlDir => std::iter::once((Node::CreateDir, "create".to_string()))
+                .chain(CtlFile::ALL.into_iter().map(|f| (Node::Ctl(f), f.name().to_string())))
+                .collect(),
+            Node::CreateDir => Vec::new(),
+            Node::DevDir => self.registry.list().into_iter().map(|d| (Node::DevFile(d.id), d.name())).collect(),
+            Node::DmDir => self.registry.list().into_iter().map(|d| (Node::DmDevDir(d.id), d.name())).collect(),
+            Node::DmDevDir(id) => {
+                self.device(id)?;
+                DmFile::ALL.into_iter().map(|f| (Node::DmFile(id, f), f.name().to_string())).collect()
+            }
+            _ => return None,
+        })
+    }
+
+    fn add_handle(&self, handle: Handle) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::SeqCst);
+        self.handles.write().insert(fh, Arc::new(handle));
+        fh
+    }
+
+    fn handle(&self, fh: FileHandle) -> Option<Arc<Handle>> {
+        self.handles.read().get(&fh.0).cloned()
+    }
+
+    fn parent_of(node: Node) -> Node {
+        match node {
+            Node::CtlDir | Node::DevDir | Node::DmDir | Node::Root => Node::Root,
+            Node::CreateDir => Node::CtlDir,
+            Node::DmDevDir(_) => Node::DmDir,
+            _ => Node::Root,
+        }
+    }
+}
+
+impl Filesystem for DmFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // Optional speed-ups; a kernel without them still works.
+        for flag in [InitFlags::FUSE_ASYNC_DIO, InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP, InitFlags::FUSE_PARALLEL_DIROPS] {
+            let _ = config.add_capabilities(flag);
+        }
+        Ok(())
+    }
+
+    fn destroy(&mut self) {
+        self.registry.flush_all();
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let (Some(parent), Some(name)) = (Node::from_ino(parent), name.to_str()) else {
+            return reply.error(Errno::ENOENT);
+        };
+        match self.child(parent, name).and_then(|n| self.attr(n)) {
+            Some(attr) => reply.entry(&TTL, &attr, Generation(0)),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match Node::from_ino(ino).and_then(|n| self.attr(n)) {
+            Some(attr) => reply.attr(&TTL, &attr),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _mode: Option<u32>,
+        _uid: Option<u32>,
+        _gid: Option<u32>,
+        size: Option<u64>,
+        _atime: Option<fuser::TimeOrNow>,
+        _mtime: Option<fuser::TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let Some(node) = Node::from_ino(ino) else { return reply.error(Errno::ENOENT) };
+        let Some(attr) = self.attr(node) else { return reply.error(Errno::ENOENT) };
+        if let Some(size) = size {
+            let ok = match node {
+                // A device's size is its table's: only a no-op "truncate" to that size passes.
+                Node::DevFile(_) => size == attr.size,
+                // `echo NAME > ctl/remove` truncates before writing.
+                Node::Ctl(f) if f.writable() => size == 0,
+                Node::Pending(_) => size == 0,
+                _ => false,
+            };
+            if !ok {
+                if let Node::DevFile(id) = node {
+                    let name = self.device(id).map(|d| d.name()).unwrap_or_default();
+                    let err = DmError::invalid(format!(
+                        "dev/{name} has the fixed size of its table ({} bytes) and cannot be truncated \
+                         (use dd conv=notrunc)",
+                        attr.size
+                    ));
+                    self.registry.errors.record("truncate", &name, &err);
+                }
+                return reply.error(if attr.kind == FileType::Directory { Errno::EISDIR } else { Errno::EINVAL });
+            }
+        }
+        reply.attr(&TTL, &attr)
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let (Some(Node::DevDir), Some(name)) = (Node::from_ino(parent), name.to_str()) else {
+            return reply.error(Errno::EACCES);
+        };
+        match self.registry.remove(name) {
+            Ok(()) => reply.ok(),
+            Err(e) => {
+                self.registry.errors.record("remove", name, &e);
+                reply.error(errno(&e))
+            }
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let Some(node) = Node::from_ino(ino) else { return reply.error(Errno::ENOENT) };
+        let writing = flags.acc_mode() != fuser::OpenAccMode::O_RDONLY;
+        let handle = match node {
+            Node::DevFile(id) => {
+                let Some(device) = self.device(id) else { return reply.error(Errno::ENOENT) };
+                device.open_count.fetch_add(1, Ordering::SeqCst);
+                Handle::Dev(device)
+            }
+            Node::Ctl(CtlFile::Remove) => Handle::Command(Mutex::new(CommandInput::new(Command::Remove))),
+            Node::Ctl(_) | Node::DmFile(..) => {
+                if writing {
+                    return reply.error(Errno::EACCES);
+                }
+                let Some(text) = self.text(node) else { return reply.error(Errno::ENOENT) };
+                Handle::Text(text.into_bytes())
+            }
+            Node::Pending(_) => return reply.error(Errno::ENOENT),
+            _ => return reply.error(Errno::EISDIR),
+        };
+        let fh = self.add_handle(handle);
+        reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES)
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        if Node::from_ino(parent) != Some(Node::CreateDir) {
+            return reply.error(Errno::EACCES);
+        }
+        let Some(name) = name.to_str() else {
+            let err = DmError::invalid("Invalid device name: not UTF-8");
+            self.registry.errors.record("create", &name.to_string_lossy(), &err);
+            return reply.error(errno(&err));
+        };
+        match CreateSession::start(&self.registry, name, cwd_of(req.pid())) {
+            Ok(session) => {
+                let fh = self.add_handle(Handle::Create(Mutex::new(Some(session))));
+                let attr = self.attr(Node::Pending(fh)).expect("pending nodes always have attributes");
+                reply.created(&TTL, &attr, Generation(0), FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO)
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let Some(handle) = self.handle(fh) else { return reply.error(Errno::EBADF) };
+        match &*handle {
+            Handle::Dev(device) => {
+                let mut buf = vec![0u8; size as usize];
+                match device.read(Bytes(offset), &mut buf) {
+                    Ok(n) => reply.data(&buf[..n]),
+                    Err(e) => reply.error(io_errno(&e)),
+                }
+            }
+            Handle::Text(text) => {
+                let start = std::cmp::min(offset as usize, text.len());
+                let end = std::cmp::min(start + size as usize, text.len());
+                reply.data(&text[start..end])
+            }
+            Handle::Create(_) | Handle::Command(_) => reply.error(Errno::EBADF),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let Some(handle) = self.handle(fh) else { return reply.error(Errno::EBADF) };
+        let result = match &*handle {
+            Handle::Dev(device) => {
+                return match device.write(Bytes(offset), data) {
+                    Ok(n) => reply.written(n as u32),
+                    Err(e) => reply.error(io_errno(&e)),
+                };
+            }
+            Handle::Create(session) => match &mut *session.lock() {
+                Some(s) => s.write(&self.registry, data),
+                None => return reply.error(Errno::EBADF),
+            },
+            Handle::Command(input) => input.lock().write(&self.registry, data),
+            Handle::Text(_) => return reply.error(Errno::EBADF),
+        };
+        match result {
+            Ok(()) => reply.written(data.len() as u32),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn flush(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        let Some(handle) = self.handle(fh) else { return reply.ok() };
+        let result = match &*handle {
+            Handle::Create(session) => match &mut *session.lock() {
+                Some(s) => s.commit(&self.registry),
+                None => Ok(()),
+            },
+            Handle::Command(input) => input.lock().flush(&self.registry),
+            Handle::Dev(_) | Handle::Text(_) => Ok(()),
+        };
+        match result {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        let handle = self.handles.write().remove(&fh.0);
+        if let Some(handle) = handle {
+            match &*handle {
+                Handle::Dev(device) => {
+                    device.open_count.fetch_sub(1, Ordering::SeqCst);
+                }
+                Handle::Create(session) => {
+                    if let Some(s) = session.lock().take() {
+                        s.close(&self.registry);
+                    }
+                }
+                Handle::Command(input) => {
+                    let _ = input.lock().flush(&self.registry);
+                }
+                Handle::Text(_) => {}
+            }
+        }
+        reply.ok()
+    }
+
+    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        let Some(handle) = self.handle(fh) else { return reply.error(Errno::EBADF) };
+        match &*handle {
+            Handle::Dev(device) => match device.flush() {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(io_errno(&e)),
+            },
+            _ => reply.ok(),
+        }
+    }
+
+    /// No extended attributes; ENOSYS tells the kernel to stop asking.
+    fn getxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: fuser::ReplyXattr) {
+        reply.error(Errno::ENOSYS)
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: fuser::ReplyXattr) {
+        reply.error(Errno::ENOSYS)
+    }
+
+    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let Some(dir) = Node::from_ino(ino) else { return reply.error(Errno::ENOENT) };
+        let Some(children) = self.children(dir) else { return reply.error(Errno::ENOTDIR) };
+        let entries = [(dir, ".".to_string()), (Self::parent_of(dir), "..".to_string())]
+            .into_iter()
+            .chain(children);
+        for (i, (node, name)) in entries.enumerate().skip(offset as usize) {
+            if reply.add(node.ino(), (i + 1) as u64, node.kind(), name) {
+                break;
+            }
+        }
+        reply.ok()
+    }
+}

@@ -1,0 +1,180 @@
+//! All devices of a mount by name: create, remove, lookup, and the names being created.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::RwLock;
+
+use crate::backing::Resolver;
+use crate::device::Device;
+use crate::errlog::ErrorLog;
+use crate::error::{DmError, DmResult};
+use crate::table::Table;
+
+/// The kernel's DM_NAME_LEN is 128 bytes including the terminating NUL.
+pub const MAX_NAME_BYTES: usize = 127;
+/// Most devices one mount holds.
+pub const MAX_DEVICES: usize = 65_536;
+
+#[derive(Default)]
+struct Devices {
+    by_name: BTreeMap<String, Arc<Device>>,
+    by_id: HashMap<u64, Arc<Device>>,
+    /// Names whose tables are being written: taken, but not yet visible.
+    reserved: HashSet<String>,
+}
+
+pub struct Registry {
+    mountpoint: Arc<Path>,
+    devices: RwLock<Devices>,
+    next_id: AtomicU64,
+    pub errors: ErrorLog,
+}
+
+/// Checks a device name against the kernel's rules (non-empty, shorter than DM_NAME_LEN, no
+/// '/') and what a file name needs besides (not "." or "..", no NUL).
+pub fn check_name(name: &str) -> DmResult<()> {
+    if name.is_empty() {
+        return Err(DmError::invalid("Invalid device name: empty"));
+    }
+    if name.len() > MAX_NAME_BYTES {
+        return Err(DmError::invalid(format!(
+            "Invalid device name: longer than {MAX_NAME_BYTES} bytes"
+        )));
+    }
+    if name.contains('/') || name.contains('\0') || name == "." || name == ".." {
+        return Err(DmError::invalid(format!("Invalid device name '{name}'")));
+    }
+    Ok(())
+}
+
+impl Registry {
+    pub fn new(mountpoint: PathBuf) -> Registry {
+        Registry {
+            mountpoint: Arc::from(mountpoint),
+            devices: RwLock::new(Devices::default()),
+            next_id: AtomicU64::new(0),
+            errors: ErrorLog::default(),
+        }
+    }
+
+    pub fn mountpoint(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// Takes `name` for a table about to be written. EBUSY if a device has it or another
+    /// writer took it first, as the kernel answers for a taken name.
+    pub fn reserve(&self, name: &str) -> DmResult<()> {
+        check_name(name)?;
+        let mut d = self.devices.write();
+        if d.by_name.contains_key(name) || d.reserved.contains(name) {
+            return Err(DmError::busy(format!("Device {name} already exists")));
+        }
+        if d.by_name.len() + d.reserved.len() >= MAX_DEVICES {
+            return Err(DmError::new(libc::ENOSPC, format!("too many devices (limit {MAX_DEVICES})")));
+        }
+        d.reserved.insert(name.to_string());
+        Ok(())
+    }
+
+    /// Gives back a name taken with `reserve` that never became a device.
+    pub fn unreserve(&self, name: &str) {
+        self.devices.write().reserved.remove(name);
+    }
+
+    /// Makes a device of a reserved name live with `table`.
+    pub fn create(&self, name: &str, table: Table) -> DmResult<Arc<Device>> {
+        let mut d = self.devices.write();
+        if !d.reserved.remove(name) {
+            return Err(DmError::busy(format!("Device {name} already exists")));
+        }
+        let id = self.next_id.fetch_add(1, Ordering::SeqCst);
+        let device = Arc::new(Device::new(id, name.to_string(), table));
+        d.by_name.insert(name.to_string(), device.clone());
+        d.by_id.insert(id, device.clone());
+        log::info!("created {name} ({} sectors)", device.size());
+        Ok(device)
+    }
+
+    /// Removes a device: refused while it is open or another device's table uses it.
+    pub fn remove(&self, name: &str) -> DmResult<()> {
+        let mut d = self.devices.write();
+        let device = d
+            .by_name
+            .get(name)
+            .cloned()
+            .ok_or_else(|| DmError::not_found(format!("Device {name} not found")))?;
+        if device.in_use() {
+            return Err(DmError::busy(format!("Device {name} is in use by another device")));
+        }
+        if device.is_open() {
+            return Err(DmError::busy(format!("Device {name} is open")));
+        }
+        d.by_name.remove(name);
+        d.by_id.remove(&device.id);
+        drop(d);
+        // The table goes with the device: references it held to other devices are released
+        // once the last reader drops its Arc.
+        if let Err(e) = device.flush() {
+            log::warn!("remove {name}: flush failed: {e}");
+        }
+        log::info!("removed {name}");
+        Ok(())
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<Device>> {
+        self.devices.read().by_name.get(name).cloned()
+    }
+
+    pub fn get_by_id(&self, id: u64) -> Option<Arc<Device>> {
+        self.devices.read().by_id.get(&id).cloned()
+    }
+
+    /// All devices, by name.
+    pub fn list(&self) -> Vec<Arc<Device>> {
+        self.devices.read().by_name.values().cloned().collect()
+    }
+
+    /// Runs `f` with a resolver for references written by a process whose working directory is
+    /// `cwd`.
+    pub fn with_resolver<T>(&self, cwd: Option<PathBuf>, f: impl FnOnce(&Resolver<'_>) -> T) -> T {
+        let lookup = |name: &str| self.get(name);
+        let resolver = Resolver { cwd, mountpoint: self.mountpoint.clone(), lookup: &lookup };
+        f(&resolver)
+    }
+
+    /// Flushes every device (unmount, fsync of the whole mount).
+    pub fn flush_all(&self) {
+        for device in self.list() {
+            if let Err(e) = device.flush() {
+                log::warn!("flush {}: {e}", device.name());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(check_name("a").is_ok());
+        assert!(check_name(&"x".repeat(127)).is_ok());
+        assert!(check_name(&"x".repeat(128)).is_err());
+        for bad in ["", ".", "..", "a/b"] {
+            assert_eq!(check_name(bad).unwrap_err().errno, libc::EINVAL, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn reserve_is_exclusive() {
+        let r = Registry::new(PathBuf::from("/nonexistent"));
+        r.reserve("a").unwrap();
+        assert_eq!(r.reserve("a").unwrap_err().errno, libc::EBUSY);
+        r.unreserve("a");
+        r.reserve("a").unwrap();
+    }
+}

@@ -1,0 +1,329 @@
+//! Table text <-> typed lines: parsing as dmsetup and the kernel do it, validation of the layout
+//! (contiguous from sector 0), and the canonical text `dmsetup table` prints.
+//!
+//! A `TableBuilder` takes the text a line at a time, so a bad line is refused by the very write
+//! that carried it; `finish` checks the whole table once more before anything goes live.
+
+use std::sync::Arc;
+
+use crate::backing::{Backing, DeviceResolver};
+use crate::error::{DmError, DmResult};
+use crate::target::{self, Ctor, Target};
+use crate::units::Sectors;
+
+/// Longest accepted table line, in bytes (the kernel has no fixed limit; dmfs keeps memory
+/// bounded against a runaway writer).
+pub const MAX_LINE_BYTES: usize = 64 * 1024;
+/// Most lines one table may have.
+pub const MAX_TABLE_LINES: usize = 1_000_000;
+/// The kernel's DM_MAX_TYPE_NAME is 16 bytes including the terminating NUL.
+const MAX_TYPE_NAME: usize = 15;
+
+/// One table line as written: `start length target_type args...`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableLine {
+    pub start: Sectors,
+    pub len: Sectors,
+    pub target_type: String,
+    pub args: Vec<String>,
+}
+
+/// Parses a decimal sector count the way dmsetup reads start and length: digits only.
+fn parse_sectors(field: &str, what: &str) -> DmResult<Sectors> {
+    if field.is_empty() || !field.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(DmError::invalid(format!("Invalid {what} '{field}': not a decimal sector count")));
+    }
+    field
+        .parse::<u64>()
+        .map(Sectors)
+        .map_err(|_| DmError::invalid(format!("Invalid {what} '{field}': too large")))
+}
+
+/// Splits target arguments as the kernel's `dm_split_args` does: on white space, with a
+/// backslash quoting the next character.
+pub fn split_args(text: &str) -> Vec<String> {
+    let mut args = Vec::new();
+    let mut current = String::new();
+    let mut in_word = false;
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            if let Some(next) = chars.next() {
+                current.push(next);
+            }
+            in_word = true;
+        } else if c.is_ascii_whitespace() {
+            if in_word {
+                args.push(std::mem::take(&mut current));
+                in_word = false;
+            }
+        } else {
+            current.push(c);
+            in_word = true;
+        }
+    }
+    if in_word {
+        args.push(current);
+    }
+    args
+}
+
+/// The first white-space separated word of `s` and what follows it.
+fn next_word(s: &str) -> Option<(&str, &str)> {
+    let s = s.trim_start_matches(|c: char| c.is_ascii_whitespace());
+    if s.is_empty() {
+        return None;
+    }
+    let end = s.find(|c: char| c.is_ascii_whitespace()).unwrap_or(s.len());
+    Some((&s[..end], &s[end..]))
+}
+
+impl TableLine {
+    /// Parses one line of table text. Blank lines and lines whose first non-blank character is
+    /// `#` are not table lines (dmsetup skips them): `Ok(None)`.
+    pub fn parse(text: &str) -> DmResult<Option<TableLine>> {
+        let trimmed = text.trim_matches(|c: char| c.is_ascii_whitespace());
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            return Ok(None);
+        }
+        if let Some(c) = trimmed.chars().find(|c| c.is_control() && *c != '\t') {
+            return Err(DmError::invalid(format!(
+                "Invalid character {:?} in table line",
+                c
+            )));
+        }
+        let words = next_word(trimmed)
+            .and_then(|(start, rest)| next_word(rest).map(|(len, rest)| (start, len, rest)))
+            .and_then(|(start, len, rest)| next_word(rest).map(|(ty, rest)| (start, len, ty, rest)));
+        let Some((start, len, ty, rest)) = words else {
+            return Err(DmError::invalid(
+                "Invalid format: a table line is 'start length target_type [args...]'",
+            ));
+        };
+        let start = parse_sectors(start, "start sector")?;
+        let len = parse_sectors(len, "length")?;
+        if ty.len() > MAX_TYPE_NAME {
+            return Err(DmError::invalid(format!("{ty}: unknown target type")));
+        }
+        Ok(Some(TableLine { start, len, target_type: ty.to_string(), args: split_args(rest) }))
+    }
+}
+
+/// A target placed in a table: its extent and the constructed target. Targets are shared
+/// (`Arc`) so a table can be extended or replaced without rebuilding the lines it keeps.
+#[derive(Clone)]
+pub struct Entry {
+    pub start: Sectors,
+    pub len: Sectors,
+    pub target_type: &'static str,
+    pub target: Arc<dyn Target>,
+}
+
+/// A complete, validated table: contiguous entries from sector 0.
+#[derive(Clone)]
+pub struct Table {
+    entries: Vec<Entry>,
+    len: Sectors,
+}
+
+impl Table {
+    pub fn len(&self) -> Sectors {
+        self.len
+    }
+
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
+    /// Index of the entry holding `sector` (which must be inside the table).
+    fn entry_index(&self, sector: Sectors) -> usize {
+        self.entries.partition_point(|e| e.start <= sector) - 1
+    }
+
+    /// Walks the entries covering `count` sectors from `start`, giving each the offset inside
+    /// its target and the byte range of the caller's buffer it covers.
+    fn for_each_piece(
+        &self,
+        start: Sectors,
+        count: Sectors,
+        mut f: impl FnMut(&Entry, Sectors, std::ops::Range<usize>) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        let end = start + count;
+        if end > self.len {
+            return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+        let mut sector = start;
+        let mut i = if count.0 == 0 { return Ok(()) } else { self.entry_index(start) };
+        while sector < end {
+            let e = &self.entries[i];
+            let piece_end = std::cmp::min(end, e.start + e.len);
+            let from = (sector - start).bytes().0 as usize;
+            let to = (piece_end - start).bytes().0 as usize;
+            f(e, sector - e.start, from..to)?;
+            sector = piece_end;
+            i += 1;
+        }
+        Ok(())
+    }
+
+    /// Reads whole sectors; `buf.len()` must be a multiple of 512.
+    pub fn read(&self, start: Sectors, buf: &mut [u8]) -> std::io::Result<()> {
+        let count = Sectors(buf.len() as u64 / crate::units::SECTOR_SIZE);
+        self.for_each_piece(start, count, |e, off, range| e.target.read(off, &mut buf[range]))
+    }
+
+    /// Writes whole sectors; `buf.len()` must be a multiple of 512.
+    pub fn write(&self, start: Sectors, buf: &[u8]) -> std::io::Result<()> {
+        let count = Sectors(buf.len() as u64 / crate::units::SECTOR_SIZE);
+        self.for_each_piece(start, count, |e, off, range| e.target.write(off, &buf[range]))
+    }
+
+    pub fn flush(&self) -> std::io::Result<()> {
+        for e in &self.entries {
+            e.target.flush()?;
+        }
+        Ok(())
+    }
+
+    /// The table as `dmsetup table` prints it: `start length type args`, one line each.
+    pub fn table_text(&self) -> String {
+        self.lines_with(|t| t.table_args())
+    }
+
+    /// The status as `dmsetup status` prints it.
+    pub fn status_text(&self) -> String {
+        self.lines_with(|t| t.status())
+    }
+
+    fn lines_with(&self, params: impl Fn(&dyn Target) -> String) -> String {
+        let mut out = String::new();
+        for e in &self.entries {
+            // dmsetup prints "%llu %llu %s %s\n": a target with empty parameters keeps the
+            // space before them.
+            out.push_str(&format!("{} {} {} {}\n", e.start, e.len, e.target_type, params(&*e.target)));
+        }
+        out
+    }
+
+    /// Every backing device the table refers to, in table order, each once.
+    pub fn devices(&self) -> Vec<Arc<Backing>> {
+        let mut out: Vec<Arc<Backing>> = Vec::new();
+        for e in &self.entries {
+            for d in e.target.devices() {
+                if !out.iter().any(|o| o.same_device(&d)) {
+                    out.push(d);
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Builds a table line by line, constructing each target as its line arrives.
+pub struct TableBuilder {
+    entries: Vec<Entry>,
+    next_start: Sectors,
+    line_no: usize,
+}
+
+impl Default for TableBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TableBuilder {
+    pub fn new() -> TableBuilder {
+        TableBuilder { entries: Vec::new(), next_start: Sectors(0), line_no: 0 }
+    }
+
+    /// Number of table lines accepted so far.
+    pub fn lines(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Parses, validates and constructs one line of text. The error names the line number.
+    pub fn add_line(&mut self, text: &str, resolver: &dyn DeviceResolver) -> DmResult<()> {
+        self.line_no += 1;
+        let line_no = self.line_no;
+        self.add_parsed(text, resolver).map_err(|e| e.context(format!("line {line_no}")))
+    }
+
+    fn add_parsed(&mut self, text: &str, resolver: &dyn DeviceResolver) -> DmResult<()> {
+        if text.len() > MAX_LINE_BYTES {
+            return Err(DmError::invalid(format!("table line longer than {MAX_LINE_BYTES} bytes")));
+        }
+        let Some(line) = TableLine::parse(text)? else { return Ok(()) };
+        let Some(ty) = target::find_type(&line.target_type) else {
+            return Err(DmError::invalid(format!("{}: unknown target type", line.target_type)));
+        };
+        if self.entries.len() >= MAX_TABLE_LINES {
+            return Err(DmError::invalid(format!("{}: too many targets (limit {MAX_TABLE_LINES})", ty.name)));
+        }
+        if line.len.0 == 0 {
+            return Err(DmError::invalid(format!("{}: zero-length target", ty.name)));
+        }
+        // The kernel's adjoin(): the first line starts at 0, each next one where the last ended.
+        if line.start != self.next_start {
+            return Err(DmError::invalid(format!("{}: Gap in table", ty.name)));
+        }
+        let Some(end) = line.start.checked_add(line.len) else {
+            return Err(DmError::invalid(format!("{}: target runs past the largest sector", ty.name)));
+        };
+        let ctor = Ctor { len: line.len, resolver };
+        let target = (ty.construct)(&ctor, &line.args).map_err(|e| e.context(ty.name))?;
+        self.entries.push(Entry { start: line.start, len: line.len, target_type: ty.name, target: Arc::from(target) });
+        self.next_start = end;
+        Ok(())
+    }
+
+    /// The table so far, checked as a whole: at least one line, contiguous from 0.
+    pub fn table(&self) -> DmResult<Table> {
+        if self.entries.is_empty() {
+            return Err(DmError::invalid("empty table: no target lines"));
+        }
+        let mut expect = Sectors(0);
+        for e in &self.entries {
+            if e.start != expect {
+                return Err(DmError::invalid(format!("{}: Gap in table", e.target_type)));
+            }
+            expect = e.start + e.len;
+        }
+        Ok(Table { entries: self.entries.clone(), len: expect })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_skips_comments_and_blanks() {
+        assert_eq!(TableLine::parse("").unwrap(), None);
+        assert_eq!(TableLine::parse("   \t").unwrap(), None);
+        assert_eq!(TableLine::parse("  # 0 8 zero").unwrap(), None);
+    }
+
+    #[test]
+    fn parse_fields() {
+        let l = TableLine::parse(" 0  8\tlinear  /a\\ b   16 ").unwrap().unwrap();
+        assert_eq!(l.start, Sectors(0));
+        assert_eq!(l.len, Sectors(8));
+        assert_eq!(l.target_type, "linear");
+        assert_eq!(l.args, vec!["/a b".to_string(), "16".to_string()]);
+    }
+
+    #[test]
+    fn parse_rejects_bad_numbers() {
+        for bad in ["x 8 zero", "0 -8 zero", "0 0x10 zero", "0 8", "0", "0 99999999999999999999 zero"] {
+            let e = TableLine::parse(bad).unwrap_err();
+            assert_eq!(e.errno, libc::EINVAL, "{bad}");
+        }
+    }
+
+    #[test]
+    fn split_args_escapes() {
+        assert_eq!(split_args("a  b\\ c \\\\d"), vec!["a", "b c", "\\d"]);
+        assert!(split_args("   ").is_empty());
+    }
+}

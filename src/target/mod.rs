@@ -1,0 +1,136 @@
+//! Target types. Each file is one target, the way the kernel's `struct target_type` is one
+//! unit: a constructor that checks every argument and names the wrong one, sector arithmetic,
+//! and `table`/`status` text in the kernel's format. Adding a target means adding one file and
+//! one line in `TARGET_TYPES`.
+
+use std::io;
+use std::sync::Arc;
+
+use crate::backing::{Backing, DeviceResolver};
+use crate::error::{DmError, DmResult};
+use crate::units::Sectors;
+
+mod error;
+mod linear;
+mod striped;
+mod zero;
+
+/// A constructed target, serving sector ranges relative to its own start.
+pub trait Target: Send + Sync {
+    /// Reads `buf.len() / 512` sectors starting `offset` sectors into the target.
+    fn read(&self, offset: Sectors, buf: &mut [u8]) -> io::Result<()>;
+    /// Writes `buf.len() / 512` sectors starting `offset` sectors into the target.
+    fn write(&self, offset: Sectors, buf: &[u8]) -> io::Result<()>;
+    /// Makes written data durable on the backing devices.
+    fn flush(&self) -> io::Result<()> {
+        for d in self.devices() {
+            d.flush()?;
+        }
+        Ok(())
+    }
+    /// The parameters `dmsetup table` prints after the target type.
+    fn table_args(&self) -> String;
+    /// The parameters `dmsetup status` prints after the target type.
+    fn status(&self) -> String {
+        String::new()
+    }
+    /// The devices this target maps onto (what `dmsetup deps` lists).
+    fn devices(&self) -> Vec<Arc<Backing>> {
+        Vec::new()
+    }
+}
+
+/// What a constructor gets besides its arguments: the line's length and a way to open the
+/// devices it names.
+pub struct Ctor<'a> {
+    pub len: Sectors,
+    pub resolver: &'a dyn DeviceResolver,
+}
+
+impl Ctor<'_> {
+    /// Opens a device reference and checks that `len` sectors from `start` lie inside it, as the
+    /// kernel's `device_area_is_invalid` does.
+    pub fn get_device(&self, reference: &str, start: Sectors, len: Sectors) -> DmResult<Arc<Backing>> {
+        let dev = self.resolver.open(reference)?;
+        let size = dev.size();
+        let fits = start < size && start.checked_add(len).is_some_and(|end| end <= size);
+        if !fits {
+            return Err(DmError::invalid(format!(
+                "{} too small for target: start={}, len={}, dev_size={}",
+                dev.short_name(),
+                start,
+                len,
+                size
+            )));
+        }
+        Ok(dev)
+    }
+}
+
+pub type Constructor = fn(&Ctor<'_>, &[String]) -> DmResult<Box<dyn Target>>;
+
+pub struct TargetType {
+    pub name: &'static str,
+    /// The version the kernel (Debian's 6.1, the oracle's) reports for this target.
+    pub version: [u32; 3],
+    pub construct: Constructor,
+}
+
+/// Every target type dmfs implements.
+pub static TARGET_TYPES: &[TargetType] = &[
+    linear::TYPE,
+    striped::TYPE,
+    zero::TYPE,
+    error::TYPE,
+];
+
+pub fn find_type(name: &str) -> Option<&'static TargetType> {
+    TARGET_TYPES.iter().find(|t| t.name == name)
+}
+
+/// `dmsetup targets` output: name padded to 16 columns, then `vMAJ.MIN.PATCH`.
+pub fn targets_text() -> String {
+    TARGET_TYPES
+        .iter()
+        .map(|t| format!("{:<16} v{}.{}.{}\n", t.name, t.version[0], t.version[1], t.version[2]))
+        .collect()
+}
+
+/// The kernel's `sscanf(arg, "%llu%c", ...) == 1`: decimal digits only, nothing after them.
+pub fn parse_sector_arg(arg: &str) -> Option<Sectors> {
+    if arg.is_empty() || !arg.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    arg.parse::<u64>().ok().map(Sectors)
+}
+
+/// The kernel's `kstrtouint(arg, 10, ...)`: an optional '+', decimal digits, fits in 32 bits.
+pub fn parse_uint_arg(arg: &str) -> Option<u32> {
+    let digits = arg.strip_prefix('+').unwrap_or(arg);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse::<u32>().ok()
+}
+
+/// An I/O error result for a target that refuses the operation.
+pub fn io_error() -> io::Error {
+    io::Error::from_raw_os_error(libc::EIO)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_number_parsing() {
+        assert_eq!(parse_sector_arg("0"), Some(Sectors(0)));
+        assert_eq!(parse_sector_arg("123"), Some(Sectors(123)));
+        for bad in ["", "-1", "+1", "0x10", "1a", " 1", "18446744073709551616"] {
+            assert_eq!(parse_sector_arg(bad), None, "{bad}");
+        }
+        assert_eq!(parse_uint_arg("+7"), Some(7));
+        assert_eq!(parse_uint_arg("4294967296"), None);
+        assert_eq!(parse_uint_arg("-1"), None);
+    }
+}

@@ -112,14 +112,6 @@ impl Backing {
         }
     }
 
-    /// The device of this mount behind this reference, if it is one.
-    pub fn mapped_device(&self) -> Option<&Arc<Device>> {
-        match &self.source {
-            Source::Mapped { device, .. } => Some(device),
-            Source::File { .. } => None,
-        }
-    }
-
     /// Whether two references name the same device.
     pub fn same_device(&self, other: &Backing) -> bool {
         match (&self.source, &other.source) {

@@ -60,10 +60,6 @@ impl Registry {
         }
     }
 
-    pub fn mountpoint(&self) -> &Path {
-        &self.mountpoint
-    }
-
     /// Takes `name` for a table about to be written. EBUSY if a device has it or another
     /// writer took it first, as the kernel answers for a taken name.
     pub fn reserve(&self, name: &str) -> DmResult<()> {

@@ -122,14 +122,6 @@ impl Node {
             _ => FileType::RegularFile,
         }
     }
-
-    /// The device this node belongs to, if any.
-    pub fn device_id(self) -> Option<u64> {
-        match self {
-            Node::DevFile(id) | Node::DmDevDir(id) | Node::DmFile(id, _) => Some(id),
-            _ => None,
-        }
-    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,221 @@
+//! Test helpers: a real dmfs mount on a temporary directory, driven through the shell.
+//!
+//! `Mount` starts the built binary in the foreground on a fresh mount point and, when dropped
+//! (also when a test fails), unmounts, waits for the daemon, kills it if it hangs, detaches a
+//! mount left behind, and removes the directory.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+pub const DMFS: &str = env!("CARGO_BIN_EXE_dmfs");
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A fresh scratch directory under the system temp dir.
+pub fn scratch_dir(tag: &str) -> PathBuf {
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    let dir = std::env::temp_dir().join(format!("dmfs-test-{tag}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn is_mounted(mnt: &Path) -> bool {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let want = mnt.to_string_lossy();
+    mounts.lines().any(|l| l.split(' ').nth(1) == Some(&*want))
+}
+
+pub struct Mount {
+    /// Scratch directory holding the mount point, images and the daemon log.
+    pub dir: PathBuf,
+    /// The mount point.
+    pub mnt: PathBuf,
+    child: Option<Child>,
+}
+
+impl Mount {
+    pub fn new() -> Mount {
+        Mount::with_args(&[])
+    }
+
+    /// Mounts with extra `dmfs mount` arguments.
+    pub fn with_args(args: &[&str]) -> Mount {
+        let dir = scratch_dir("mnt");
+        let mnt = dir.join("mnt");
+        std::fs::create_dir(&mnt).unwrap();
+        let mut m = Mount { dir, mnt, child: None };
+        m.start(args);
+        m
+    }
+
+    /// Starts the daemon on this mount point (again, after `stop`).
+    pub fn start(&mut self, args: &[&str]) {
+        let log = self.dir.join("dmfs.log");
+        let child = Command::new(DMFS)
+            .arg("mount")
+            .arg("-f")
+            .arg(&self.mnt)
+            .arg("--log-file")
+            .arg(&log)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start dmfs");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.mnt.join("ctl/version").exists() {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("dmfs exited early ({status}); log:\n{}", self.log());
+            }
+            assert!(Instant::now() < deadline, "dmfs did not mount in time; log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Unmounts and waits for the daemon to exit (kills it after 10 s).
+    pub fn stop(&mut self) {
+        if is_mounted(&self.mnt) {
+            let _ = Command::new("umount").arg(&self.mnt).stderr(Stdio::null()).status();
+        }
+        if let Some(mut child) = self.child.take() {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                match child.try_wait() {
+                    Ok(Some(_)) => break,
+                    Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+                    _ => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break;
+                    }
+                }
+            }
+        }
+        if is_mounted(&self.mnt) {
+            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+        }
+    }
+
+    /// Kills the daemon with SIGKILL, then cleans the dead mount up.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+    }
+
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("daemon running").id()
+    }
+
+    /// Waits up to 10 s for the daemon to exit; its exit status if it did.
+    pub fn wait_exit(&mut self) -> Option<std::process::ExitStatus> {
+        let child = self.child.as_mut()?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn is_mounted(&self) -> bool {
+        is_mounted(&self.mnt)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("dmfs.log")).unwrap_or_default()
+    }
+
+    /// Runs a bash script in the scratch directory with $MNT set to the mount point.
+    pub fn sh(&self, script: &str) -> Output {
+        Command::new("bash")
+            .arg("-c")
+            .arg(script)
+            .current_dir(&self.dir)
+            .env("MNT", &self.mnt)
+            .env("DMFS", DMFS)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run bash")
+    }
+
+    /// Runs a script that must succeed; returns its stdout.
+    pub fn ok(&self, script: &str) -> String {
+        let out = self.sh(script);
+        assert!(
+            out.status.success(),
+            "script failed ({}):\n{script}\nstdout:\n{}\nstderr:\n{}\nlog:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs a script that must fail; returns its stderr.
+    pub fn fails(&self, script: &str) -> String {
+        let out = self.sh(script);
+        assert!(
+            !out.status.success(),
+            "script succeeded but should have failed:\n{script}\nstdout:\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.join(rel)
+    }
+
+    /// Names of the devices in dev/.
+    pub fn devices(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.mnt.join("dev"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    pub fn read(&self, rel_to_mnt: &str) -> String {
+        std::fs::read_to_string(self.mnt.join(rel_to_mnt)).unwrap()
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The fixture disk pattern (fixtures/kernel/mkimg.py): in sector s of disk `index`, u64 word w
+/// (little-endian) is ((index + 1) << 56) | (s << 8) | w. Every sector of every disk differs.
+pub fn pattern_image(index: u64, sectors: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity((sectors * 512) as usize);
+    for s in 0..sectors {
+        for w in 0..64u64 {
+            out.extend_from_slice(&(((index + 1) << 56) | (s << 8) | w).to_le_bytes());
+        }
+    }
+    out
+}
+
+/// Writes a fixture-pattern image to `path`.
+pub fn write_pattern_image(path: &Path, index: u64, sectors: u64) {
+    std::fs::write(path, pattern_image(index, sectors)).unwrap();
+}

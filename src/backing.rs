@@ -55,12 +55,12 @@ fn block_device_bytes(file: &File) -> io::Result<u64> {
 }
 
 impl Backing {
-    /// Opens a regular file or block device by path, read-write.
-    pub fn open_path(path: &Path) -> DmResult<Backing> {
+    /// Opens a regular file or block device by path, read-write unless `writable` is false.
+    pub fn open_path(path: &Path, writable: bool) -> DmResult<Backing> {
         let shown = path.display().to_string();
         let file = OpenOptions::new()
             .read(true)
-            .write(true)
+            .write(writable)
             .custom_flags(libc::O_CLOEXEC)
             .open(path)
             .map_err(|e| DmError::io(&shown, &e))?;
@@ -112,6 +112,14 @@ impl Backing {
         }
     }
 
+    /// The device of this mount behind this reference, if it is one.
+    pub fn mapped_device(&self) -> Option<&Arc<Device>> {
+        match &self.source {
+            Source::Mapped { device, .. } => Some(device),
+            Source::File { .. } => None,
+        }
+    }
+
     /// Whether two references name the same device.
     pub fn same_device(&self, other: &Backing) -> bool {
         match (&self.source, &other.source) {
@@ -148,6 +156,8 @@ impl Backing {
 /// devices (recognised by path, never opened through FUSE).
 pub struct Resolver<'a> {
     pub cwd: Option<PathBuf>,
+    /// Open files and block devices read-write (false for a read-only device).
+    pub writable: bool,
     pub mountpoint: Arc<Path>,
     pub lookup: &'a dyn Fn(&str) -> Option<Arc<Device>>,
 }
@@ -191,7 +201,7 @@ fn block_device_path(major: u32, minor: u32) -> DmResult<PathBuf> {
 impl DeviceResolver for Resolver<'_> {
     fn open(&self, reference: &str) -> DmResult<Arc<Backing>> {
         if let Some((major, minor)) = parse_major_minor(reference) {
-            return Backing::open_path(&block_device_path(major, minor)?).map(Arc::new);
+            return Backing::open_path(&block_device_path(major, minor)?, self.writable).map(Arc::new);
         }
         let path = Path::new(reference);
         let full = if path.is_absolute() {
@@ -217,7 +227,7 @@ impl DeviceResolver for Resolver<'_> {
                 ))),
             };
         }
-        Backing::open_path(&full).map(Arc::new)
+        Backing::open_path(&full, self.writable).map(Arc::new)
     }
 }
 

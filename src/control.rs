@@ -1,5 +1,6 @@
 //! What writes into `ctl/` do, independent of FUSE: assembling table text into a device as it
-//! is written to `ctl/create/NAME`, and the one-line commands (`ctl/remove`).
+//! is written to `ctl/create/NAME` or `ctl/reload/NAME`, and the one-line commands
+//! (`ctl/remove`, `ctl/suspend`, `ctl/resume`, `ctl/rename`, `ctl/message`).
 //!
 //! Every failure is recorded in the registry's error log (and so in `ctl/errors` and the daemon
 //! log) and returned with its errno, so the `write(2)` that carried the bad line fails.
@@ -53,42 +54,72 @@ impl LineBuffer {
     }
 }
 
-/// A table being written into `ctl/create/NAME`.
+/// What a table session does with its table.
+pub enum TableTarget {
+    /// `ctl/create/NAME`: a new device; `device` is set once it is live.
+    Create { device: Option<Arc<Device>> },
+    /// `ctl/reload/NAME`: the inactive table of an existing device.
+    Reload { device: Arc<Device> },
+}
+
+/// A table being written into `ctl/create/NAME` or `ctl/reload/NAME`.
 ///
-/// Each complete line is parsed and its target constructed as it arrives. The device goes live
-/// at the first flush (`close`) after lines were written. A writer that keeps the file open
-/// across closes of duplicated descriptors (`exec 3>ctl/create/x; echo ... >&3`) extends the
-/// table it already made live, line by line, as its later closes arrive.
-pub struct CreateSession {
+/// Each complete line is parsed and its target constructed as it arrives. The table takes
+/// effect at the first flush (`close`) after lines were written: a created device goes live, a
+/// reloaded table becomes the inactive one. A writer that keeps the file open across closes of
+/// duplicated descriptors (`exec 3>ctl/create/x; echo ... >&3`) extends the table it already
+/// committed as its later closes arrive.
+pub struct TableSession {
     name: String,
+    target: TableTarget,
     cwd: Option<PathBuf>,
     input: LineBuffer,
     builder: TableBuilder,
     /// Lines accepted since the table last went live.
     pending: bool,
-    device: Option<Arc<Device>>,
     failed: Option<DmError>,
     wrote_anything: bool,
+    read_only: bool,
 }
 
-impl CreateSession {
-    /// Starts a table for `name`, taking the name (EBUSY if taken, EINVAL if invalid).
-    pub fn start(registry: &Registry, name: &str, cwd: Option<PathBuf>) -> DmResult<CreateSession> {
-        registry.reserve(name).inspect_err(|e| registry.errors.record("create", name, e))?;
-        Ok(CreateSession {
+impl TableSession {
+    fn new(name: &str, target: TableTarget, cwd: Option<PathBuf>, read_only: bool) -> TableSession {
+        TableSession {
             name: name.to_string(),
+            target,
             cwd,
             input: LineBuffer::default(),
             builder: TableBuilder::new(),
             pending: false,
-            device: None,
             failed: None,
             wrote_anything: false,
-        })
+            read_only,
+        }
+    }
+
+    /// Starts a new device's table, taking the name (EBUSY if taken, EINVAL if invalid). A
+    /// read-only device opens its backing devices read-only and refuses writes.
+    pub fn create(registry: &Registry, name: &str, cwd: Option<PathBuf>, read_only: bool) -> DmResult<TableSession> {
+        registry.reserve(name).inspect_err(|e| registry.errors.record("create", name, e))?;
+        Ok(TableSession::new(name, TableTarget::Create { device: None }, cwd, read_only))
+    }
+
+    /// Starts a table to load into an existing device's inactive slot (ENOENT if none).
+    pub fn reload(registry: &Registry, name: &str, cwd: Option<PathBuf>) -> DmResult<TableSession> {
+        let device = registry.find(name).inspect_err(|e| registry.errors.record("reload", name, e))?;
+        let read_only = device.is_read_only();
+        Ok(TableSession::new(name, TableTarget::Reload { device }, cwd, read_only))
+    }
+
+    fn operation(&self) -> &'static str {
+        match self.target {
+            TableTarget::Create { .. } => "create",
+            TableTarget::Reload { .. } => "reload",
+        }
     }
 
     fn fail(&mut self, registry: &Registry, err: DmError) -> DmError {
-        registry.errors.record("create", &self.name, &err);
+        registry.errors.record(self.operation(), &self.name, &err);
         self.failed = Some(err.clone());
         err
     }
@@ -96,7 +127,10 @@ impl CreateSession {
     fn add_line(&mut self, registry: &Registry, line: &str) -> DmResult<()> {
         let cwd = self.cwd.clone();
         let before = self.builder.lines();
-        registry.with_resolver(cwd, |r| self.builder.add_line(line, r))?;
+        registry.with_resolver(cwd, !self.read_only, |r| self.builder.add_line(line, r))?;
+        if let TableTarget::Reload { device } = &self.target {
+            crate::registry::check_no_loop(&self.name, device, &self.builder.last_line_devices())?;
+        }
         self.pending |= self.builder.lines() > before;
         Ok(())
     }
@@ -119,20 +153,13 @@ impl CreateSession {
         Ok(())
     }
 
-    /// Makes what has been written live: creates the device, or extends the table this session
-    /// already made live.
+    /// Makes the complete lines written so far take effect: creates the device (or extends the
+    /// table this session already made live), or loads the inactive table. An unfinished last
+    /// line waits: a writer's child process closing its copy of the descriptor mid-line must not
+    /// make half a line live. It is taken at the last close (`finish`).
     pub fn commit(&mut self, registry: &Registry) -> DmResult<()> {
         if let Some(e) = &self.failed {
             return Err(e.clone());
-        }
-        let rest = match self.input.take_rest() {
-            Ok(rest) => rest,
-            Err(e) => return Err(self.fail(registry, e)),
-        };
-        if let Some(line) = rest
-            && let Err(e) = self.add_line(registry, &line)
-        {
-            return Err(self.fail(registry, e));
         }
         if !self.pending {
             return Ok(());
@@ -141,23 +168,43 @@ impl CreateSession {
             Ok(t) => t,
             Err(e) => return Err(self.fail(registry, e)),
         };
-        match &self.device {
-            Some(device) => device.set_table(table),
-            None => match registry.create(&self.name, table) {
-                Ok(device) => self.device = Some(device),
-                Err(e) => return Err(self.fail(registry, e)),
-            },
+        let result = match &mut self.target {
+            TableTarget::Create { device: Some(device) } => {
+                device.set_table(table);
+                Ok(())
+            }
+            TableTarget::Create { device } => registry.create(&self.name, table, self.read_only).map(|d| {
+                *device = Some(d);
+            }),
+            TableTarget::Reload { device } => registry.load(&self.name, device, table),
+        };
+        if let Err(e) = result {
+            return Err(self.fail(registry, e));
         }
         self.pending = false;
         Ok(())
     }
 
-    /// The last close: commits what is left, or gives the name back if nothing went live.
+    /// The last close: takes an unfinished last line, commits what is left; a create that never
+    /// went live gives its name back.
     pub fn close(mut self, registry: &Registry) {
+        if self.failed.is_none() {
+            match self.input.take_rest() {
+                Ok(Some(line)) => {
+                    if let Err(e) = self.add_line(registry, &line) {
+                        self.fail(registry, e);
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    self.fail(registry, e);
+                }
+            }
+        }
         if self.failed.is_none() && (self.pending || self.wrote_anything) {
             let _ = self.commit(registry);
         }
-        if self.device.is_none() {
+        if let TableTarget::Create { device: None } = self.target {
             registry.unreserve(&self.name);
             if self.failed.is_none() {
                 let err = DmError::invalid("no table lines written: device not created");
@@ -172,25 +219,53 @@ impl CreateSession {
 pub enum Command {
     /// `ctl/remove`: NAME
     Remove,
+    /// `ctl/suspend`: NAME
+    Suspend,
+    /// `ctl/resume`: NAME
+    Resume,
+    /// `ctl/rename`: OLD NEW
+    Rename,
+    /// `ctl/message`: NAME SECTOR MESSAGE...
+    Message,
 }
 
 impl Command {
+    pub const ALL: [Command; 5] = [Command::Remove, Command::Suspend, Command::Resume, Command::Rename, Command::Message];
+
+    /// The operation's name: also the file's name under `ctl/`.
     pub fn operation(self) -> &'static str {
         match self {
             Command::Remove => "remove",
+            Command::Suspend => "suspend",
+            Command::Resume => "resume",
+            Command::Rename => "rename",
+            Command::Message => "message",
         }
     }
 
     /// Runs one written line. Blank lines do nothing.
     pub fn run(self, registry: &Registry, line: &str) -> DmResult<()> {
-        let line = line.trim();
-        if line.is_empty() {
-            return Ok(());
-        }
-        let result = match self {
-            Command::Remove => registry.remove(line),
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let Some(&name) = words.first() else { return Ok(()) };
+        let result = match (self, &words[..]) {
+            (Command::Remove, [name]) => registry.remove(name),
+            (Command::Suspend, [name]) => registry.find(name).map(|d| d.suspend()),
+            (Command::Resume, [name]) => registry.find(name).map(|d| d.resume()),
+            (Command::Rename, [old, new]) => registry.rename(old, new),
+            (Command::Message, [name, sector, message @ ..]) if !message.is_empty() => {
+                registry.find(name).and_then(|d| d.message(sector, message)).map(|reply| {
+                    if !reply.is_empty() {
+                        log::info!("message {name}: {reply}");
+                    }
+                })
+            }
+            (Command::Remove | Command::Suspend | Command::Resume, _) => {
+                Err(DmError::invalid("expected one device name per line"))
+            }
+            (Command::Rename, _) => Err(DmError::invalid("expected 'OLD NEW'")),
+            (Command::Message, _) => Err(DmError::invalid("Invalid target message parameters.")),
         };
-        result.inspect_err(|e| registry.errors.record(self.operation(), line, e))
+        result.inspect_err(|e| registry.errors.record(self.operation(), name, e))
     }
 }
 
@@ -239,5 +314,42 @@ mod tests {
         assert_eq!(b.take_rest().unwrap(), None);
         assert!(b.push(&vec![b'x'; MAX_LINE_BYTES + 1]).is_err());
         assert!(b.push(&[0xff, 0xfe, b'\n']).is_err());
+    }
+}
+
+/// Input to `dm/NAME/uuid`: the uuid is set, once, when the writer flushes.
+pub struct UuidInput {
+    device: Arc<Device>,
+    input: LineBuffer,
+}
+
+impl UuidInput {
+    pub fn new(device: Arc<Device>) -> UuidInput {
+        UuidInput { device, input: LineBuffer::default() }
+    }
+
+    pub fn write(&mut self, registry: &Registry, data: &[u8]) -> DmResult<()> {
+        let name = self.device.name();
+        for line in self.input.push(data).inspect_err(|e| registry.errors.record("uuid", &name, e))? {
+            self.set(registry, &line)?;
+        }
+        Ok(())
+    }
+
+    pub fn flush(&mut self, registry: &Registry) -> DmResult<()> {
+        let name = self.device.name();
+        match self.input.take_rest().inspect_err(|e| registry.errors.record("uuid", &name, e))? {
+            Some(line) => self.set(registry, &line),
+            None => Ok(()),
+        }
+    }
+
+    fn set(&self, registry: &Registry, line: &str) -> DmResult<()> {
+        let uuid = line.trim();
+        if uuid.is_empty() {
+            return Ok(());
+        }
+        let name = self.device.name();
+        registry.set_uuid(&name, uuid).inspect_err(|e| registry.errors.record("uuid", &name, e))
     }
 }

@@ -1,12 +1,14 @@
-//! A mapped device: its live table, and I/O at any byte offset split across the table's lines,
-//! with read-modify-write for the partial sectors at the edges.
+//! A mapped device: its live and inactive tables, suspend and resume, and I/O at any byte
+//! offset split across the table's lines, with read-modify-write for the partial sectors at the
+//! edges.
 
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
-use parking_lot::RwLock;
+use parking_lot::{Condvar, Mutex, RwLock};
 
+use crate::error::{DmError, DmResult};
 use crate::table::Table;
 use crate::units::{Bytes, SECTOR_SIZE, Sectors};
 
@@ -15,7 +17,16 @@ pub struct Device {
     /// device's inode numbers.
     pub id: u64,
     name: RwLock<String>,
+    uuid: RwLock<Option<String>>,
     table: RwLock<Arc<Table>>,
+    /// A table loaded by reload, made live by resume.
+    inactive: RwLock<Option<Arc<Table>>>,
+    /// Lets I/O in, or holds it while the device is suspended.
+    gate: Gate,
+    /// Writes refused with EROFS (`chmod a-w dev/NAME`, or created read-only).
+    read_only: AtomicBool,
+    /// Counts table swaps, as the kernel's event number does.
+    event_nr: AtomicU32,
     /// Open handles on `dev/NAME`.
     pub open_count: AtomicU32,
     /// References to this device from other devices' tables.
@@ -24,6 +35,49 @@ pub struct Device {
     /// exclusively so no other write lands between that read and their write. Whole-sector
     /// writes hold it shared.
     edge_lock: RwLock<()>,
+}
+
+/// An I/O request held while its device is suspended, run at resume.
+pub type Deferred = Box<dyn FnOnce() + Send>;
+
+#[derive(Default)]
+struct GateState {
+    suspended: bool,
+    in_flight: u32,
+    /// Requests that arrived while suspended. They are parked here rather than blocking a
+    /// request thread: blocked threads could leave none to serve the resume itself.
+    deferred: Vec<Deferred>,
+}
+
+/// Counts I/O in flight and holds new I/O while the device is suspended.
+#[derive(Default)]
+struct Gate {
+    state: Mutex<GateState>,
+    changed: Condvar,
+}
+
+/// One I/O in flight; leaving wakes a suspend waiting for the device to drain.
+struct InFlight<'a>(&'a Gate);
+
+impl Gate {
+    fn enter(&self) -> InFlight<'_> {
+        let mut state = self.state.lock();
+        while state.suspended {
+            self.changed.wait(&mut state);
+        }
+        state.in_flight += 1;
+        InFlight(self)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let mut state = self.0.state.lock();
+        state.in_flight -= 1;
+        if state.in_flight == 0 && state.suspended {
+            self.0.changed.notify_all();
+        }
+    }
 }
 
 fn enospc() -> io::Error {
@@ -46,7 +100,12 @@ impl Device {
         Device {
             id,
             name: RwLock::new(name),
+            uuid: RwLock::new(None),
             table: RwLock::new(Arc::new(table)),
+            inactive: RwLock::new(None),
+            gate: Gate::default(),
+            read_only: AtomicBool::new(false),
+            event_nr: AtomicU32::new(0),
             open_count: AtomicU32::new(0),
             holders: AtomicU32::new(0),
             edge_lock: RwLock::new(()),
@@ -57,13 +116,91 @@ impl Device {
         self.name.read().clone()
     }
 
+    /// Renames; only the registry calls this, with its map locked.
+    pub(crate) fn set_name(&self, name: &str) {
+        *self.name.write() = name.to_string();
+    }
+
+    pub fn uuid(&self) -> Option<String> {
+        self.uuid.read().clone()
+    }
+
+    /// Sets the uuid; only the registry calls this, having checked it is unset and unique.
+    pub(crate) fn set_uuid(&self, uuid: &str) {
+        *self.uuid.write() = Some(uuid.to_string());
+    }
+
     pub fn table(&self) -> Arc<Table> {
         self.table.read().clone()
     }
 
-    /// Makes `table` live. Callers have validated it.
+    pub fn inactive_table(&self) -> Option<Arc<Table>> {
+        self.inactive.read().clone()
+    }
+
+    /// Makes `table` live at once (the table a create session extends). Callers have
+    /// validated it.
     pub fn set_table(&self, table: Table) {
         *self.table.write() = Arc::new(table);
+    }
+
+    /// Loads `table` as the inactive table, replacing any loaded before.
+    pub fn load(&self, table: Table) {
+        *self.inactive.write() = Some(Arc::new(table));
+    }
+
+    pub fn is_suspended(&self) -> bool {
+        self.gate.state.lock().suspended
+    }
+
+    pub fn is_read_only(&self) -> bool {
+        self.read_only.load(Ordering::SeqCst)
+    }
+
+    pub fn set_read_only(&self, read_only: bool) {
+        self.read_only.store(read_only, Ordering::SeqCst);
+    }
+
+    pub fn event_nr(&self) -> u32 {
+        self.event_nr.load(Ordering::SeqCst)
+    }
+
+    /// Waits for in-flight I/O to drain, then holds new I/O until `resume`. Suspending a
+    /// suspended device does nothing, as in the kernel.
+    pub fn suspend(&self) {
+        let mut state = self.gate.state.lock();
+        state.suspended = true;
+        while state.in_flight > 0 {
+            self.gate.changed.wait(&mut state);
+        }
+    }
+
+    /// Swaps in the inactive table, if one is loaded, and lets I/O flow again.
+    pub fn resume(&self) {
+        let mut state = self.gate.state.lock();
+        if let Some(table) = self.inactive.write().take() {
+            *self.table.write() = table;
+            self.event_nr.fetch_add(1, Ordering::SeqCst);
+        }
+        state.suspended = false;
+        let deferred = std::mem::take(&mut state.deferred);
+        self.gate.changed.notify_all();
+        drop(state);
+        if !deferred.is_empty() {
+            std::thread::spawn(move || deferred.into_iter().for_each(|op| op()));
+        }
+    }
+
+    /// Parks the request `make` builds if the device is suspended (true), to run at resume;
+    /// otherwise leaves it to the caller to run now (false).
+    pub fn defer_if_suspended(&self, make: impl FnOnce() -> Deferred) -> bool {
+        let mut state = self.gate.state.lock();
+        if state.suspended {
+            state.deferred.push(make());
+            true
+        } else {
+            false
+        }
     }
 
     pub fn size(&self) -> Sectors {
@@ -80,6 +217,7 @@ impl Device {
 
     /// Reads from byte `offset`; returns the bytes read, short only at the end of the device.
     pub fn read(&self, offset: Bytes, buf: &mut [u8]) -> io::Result<usize> {
+        let _io = self.gate.enter();
         let table = self.table();
         let size = table.len().bytes().0;
         if offset.0 >= size {
@@ -103,6 +241,10 @@ impl Device {
     /// end fails with ENOSPC; one that runs past the end is cut short there, as a block device
     /// does.
     pub fn write(&self, offset: Bytes, data: &[u8]) -> io::Result<usize> {
+        if self.is_read_only() {
+            return Err(io::Error::from_raw_os_error(libc::EROFS));
+        }
+        let _io = self.gate.enter();
         let table = self.table();
         let size = table.len().bytes().0;
         if offset.0 >= size {
@@ -132,17 +274,48 @@ impl Device {
 
     /// Whole-sector reads for devices stacked on this one.
     pub fn read_sectors(&self, at: Sectors, buf: &mut [u8]) -> io::Result<()> {
+        let _io = self.gate.enter();
         self.table().read(at, buf)
     }
 
     /// Whole-sector writes for devices stacked on this one.
     pub fn write_sectors(&self, at: Sectors, buf: &[u8]) -> io::Result<()> {
+        if self.is_read_only() {
+            return Err(io::Error::from_raw_os_error(libc::EROFS));
+        }
+        let _io = self.gate.enter();
         let _shared = self.edge_lock.read();
         self.table().write(at, buf)
     }
 
+    /// Flushes the backing devices of the live and the inactive table.
     pub fn flush(&self) -> io::Result<()> {
-        self.table().flush()
+        self.table().flush()?;
+        match self.inactive_table() {
+            Some(t) => t.flush(),
+            None => Ok(()),
+        }
+    }
+
+    /// `dmsetup message NAME SECTOR MESSAGE...`: hands the message to the target holding
+    /// `sector`, with the kernel's words for what goes wrong.
+    pub fn message(&self, sector: &str, message: &[&str]) -> DmResult<String> {
+        let sector = crate::target::parse_sector_arg(sector).ok_or_else(|| DmError::invalid("Invalid sector"))?;
+        let table = self.table();
+        let entry = table
+            .entry_at(sector)
+            .ok_or_else(|| DmError::invalid("Target message sector outside device."))?;
+        entry.target.message(message)
+    }
+
+    /// Whether this device's tables (live or inactive) reach `other`, directly or through
+    /// devices stacked in between: a table that did would make a loop.
+    pub fn depends_on(&self, other: &Device) -> bool {
+        if std::ptr::eq(self, other) {
+            return true;
+        }
+        let tables = std::iter::once(self.table()).chain(self.inactive_table());
+        tables.flat_map(|t| t.devices()).any(|b| b.mapped_device().is_some_and(|d| d.depends_on(other)))
     }
 }
 

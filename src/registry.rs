@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::RwLock;
 
-use crate::backing::Resolver;
+use crate::backing::{Backing, Resolver};
 use crate::device::Device;
 use crate::errlog::ErrorLog;
 use crate::error::{DmError, DmResult};
@@ -15,6 +15,8 @@ use crate::table::Table;
 
 /// The kernel's DM_NAME_LEN is 128 bytes including the terminating NUL.
 pub const MAX_NAME_BYTES: usize = 127;
+/// The kernel's DM_UUID_LEN is 129 bytes including the terminating NUL.
+pub const MAX_UUID_BYTES: usize = 128;
 /// Most devices one mount holds.
 pub const MAX_DEVICES: usize = 65_536;
 
@@ -50,6 +52,36 @@ pub fn check_name(name: &str) -> DmResult<()> {
     Ok(())
 }
 
+/// Checks a uuid: at most 128 bytes of printable, non-blank characters.
+pub fn check_uuid(uuid: &str) -> DmResult<()> {
+    if uuid.is_empty() || uuid.len() > MAX_UUID_BYTES {
+        return Err(DmError::invalid(format!("Invalid uuid: must be 1 to {MAX_UUID_BYTES} bytes")));
+    }
+    if uuid.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(DmError::invalid(format!("Invalid uuid '{uuid}': blank or control characters")));
+    }
+    Ok(())
+}
+
+/// Refuses references that lead back to `device` (named `name`): its table would make a loop.
+pub fn check_no_loop(name: &str, device: &Device, references: &[Arc<Backing>]) -> DmResult<()> {
+    for b in references {
+        if let Some(under) = b.mapped_device()
+            && under.depends_on(device)
+        {
+            return Err(DmError::invalid(format!(
+                "{}: refers back to {name}: the table would make a loop",
+                b.name()
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn not_found(name: &str) -> DmError {
+    DmError::not_found(format!("Device {name} not found"))
+}
+
 impl Registry {
     pub fn new(mountpoint: PathBuf) -> Registry {
         Registry {
@@ -81,13 +113,14 @@ impl Registry {
     }
 
     /// Makes a device of a reserved name live with `table`.
-    pub fn create(&self, name: &str, table: Table) -> DmResult<Arc<Device>> {
+    pub fn create(&self, name: &str, table: Table, read_only: bool) -> DmResult<Arc<Device>> {
         let mut d = self.devices.write();
         if !d.reserved.remove(name) {
             return Err(DmError::busy(format!("Device {name} already exists")));
         }
         let id = self.next_id.fetch_add(1, Ordering::SeqCst);
         let device = Arc::new(Device::new(id, name.to_string(), table));
+        device.set_read_only(read_only);
         d.by_name.insert(name.to_string(), device.clone());
         d.by_id.insert(id, device.clone());
         log::info!("created {name} ({} sectors)", device.size());
@@ -96,12 +129,18 @@ impl Registry {
 
     /// Removes a device: refused while it is open or another device's table uses it.
     pub fn remove(&self, name: &str) -> DmResult<()> {
+        // The kernel sends FUSE RELEASE after close(2) has returned: a device its user has just
+        // closed may still count as open for a moment. Give such releases a short grace.
+        if let Some(device) = self.get(name) {
+            for _ in 0..40 {
+                if !device.is_open() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
         let mut d = self.devices.write();
-        let device = d
-            .by_name
-            .get(name)
-            .cloned()
-            .ok_or_else(|| DmError::not_found(format!("Device {name} not found")))?;
+        let device = d.by_name.get(name).cloned().ok_or_else(|| not_found(name))?;
         if device.in_use() {
             return Err(DmError::busy(format!("Device {name} is in use by another device")));
         }
@@ -120,6 +159,57 @@ impl Registry {
         Ok(())
     }
 
+    /// Renames a device, keeping its open files, its tables and the devices stacked on it.
+    pub fn rename(&self, old: &str, new: &str) -> DmResult<()> {
+        check_name(new)?;
+        let mut d = self.devices.write();
+        let device = d.by_name.get(old).cloned().ok_or_else(|| not_found(old))?;
+        if d.by_name.contains_key(new) || d.reserved.contains(new) {
+            return Err(DmError::busy(format!(
+                "Unable to change name on mapped device {old} to one that already exists: {new}"
+            )));
+        }
+        d.by_name.remove(old);
+        d.by_name.insert(new.to_string(), device.clone());
+        device.set_name(new);
+        log::info!("renamed {old} to {new}");
+        Ok(())
+    }
+
+    /// Sets a device's uuid: once, and unique among this mount's devices, as the kernel allows.
+    pub fn set_uuid(&self, name: &str, uuid: &str) -> DmResult<()> {
+        check_uuid(uuid)?;
+        let d = self.devices.write();
+        let device = d.by_name.get(name).cloned().ok_or_else(|| not_found(name))?;
+        if let Some(old) = device.uuid() {
+            return Err(DmError::invalid(format!(
+                "Unable to change uuid of mapped device {name} to {uuid} because uuid is already set to {old}"
+            )));
+        }
+        if d.by_name.values().any(|other| other.uuid().as_deref() == Some(uuid)) {
+            return Err(DmError::busy(format!(
+                "Unable to change uuid of mapped device {name} to {uuid} because uuid is already in use"
+            )));
+        }
+        device.set_uuid(uuid);
+        Ok(())
+    }
+
+    /// Loads `table` as `name`'s inactive table, refusing a table that would make a loop.
+    pub fn load(&self, name: &str, device: &Arc<Device>, table: Table) -> DmResult<()> {
+        if self.get(name).is_none_or(|d| !Arc::ptr_eq(&d, device)) {
+            return Err(not_found(name));
+        }
+        check_no_loop(name, device, &table.devices())?;
+        device.load(table);
+        Ok(())
+    }
+
+    /// Looks a device up, ENOENT if there is none.
+    pub fn find(&self, name: &str) -> DmResult<Arc<Device>> {
+        self.get(name).ok_or_else(|| not_found(name))
+    }
+
     pub fn get(&self, name: &str) -> Option<Arc<Device>> {
         self.devices.read().by_name.get(name).cloned()
     }
@@ -134,10 +224,10 @@ impl Registry {
     }
 
     /// Runs `f` with a resolver for references written by a process whose working directory is
-    /// `cwd`.
-    pub fn with_resolver<T>(&self, cwd: Option<PathBuf>, f: impl FnOnce(&Resolver<'_>) -> T) -> T {
+    /// `cwd`; backing files are opened read-write unless `writable` is false.
+    pub fn with_resolver<T>(&self, cwd: Option<PathBuf>, writable: bool, f: impl FnOnce(&Resolver<'_>) -> T) -> T {
         let lookup = |name: &str| self.get(name);
-        let resolver = Resolver { cwd, mountpoint: self.mountpoint.clone(), lookup: &lookup };
+        let resolver = Resolver { cwd, writable, mountpoint: self.mountpoint.clone(), lookup: &lookup };
         f(&resolver)
     }
 

@@ -21,20 +21,32 @@ pub fn version_text() -> String {
 /// `dmsetup info NAME`.
 pub fn info_text(device: &Device) -> String {
     let table = device.table();
-    format!(
+    let state = match (device.is_suspended(), device.is_read_only()) {
+        (false, false) => "ACTIVE",
+        (true, false) => "SUSPENDED",
+        (false, true) => "ACTIVE (READ-ONLY)",
+        (true, true) => "SUSPENDED (READ-ONLY)",
+    };
+    let tables = if device.inactive_table().is_some() { "LIVE & INACTIVE" } else { "LIVE" };
+    let mut out = format!(
         "Name:              {}\n\
-         State:             ACTIVE\n\
+         State:             {state}\n\
          Read Ahead:        256\n\
-         Tables present:    LIVE\n\
+         Tables present:    {tables}\n\
          Open count:        {}\n\
-         Event number:      0\n\
+         Event number:      {}\n\
          Major, minor:      {DM_MAJOR}, {}\n\
          Number of targets: {}\n",
         device.name(),
         device.open_count.load(std::sync::atomic::Ordering::SeqCst),
+        device.event_nr(),
         device.id,
         table.entries().len()
-    )
+    );
+    if let Some(uuid) = device.uuid() {
+        out.push_str(&format!("UUID: {uuid}\n"));
+    }
+    out
 }
 
 /// `dmsetup deps NAME`: the count, then each device. A block device shows as `(major, minor)`

@@ -16,6 +16,8 @@ use crate::units::Sectors;
 pub const MAX_LINE_BYTES: usize = 64 * 1024;
 /// Most lines one table may have.
 pub const MAX_TABLE_LINES: usize = 1_000_000;
+/// The longest device: one whose size in bytes still fits a file offset.
+pub const MAX_DEVICE_SECTORS: Sectors = Sectors(i64::MAX as u64 / crate::units::SECTOR_SIZE);
 /// The kernel's DM_MAX_TYPE_NAME is 16 bytes including the terminating NUL.
 const MAX_TYPE_NAME: usize = 15;
 
@@ -135,6 +137,14 @@ impl Table {
         &self.entries
     }
 
+    /// The entry holding `sector`, if the table reaches it.
+    pub fn entry_at(&self, sector: Sectors) -> Option<&Entry> {
+        if sector >= self.len {
+            return None;
+        }
+        self.entries.get(self.entry_index(sector))
+    }
+
     /// Index of the entry holding `sector` (which must be inside the table).
     fn entry_index(&self, sector: Sectors) -> usize {
         self.entries.partition_point(|e| e.start <= sector) - 1
@@ -242,6 +252,11 @@ impl TableBuilder {
         self.entries.len()
     }
 
+    /// The devices the most recently accepted line maps onto.
+    pub fn last_line_devices(&self) -> Vec<Arc<Backing>> {
+        self.entries.last().map(|e| e.target.devices()).unwrap_or_default()
+    }
+
     /// Parses, validates and constructs one line of text. The error names the line number.
     pub fn add_line(&mut self, text: &str, resolver: &dyn DeviceResolver) -> DmResult<()> {
         self.line_no += 1;
@@ -267,8 +282,13 @@ impl TableBuilder {
         if line.start != self.next_start {
             return Err(DmError::invalid(format!("{}: Gap in table", ty.name)));
         }
-        let Some(end) = line.start.checked_add(line.len) else {
-            return Err(DmError::invalid(format!("{}: target runs past the largest sector", ty.name)));
+        // dev/NAME is a file: its size in bytes must fit a file offset (i64).
+        let end = line.start.checked_add(line.len).filter(|e| e.0 <= MAX_DEVICE_SECTORS.0);
+        let Some(end) = end else {
+            return Err(DmError::invalid(format!(
+                "{}: table longer than {} sectors, the largest file size",
+                ty.name, MAX_DEVICE_SECTORS
+            )));
         };
         let ctor = Ctor { len: line.len, resolver };
         let target = (ty.construct)(&ctor, &line.args).map_err(|e| e.context(ty.name))?;

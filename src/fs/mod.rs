@@ -18,7 +18,7 @@ use fuser::{
 };
 use parking_lot::{Mutex, RwLock};
 
-use crate::control::{Command, CommandInput, CreateSession};
+use crate::control::{CommandInput, TableSession, UuidInput};
 use crate::device::Device;
 use crate::error::DmError;
 use crate::registry::Registry;
@@ -32,8 +32,9 @@ enum Handle {
     Dev(Arc<Device>),
     /// A text file's content, taken at open so one reader sees one consistent text.
     Text(Vec<u8>),
-    Create(Mutex<Option<CreateSession>>),
+    Table(Mutex<Option<TableSession>>),
     Command(Mutex<CommandInput>),
+    Uuid(Mutex<UuidInput>),
 }
 
 pub struct DmFs {
@@ -51,6 +52,21 @@ fn errno(e: &DmError) -> Errno {
 
 fn io_errno(e: &std::io::Error) -> Errno {
     Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+fn read_device(device: &Device, offset: u64, size: u32, reply: ReplyData) {
+    let mut buf = vec![0u8; size as usize];
+    match device.read(Bytes(offset), &mut buf) {
+        Ok(n) => reply.data(&buf[..n]),
+        Err(e) => reply.error(io_errno(&e)),
+    }
+}
+
+fn write_device(device: &Device, offset: u64, data: &[u8], reply: ReplyWrite) {
+    match device.write(Bytes(offset), data) {
+        Ok(n) => reply.written(n as u32),
+        Err(e) => reply.error(io_errno(&e)),
+    }
 }
 
 /// The working directory of the process behind a request, for relative paths in tables.
@@ -86,9 +102,12 @@ impl DmFs {
                 let device = self.device(id)?;
                 match f {
                     DmFile::Table => device.table().table_text(),
+                    DmFile::InactiveTable => device.inactive_table().map(|t| t.table_text()).unwrap_or_default(),
                     DmFile::Status => device.table().status_text(),
                     DmFile::Info => crate::report::info_text(&device),
                     DmFile::Deps => crate::report::deps_text(&device),
+                    DmFile::Uuid => device.uuid().map(|u| format!("{u}\n")).unwrap_or_default(),
+                    DmFile::Suspended => format!("{}\n", u8::from(device.is_suspended())),
                 }
             }
             _ => String::new(),
@@ -98,15 +117,19 @@ impl DmFs {
     /// Attributes of a node, or None if it no longer exists.
     fn attr(&self, node: Node) -> Option<FileAttr> {
         let (perm, size) = match node {
-            Node::DevFile(id) => (0o644, self.device(id)?.size().bytes().0),
+            Node::DevFile(id) => {
+                let device = self.device(id)?;
+                (if device.is_read_only() { 0o444 } else { 0o644 }, device.size().bytes().0)
+            }
             Node::DmDevDir(id) => {
                 self.device(id)?;
                 (0o755, 0)
             }
+            Node::DmFile(_, DmFile::Uuid) => (0o644, self.text(node)?.len() as u64),
             Node::DmFile(..) | Node::Ctl(CtlFile::Targets | CtlFile::Version | CtlFile::Errors) => {
                 (0o444, self.text(node)?.len() as u64)
             }
-            Node::Ctl(CtlFile::Remove) => (0o200, 0),
+            Node::Ctl(CtlFile::Command(_)) => (0o200, 0),
             Node::Pending(_) => (0o200, 0),
             _ => (0o755, 0),
         };
@@ -139,8 +162,10 @@ impl DmFs {
                 _ => None,
             },
             Node::CtlDir => {
-                if name == "create" {
-                    return Some(Node::CreateDir);
+                match name {
+                    "create" => return Some(Node::CreateDir),
+                    "reload" => return Some(Node::ReloadDir),
+                    _ => {}
                 }
                 CtlFile::ALL.into_iter().find(|f| f.name() == name).map(Node::Ctl)
             }
@@ -159,10 +184,11 @@ impl DmFs {
                 (Node::DevDir, "dev".into()),
                 (Node::DmDir, "dm".into()),
             ],
-            Node::CtlDir => std::iter::once((Node::CreateDir, "create".to_string()))
+            Node::CtlDir => [(Node::CreateDir, "create".to_string()), (Node::ReloadDir, "reload".to_string())]
+                .into_iter()
                 .chain(CtlFile::ALL.into_iter().map(|f| (Node::Ctl(f), f.name().to_string())))
                 .collect(),
-            Node::CreateDir => Vec::new(),
+            Node::CreateDir | Node::ReloadDir => Vec::new(),
             Node::DevDir => self.registry.list().into_iter().map(|d| (Node::DevFile(d.id), d.name())).collect(),
             Node::DmDir => self.registry.list().into_iter().map(|d| (Node::DmDevDir(d.id), d.name())).collect(),
             Node::DmDevDir(id) => {
@@ -186,7 +212,7 @@ impl DmFs {
     fn parent_of(node: Node) -> Node {
         match node {
             Node::CtlDir | Node::DevDir | Node::DmDir | Node::Root => Node::Root,
-            Node::CreateDir => Node::CtlDir,
+            Node::CreateDir | Node::ReloadDir => Node::CtlDir,
             Node::DmDevDir(_) => Node::DmDir,
             _ => Node::Root,
         }
@@ -227,7 +253,7 @@ impl Filesystem for DmFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _mode: Option<u32>,
+        mode: Option<u32>,
         _uid: Option<u32>,
         _gid: Option<u32>,
         size: Option<u64>,
@@ -242,14 +268,19 @@ impl Filesystem for DmFs {
         reply: ReplyAttr,
     ) {
         let Some(node) = Node::from_ino(ino) else { return reply.error(Errno::ENOENT) };
+        if let (Node::DevFile(id), Some(mode)) = (node, mode) {
+            // chmod a-w makes the device read-only, as `blockdev --setro` does; u+w undoes it.
+            if let Some(device) = self.device(id) {
+                device.set_read_only(mode & 0o222 == 0);
+            }
+        }
         let Some(attr) = self.attr(node) else { return reply.error(Errno::ENOENT) };
         if let Some(size) = size {
             let ok = match node {
                 // A device's size is its table's: only a no-op "truncate" to that size passes.
                 Node::DevFile(_) => size == attr.size,
                 // `echo NAME > ctl/remove` truncates before writing.
-                Node::Ctl(f) if f.writable() => size == 0,
-                Node::Pending(_) => size == 0,
+                Node::Ctl(CtlFile::Command(_)) | Node::Pending(_) | Node::DmFile(_, DmFile::Uuid) => size == 0,
                 _ => false,
             };
             if !ok {
@@ -287,10 +318,17 @@ impl Filesystem for DmFs {
         let handle = match node {
             Node::DevFile(id) => {
                 let Some(device) = self.device(id) else { return reply.error(Errno::ENOENT) };
+                if writing && device.is_read_only() {
+                    return reply.error(Errno::EROFS);
+                }
                 device.open_count.fetch_add(1, Ordering::SeqCst);
                 Handle::Dev(device)
             }
-            Node::Ctl(CtlFile::Remove) => Handle::Command(Mutex::new(CommandInput::new(Command::Remove))),
+            Node::Ctl(CtlFile::Command(c)) => Handle::Command(Mutex::new(CommandInput::new(c))),
+            Node::DmFile(id, DmFile::Uuid) if writing => {
+                let Some(device) = self.device(id) else { return reply.error(Errno::ENOENT) };
+                Handle::Uuid(Mutex::new(UuidInput::new(device)))
+            }
             Node::Ctl(_) | Node::DmFile(..) => {
                 if writing {
                     return reply.error(Errno::EACCES);
@@ -310,12 +348,13 @@ impl Filesystem for DmFs {
         req: &Request,
         parent: INodeNo,
         name: &OsStr,
-        _mode: u32,
+        mode: u32,
         _umask: u32,
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        if Node::from_ino(parent) != Some(Node::CreateDir) {
+        let parent = Node::from_ino(parent);
+        if !matches!(parent, Some(Node::CreateDir | Node::ReloadDir)) {
             return reply.error(Errno::EACCES);
         }
         let Some(name) = name.to_str() else {
@@ -323,9 +362,16 @@ impl Filesystem for DmFs {
             self.registry.errors.record("create", &name.to_string_lossy(), &err);
             return reply.error(errno(&err));
         };
-        match CreateSession::start(&self.registry, name, cwd_of(req.pid())) {
+        let cwd = cwd_of(req.pid());
+        let session = if parent == Some(Node::CreateDir) {
+            // A table file created without write permission makes a read-only device.
+            TableSession::create(&self.registry, name, cwd, mode & 0o222 == 0)
+        } else {
+            TableSession::reload(&self.registry, name, cwd)
+        };
+        match session {
             Ok(session) => {
-                let fh = self.add_handle(Handle::Create(Mutex::new(Some(session))));
+                let fh = self.add_handle(Handle::Table(Mutex::new(Some(session))));
                 let attr = self.attr(Node::Pending(fh)).expect("pending nodes always have attributes");
                 reply.created(&TTL, &attr, Generation(0), FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO)
             }
@@ -347,10 +393,13 @@ impl Filesystem for DmFs {
         let Some(handle) = self.handle(fh) else { return reply.error(Errno::EBADF) };
         match &*handle {
             Handle::Dev(device) => {
-                let mut buf = vec![0u8; size as usize];
-                match device.read(Bytes(offset), &mut buf) {
-                    Ok(n) => reply.data(&buf[..n]),
-                    Err(e) => reply.error(io_errno(&e)),
+                let mut slot = Some(reply);
+                let parked = device.defer_if_suspended(|| {
+                    let (device, reply) = (device.clone(), slot.take().expect("reply"));
+                    Box::new(move || read_device(&device, offset, size, reply))
+                });
+                if let (false, Some(reply)) = (parked, slot) {
+                    read_device(device, offset, size, reply)
                 }
             }
             Handle::Text(text) => {
@@ -358,7 +407,7 @@ impl Filesystem for DmFs {
                 let end = std::cmp::min(start + size as usize, text.len());
                 reply.data(&text[start..end])
             }
-            Handle::Create(_) | Handle::Command(_) => reply.error(Errno::EBADF),
+            Handle::Table(_) | Handle::Command(_) | Handle::Uuid(_) => reply.error(Errno::EBADF),
         }
     }
 
@@ -377,16 +426,22 @@ impl Filesystem for DmFs {
         let Some(handle) = self.handle(fh) else { return reply.error(Errno::EBADF) };
         let result = match &*handle {
             Handle::Dev(device) => {
-                return match device.write(Bytes(offset), data) {
-                    Ok(n) => reply.written(n as u32),
-                    Err(e) => reply.error(io_errno(&e)),
-                };
+                let mut slot = Some(reply);
+                let parked = device.defer_if_suspended(|| {
+                    let (device, reply, data) = (device.clone(), slot.take().expect("reply"), data.to_vec());
+                    Box::new(move || write_device(&device, offset, &data, reply))
+                });
+                if let (false, Some(reply)) = (parked, slot) {
+                    write_device(device, offset, data, reply)
+                }
+                return;
             }
-            Handle::Create(session) => match &mut *session.lock() {
+            Handle::Table(session) => match &mut *session.lock() {
                 Some(s) => s.write(&self.registry, data),
                 None => return reply.error(Errno::EBADF),
             },
             Handle::Command(input) => input.lock().write(&self.registry, data),
+            Handle::Uuid(input) => input.lock().write(&self.registry, data),
             Handle::Text(_) => return reply.error(Errno::EBADF),
         };
         match result {
@@ -398,11 +453,12 @@ impl Filesystem for DmFs {
     fn flush(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
         let Some(handle) = self.handle(fh) else { return reply.ok() };
         let result = match &*handle {
-            Handle::Create(session) => match &mut *session.lock() {
+            Handle::Table(session) => match &mut *session.lock() {
                 Some(s) => s.commit(&self.registry),
                 None => Ok(()),
             },
             Handle::Command(input) => input.lock().flush(&self.registry),
+            Handle::Uuid(input) => input.lock().flush(&self.registry),
             Handle::Dev(_) | Handle::Text(_) => Ok(()),
         };
         match result {
@@ -427,12 +483,15 @@ impl Filesystem for DmFs {
                 Handle::Dev(device) => {
                     device.open_count.fetch_sub(1, Ordering::SeqCst);
                 }
-                Handle::Create(session) => {
+                Handle::Table(session) => {
                     if let Some(s) = session.lock().take() {
                         s.close(&self.registry);
                     }
                 }
                 Handle::Command(input) => {
+                    let _ = input.lock().flush(&self.registry);
+                }
+                Handle::Uuid(input) => {
                     let _ = input.lock().flush(&self.registry);
                 }
                 Handle::Text(_) => {}

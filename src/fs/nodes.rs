@@ -3,30 +3,37 @@
 
 use fuser::{FileType, INodeNo};
 
+use crate::control::Command;
+
 /// Files directly under `ctl/`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CtlFile {
-    Remove,
+    /// A write-only file taking one command per line.
+    Command(Command),
     Targets,
     Version,
     Errors,
 }
 
 impl CtlFile {
-    pub const ALL: [CtlFile; 4] = [CtlFile::Remove, CtlFile::Targets, CtlFile::Version, CtlFile::Errors];
+    pub const ALL: [CtlFile; 8] = [
+        CtlFile::Command(Command::ALL[0]),
+        CtlFile::Command(Command::ALL[1]),
+        CtlFile::Command(Command::ALL[2]),
+        CtlFile::Command(Command::ALL[3]),
+        CtlFile::Command(Command::ALL[4]),
+        CtlFile::Targets,
+        CtlFile::Version,
+        CtlFile::Errors,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
-            CtlFile::Remove => "remove",
+            CtlFile::Command(c) => c.operation(),
             CtlFile::Targets => "targets",
             CtlFile::Version => "version",
             CtlFile::Errors => "errors",
         }
-    }
-
-    /// Write-only command files take lines; the others are read.
-    pub fn writable(self) -> bool {
-        matches!(self, CtlFile::Remove)
     }
 }
 
@@ -34,20 +41,34 @@ impl CtlFile {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DmFile {
     Table,
+    InactiveTable,
     Status,
     Info,
     Deps,
+    Uuid,
+    Suspended,
 }
 
 impl DmFile {
-    pub const ALL: [DmFile; 4] = [DmFile::Table, DmFile::Status, DmFile::Info, DmFile::Deps];
+    pub const ALL: [DmFile; 7] = [
+        DmFile::Table,
+        DmFile::InactiveTable,
+        DmFile::Status,
+        DmFile::Info,
+        DmFile::Deps,
+        DmFile::Uuid,
+        DmFile::Suspended,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             DmFile::Table => "table",
+            DmFile::InactiveTable => "inactive-table",
             DmFile::Status => "status",
             DmFile::Info => "info",
             DmFile::Deps => "deps",
+            DmFile::Uuid => "uuid",
+            DmFile::Suspended => "suspended",
         }
     }
 }
@@ -59,8 +80,9 @@ pub enum Node {
     DevDir,
     DmDir,
     CreateDir,
+    ReloadDir,
     Ctl(CtlFile),
-    /// A table being written into `ctl/create/NAME`, by its file handle.
+    /// A table being written into `ctl/create/NAME` or `ctl/reload/NAME`, by its file handle.
     Pending(u64),
     /// `dev/NAME`, by device id.
     DevFile(u64),
@@ -82,6 +104,7 @@ impl Node {
             Node::DevDir => 3,
             Node::DmDir => 4,
             Node::CreateDir => 5,
+            Node::ReloadDir => 6,
             Node::Ctl(f) => CTL_BASE + CtlFile::ALL.iter().position(|&c| c == f).unwrap_or(0) as u64,
             Node::Pending(fh) => PENDING_BASE + fh,
             Node::DevFile(id) => DEVICE_BASE + id * DEVICE_SLOTS,
@@ -100,6 +123,7 @@ impl Node {
             3 => Node::DevDir,
             4 => Node::DmDir,
             5 => Node::CreateDir,
+            6 => Node::ReloadDir,
             _ if n >= PENDING_BASE => Node::Pending(n - PENDING_BASE),
             _ if n >= DEVICE_BASE => {
                 let id = (n - DEVICE_BASE) / DEVICE_SLOTS;
@@ -116,7 +140,13 @@ impl Node {
 
     pub fn kind(self) -> FileType {
         match self {
-            Node::Root | Node::CtlDir | Node::DevDir | Node::DmDir | Node::CreateDir | Node::DmDevDir(_) => {
+            Node::Root
+            | Node::CtlDir
+            | Node::DevDir
+            | Node::DmDir
+            | Node::CreateDir
+            | Node::ReloadDir
+            | Node::DmDevDir(_) => {
                 FileType::Directory
             }
             _ => FileType::RegularFile,
@@ -130,7 +160,15 @@ mod tests {
 
     #[test]
     fn inode_numbers_round_trip() {
-        let mut nodes = vec![Node::Root, Node::CtlDir, Node::DevDir, Node::DmDir, Node::CreateDir, Node::Pending(7)];
+        let mut nodes = vec![
+            Node::Root,
+            Node::CtlDir,
+            Node::DevDir,
+            Node::DmDir,
+            Node::CreateDir,
+            Node::ReloadDir,
+            Node::Pending(7),
+        ];
         nodes.extend(CtlFile::ALL.map(Node::Ctl));
         for id in [0, 1, 12345] {
             nodes.extend([Node::DevFile(id), Node::DmDevDir(id)]);

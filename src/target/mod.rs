@@ -34,6 +34,10 @@ pub trait Target: Send + Sync {
     fn status(&self) -> String {
         String::new()
     }
+    /// Handles `dmsetup message`; the kernel refuses messages for targets without a handler.
+    fn message(&self, _args: &[&str]) -> DmResult<String> {
+        Err(DmError::invalid("Target type does not support messages"))
+    }
     /// The devices this target maps onto (what `dmsetup deps` lists).
     fn devices(&self) -> Vec<Arc<Backing>> {
         Vec::new()

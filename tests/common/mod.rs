@@ -219,3 +219,18 @@ pub fn pattern_image(index: u64, sectors: u64) -> Vec<u8> {
 pub fn write_pattern_image(path: &Path, index: u64, sectors: u64) {
     std::fs::write(path, pattern_image(index, sectors)).unwrap();
 }
+
+/// Deterministic pseudo-random bytes (xorshift64*), different for every seed: test data that
+/// differs from every pattern image and from zeros.
+pub fn pseudo_random(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        out.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}

@@ -46,15 +46,18 @@ pub fn info_text(device: &Device) -> String {
     if let Some(uuid) = device.uuid() {
         out.push_str(&format!("UUID: {uuid}\n"));
     }
+    // dmsetup ends the record with an empty line.
+    out.push('\n');
     out
 }
 
-/// `dmsetup deps NAME`: the count, then each device. A block device shows as `(major, minor)`
-/// like the kernel's; a file or a device of this mount as `(path)`.
+/// `dmsetup deps NAME`: the count, then each device, most recently added first as the kernel
+/// keeps its list. A block device shows as `(major, minor)` like the kernel's; a file or a
+/// device of this mount as `(path)`.
 pub fn deps_text(device: &Device) -> String {
     let devices = device.table().devices();
     let mut out = format!("{} dependencies\t:", devices.len());
-    for d in devices {
+    for d in devices.iter().rev() {
         let name = d.name();
         match name.split_once(':') {
             Some((maj, min)) if !name.starts_with('/') => out.push_str(&format!(" ({maj}, {min})")),

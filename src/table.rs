@@ -30,12 +30,14 @@ pub struct TableLine {
     pub args: Vec<String>,
 }
 
-/// Parses a decimal sector count the way dmsetup reads start and length: digits only.
+/// Parses a decimal sector count the way dmsetup reads start and length: digits, with an
+/// optional '+' (dmsetup loads "+0" as 0).
 fn parse_sectors(field: &str, what: &str) -> DmResult<Sectors> {
-    if field.is_empty() || !field.bytes().all(|b| b.is_ascii_digit()) {
+    let digits = field.strip_prefix('+').unwrap_or(field);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return Err(DmError::invalid(format!("Invalid {what} '{field}': not a decimal sector count")));
     }
-    field
+    digits
         .parse::<u64>()
         .map(Sectors)
         .map_err(|_| DmError::invalid(format!("Invalid {what} '{field}': too large")))
@@ -81,11 +83,12 @@ fn next_word(s: &str) -> Option<(&str, &str)> {
 }
 
 impl TableLine {
-    /// Parses one line of table text. Blank lines and lines whose first non-blank character is
-    /// `#` are not table lines (dmsetup skips them): `Ok(None)`.
+    /// Parses one line of table text. As dmsetup does, `#` starts a comment anywhere in a line,
+    /// and a line with nothing else is not a table line: `Ok(None)`.
     pub fn parse(text: &str) -> DmResult<Option<TableLine>> {
-        let trimmed = text.trim_matches(|c: char| c.is_ascii_whitespace());
-        if trimmed.is_empty() || trimmed.starts_with('#') {
+        let uncommented = text.split('#').next().unwrap_or_default();
+        let trimmed = uncommented.trim_matches(|c: char| c.is_ascii_whitespace());
+        if trimmed.is_empty() {
             return Ok(None);
         }
         if let Some(c) = trimmed.chars().find(|c| c.is_control() && *c != '\t') {
@@ -285,9 +288,9 @@ impl TableBuilder {
         // dev/NAME is a file: its size in bytes must fit a file offset (i64).
         let end = line.start.checked_add(line.len).filter(|e| e.0 <= MAX_DEVICE_SECTORS.0);
         let Some(end) = end else {
+            // The kernel's limit and words: the end must stay below 2^54 sectors.
             return Err(DmError::invalid(format!(
-                "{}: table longer than {} sectors, the largest file size",
-                ty.name, MAX_DEVICE_SECTORS
+                "too large device (longer than {MAX_DEVICE_SECTORS} sectors)"
             )));
         };
         let ctor = Ctor { len: line.len, resolver };
@@ -322,6 +325,8 @@ mod tests {
         assert_eq!(TableLine::parse("").unwrap(), None);
         assert_eq!(TableLine::parse("   \t").unwrap(), None);
         assert_eq!(TableLine::parse("  # 0 8 zero").unwrap(), None);
+        let l = TableLine::parse("+0 8 zero # trailing comment").unwrap().unwrap();
+        assert_eq!((l.start, l.len, l.args.len()), (Sectors(0), Sectors(8), 0));
     }
 
     #[test]
@@ -335,7 +340,7 @@ mod tests {
 
     #[test]
     fn parse_rejects_bad_numbers() {
-        for bad in ["x 8 zero", "0 -8 zero", "0 0x10 zero", "0 8", "0", "0 99999999999999999999 zero"] {
+        for bad in ["x 8 zero", "0 -8 zero", "0 0x10 zero", "0 8", "0", "0 99999999999999999999 zero", "0 + zero"] {
             let e = TableLine::parse(bad).unwrap_err();
             assert_eq!(e.errno, libc::EINVAL, "{bad}");
         }

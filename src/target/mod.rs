@@ -80,11 +80,12 @@ pub struct TargetType {
     pub construct: Constructor,
 }
 
-/// Every target type dmfs implements.
+/// Every target type dmfs implements, in the order `dmsetup targets` lists them on the
+/// oracle's kernel (most recently registered first).
 pub static TARGET_TYPES: &[TargetType] = &[
-    linear::TYPE,
-    striped::TYPE,
     zero::TYPE,
+    striped::TYPE,
+    linear::TYPE,
     error::TYPE,
 ];
 

@@ -1,6 +1,7 @@
 //! dmfs: the Linux device mapper, in user space, behind a filesystem.
 
 mod backing;
+mod cli;
 mod control;
 mod daemon;
 mod device;
@@ -18,8 +19,18 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "dmfs", version, about = "The Linux device mapper as a filesystem")]
+#[command(
+    name = "dmfs",
+    version,
+    about = "The Linux device mapper as a filesystem",
+    long_about = "The Linux device mapper as a filesystem.\n\n\
+        `dmfs mount MNT` serves the filesystem; the other verbs work like dmsetup's on a mount: \
+        the one named by --mount, else $DMFS_MOUNT, else the only dmfs mount in /proc/mounts."
+)]
 struct Cli {
+    /// The dmfs mount the dmsetup-style verbs act on.
+    #[arg(long, global = true, value_name = "MNT")]
+    mount: Option<PathBuf>,
     #[command(subcommand)]
     command: Verb,
 }
@@ -50,6 +61,106 @@ enum Verb {
     Umount {
         mountpoint: PathBuf,
     },
+    /// Create a device from a table (from FILE, --table, or standard input).
+    Create {
+        name: String,
+        file: Option<PathBuf>,
+        /// Set the device's uuid.
+        #[arg(short = 'u', long)]
+        uuid: Option<String>,
+        /// Create the device read-only (backing files are opened read-only).
+        #[arg(short = 'r', long)]
+        readonly: bool,
+        /// The table itself; ';' separates lines.
+        #[arg(long)]
+        table: Option<String>,
+    },
+    /// Load a table as a device's inactive table (made live by resume).
+    Reload {
+        name: String,
+        file: Option<PathBuf>,
+        #[arg(long)]
+        table: Option<String>,
+    },
+    /// Remove devices; -f first replaces the table with one that fails all I/O.
+    Remove {
+        #[arg(short, long)]
+        force: bool,
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Suspend devices: in-flight I/O drains, new I/O waits.
+    Suspend {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Resume devices, swapping in a reloaded table.
+    Resume {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Rename a device.
+    Rename { old: String, new: String },
+    /// Send a message to the target at SECTOR.
+    Message {
+        name: String,
+        sector: String,
+        #[arg(required = true, num_args = 1.., allow_hyphen_values = true)]
+        message: Vec<String>,
+    },
+    /// Print a device's table (all devices without NAME).
+    Table {
+        name: Option<String>,
+        /// The inactive table.
+        #[arg(long)]
+        inactive: bool,
+    },
+    /// Print a device's status (all devices without NAME).
+    Status { name: Option<String> },
+    /// Print a device's info (all devices without NAME).
+    Info { name: Option<String> },
+    /// Print the devices a device maps onto.
+    Deps { name: Option<String> },
+    /// List the devices.
+    Ls,
+    /// List the target types and their versions.
+    Targets,
+    /// Print the dmfs version and the device-mapper interface version it mirrors.
+    Version,
+}
+
+/// Runs a dmsetup-style verb; on failure prints dmsetup's "Command failed." and exits 1.
+fn run_verb(mount: Option<PathBuf>, verb: Verb) {
+    let result = cli::find_mount(mount).and_then(|root| {
+        let m = cli::Mount::new(root);
+        let out = &mut std::io::stdout();
+        match verb {
+            Verb::Create { name, file, uuid, readonly, table } => {
+                m.create(&name, &cli::read_table(table, file)?, uuid.as_deref(), readonly)
+            }
+            Verb::Reload { name, file, table } => m.reload(&name, &cli::read_table(table, file)?),
+            Verb::Remove { force, names } => names.iter().try_for_each(|n| m.remove(n, force)),
+            Verb::Suspend { names } => names.iter().try_for_each(|n| m.simple("suspend", n)),
+            Verb::Resume { names } => names.iter().try_for_each(|n| m.simple("resume", n)),
+            Verb::Rename { old, new } => m.rename(&old, &new),
+            Verb::Message { name, sector, message } => m.message(&name, &sector, &message),
+            Verb::Table { name, inactive } => {
+                m.report(if inactive { "inactive-table" } else { "table" }, name.as_deref(), out)
+            }
+            Verb::Status { name } => m.report("status", name.as_deref(), out),
+            Verb::Info { name } => m.report("info", name.as_deref(), out),
+            Verb::Deps { name } => m.report("deps", name.as_deref(), out),
+            Verb::Ls => m.ls(out),
+            Verb::Targets => m.cat("ctl/targets", out),
+            Verb::Version => m.cat("ctl/version", out),
+            Verb::Mount { .. } | Verb::Umount { .. } => unreachable!("handled in main"),
+        }
+    });
+    if let Err(cli::Failed(msg)) = result {
+        eprintln!("{}", msg.trim_end());
+        eprintln!("Command failed.");
+        std::process::exit(1);
+    }
 }
 
 fn main() {
@@ -64,5 +175,6 @@ fn main() {
                 std::process::exit(1);
             }
         }
+        verb => run_verb(cli.mount, verb),
     }
 }

@@ -1,0 +1,226 @@
+//! dmsetup-style verbs over a mount's files: the same names, output and exit codes as dmsetup
+//! for the same state, so dmsetup scripts run with the word `dmsetup` swapped for `dmfs`.
+//! Everything here goes through the mount's files, as any other user of the mount would.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+/// A failed verb: dmsetup prints the message, then "Command failed.", and exits 1.
+pub struct Failed(pub String);
+
+pub type CliResult = Result<(), Failed>;
+
+/// The mount to act on: `--mount`, then `$DMFS_MOUNT`, then the only dmfs mount in
+/// /proc/mounts.
+pub fn find_mount(explicit: Option<PathBuf>) -> Result<PathBuf, Failed> {
+    if let Some(m) = explicit.or_else(|| std::env::var_os("DMFS_MOUNT").map(PathBuf::from)) {
+        return Ok(m);
+    }
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let found: Vec<PathBuf> = mounts
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (f.len() > 2 && f[0] == "dmfs" && f[2].starts_with("fuse")).then(|| PathBuf::from(f[1]))
+        })
+        .collect();
+    match found.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Err(Failed("no dmfs mount found: mount one with `dmfs mount MNT`, or name it with --mount".into())),
+        _ => Err(Failed("several dmfs mounts: choose one with --mount or DMFS_MOUNT".into())),
+    }
+}
+
+pub struct Mount {
+    root: PathBuf,
+}
+
+/// The reason dmfs recorded for the latest failure, to show beside the errno.
+fn last_reason(root: &Path) -> String {
+    let errors = std::fs::read_to_string(root.join("ctl/errors")).unwrap_or_default();
+    errors.lines().last().map(|l| l.split_once(' ').map_or(l, |(_, rest)| rest).to_string()).unwrap_or_default()
+}
+
+fn strerror(e: &std::io::Error) -> String {
+    let s = e.to_string();
+    s.split(" (os error").next().unwrap_or(&s).to_string()
+}
+
+impl Mount {
+    pub fn new(root: PathBuf) -> Mount {
+        Mount { root }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.root.join(rel)
+    }
+
+    /// dmsetup's words for an ioctl that failed, plus dmfs's reason.
+    fn ioctl_failed(&self, ioctl: &str, name: &str, e: &std::io::Error) -> Failed {
+        Failed(format!(
+            "device-mapper: {ioctl} ioctl on {name}  failed: {}\n{}",
+            strerror(e),
+            last_reason(&self.root)
+        ))
+    }
+
+    fn exists(&self, name: &str) -> bool {
+        !name.is_empty() && !name.contains('/') && self.path(&format!("dm/{name}")).is_dir()
+    }
+
+    fn read(&self, rel: &str) -> Result<String, Failed> {
+        std::fs::read_to_string(self.path(rel)).map_err(|e| Failed(format!("{rel}: {}", strerror(&e))))
+    }
+
+    /// Writes lines into a ctl file; the write or the close carries dmfs's answer.
+    fn command(&self, file: &str, ioctl: &str, name: &str, line: &str) -> CliResult {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .open(self.path(file))
+            .map_err(|e| self.ioctl_failed(ioctl, name, &e))?;
+        f.write_all(format!("{line}\n").as_bytes()).map_err(|e| self.ioctl_failed(ioctl, name, &e))
+    }
+
+    /// Writes a table into ctl/create/NAME or ctl/reload/NAME.
+    fn write_table(&self, dir: &str, ioctl: &str, name: &str, table: &str, mode: u32) -> CliResult {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(self.path(&format!("ctl/{dir}/{name}")))
+            .map_err(|e| self.ioctl_failed(ioctl, name, &e))?;
+        let mut text = table.to_string();
+        if !text.ends_with('\n') {
+            text.push('\n');
+        }
+        f.write_all(text.as_bytes()).map_err(|e| self.ioctl_failed(ioctl, name, &e))?;
+        // The table takes effect at close; close errors matter here.
+        f.sync_all().ok();
+        drop(f);
+        Ok(())
+    }
+
+    pub fn create(&self, name: &str, table: &str, uuid: Option<&str>, read_only: bool) -> CliResult {
+        self.write_table("create", "create", name, table, if read_only { 0o444 } else { 0o644 })?;
+        if !self.exists(name) {
+            return Err(Failed(format!("device-mapper: create ioctl on {name}  failed\n{}", last_reason(&self.root))));
+        }
+        if let Some(uuid) = uuid {
+            std::fs::write(self.path(&format!("dm/{name}/uuid")), format!("{uuid}\n"))
+                .map_err(|e| self.ioctl_failed("create", name, &e))?;
+        }
+        Ok(())
+    }
+
+    pub fn reload(&self, name: &str, table: &str) -> CliResult {
+        self.write_table("reload", "reload", name, table, 0o644)
+    }
+
+    /// `remove [-f]`: with force, the table is first replaced by `error` (I/O to it fails from
+    /// then on), as dmsetup's --force does, so a device still open is at least harmless.
+    pub fn remove(&self, name: &str, force: bool) -> CliResult {
+        if force && self.exists(name) {
+            let size = std::fs::metadata(self.path(&format!("dev/{name}"))).map(|m| m.len() / 512).unwrap_or(0);
+            self.reload(name, &format!("0 {size} error"))?;
+            self.command("ctl/resume", "resume", name, name)?;
+        }
+        self.command("ctl/remove", "remove", name, name)
+    }
+
+    pub fn simple(&self, verb: &str, name: &str) -> CliResult {
+        self.command(&format!("ctl/{verb}"), verb, name, name)
+    }
+
+    pub fn rename(&self, old: &str, new: &str) -> CliResult {
+        self.command("ctl/rename", "rename", old, &format!("{old} {new}"))
+    }
+
+    pub fn message(&self, name: &str, sector: &str, words: &[String]) -> CliResult {
+        self.command("ctl/message", "message", name, &format!("{name} {sector} {}", words.join(" ")))
+    }
+
+    /// Device names, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.path("dev"))
+            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    /// `table`/`status`/`deps`/`info`: one device, or every device with "NAME: " before each
+    /// line (info: records one after another), as dmsetup prints them.
+    pub fn report(&self, file: &str, name: Option<&str>, out: &mut impl Write) -> CliResult {
+        let missing = |name: &str| match file {
+            "table" => Failed(format!("device-mapper: table ioctl on {name}  failed: No such device or address")),
+            _ => Failed("Device does not exist.".into()),
+        };
+        match name {
+            Some(name) => {
+                if !self.exists(name) {
+                    return Err(missing(name));
+                }
+                let text = self.read(&format!("dm/{name}/{file}"))?;
+                let _ = out.write_all(text.as_bytes());
+            }
+            None => {
+                let names = self.names();
+                if names.is_empty() {
+                    let _ = writeln!(out, "No devices found");
+                }
+                for name in names {
+                    let text = self.read(&format!("dm/{name}/{file}")).unwrap_or_default();
+                    if file == "info" {
+                        let _ = out.write_all(text.as_bytes());
+                    } else {
+                        for line in text.lines() {
+                            let _ = writeln!(out, "{name}: {line}");
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `ls`: NAME<TAB>(major:minor), or "No devices found".
+    pub fn ls(&self, out: &mut impl Write) -> CliResult {
+        let names = self.names();
+        if names.is_empty() {
+            let _ = writeln!(out, "No devices found");
+        }
+        for name in names {
+            let info = self.read(&format!("dm/{name}/info")).unwrap_or_default();
+            let mm = info
+                .lines()
+                .find_map(|l| l.strip_prefix("Major, minor:"))
+                .map(|v| v.trim().replace(", ", ":"))
+                .unwrap_or_default();
+            let _ = writeln!(out, "{name}\t({mm})");
+        }
+        Ok(())
+    }
+
+    pub fn cat(&self, rel: &str, out: &mut impl Write) -> CliResult {
+        let text = self.read(rel)?;
+        let _ = out.write_all(text.as_bytes());
+        Ok(())
+    }
+}
+
+/// A table from `--table`, a file, or standard input (as dmsetup reads it).
+pub fn read_table(inline: Option<String>, file: Option<PathBuf>) -> Result<String, Failed> {
+    if let Some(t) = inline {
+        return Ok(t.replace(';', "\n"));
+    }
+    let mut text = String::new();
+    let result = match file {
+        Some(path) => File::open(&path).and_then(|mut f| f.read_to_string(&mut text)),
+        None => std::io::stdin().read_to_string(&mut text),
+    };
+    result.map_err(|e| Failed(format!("reading the table: {}", strerror(&e))))?;
+    Ok(text)
+}

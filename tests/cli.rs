@@ -1,0 +1,85 @@
+//! The dmsetup-style verbs: the classic walkthrough with `dmsetup` swapped for `dmfs`, and
+//! output and exit codes compared with what dmsetup printed (fixtures/kernel/misc.out).
+
+mod common;
+use common::*;
+
+#[test]
+fn walkthrough_with_dmsetup_words() {
+    let m = Mount::new();
+    write_pattern_image(&m.path("a.img"), 0, 8192);
+    write_pattern_image(&m.path("b.img"), 1, 4096);
+    let out = m.ok(r#"
+        set -e
+        export DMFS_MOUNT=$MNT
+        dmsetup() { $DMFS "$@"; }
+        echo "0 8192 linear $PWD/a.img 0
+8192 4096 linear $PWD/b.img 0" | dmsetup create twoasone
+        cat a.img b.img | cmp - $MNT/dev/twoasone
+        dmsetup create halfdisk --table "0 4096 linear $PWD/a.img 0" -u HALF-1
+        printf '0 4096 linear %s 0\n4096 4096 linear %s 4096\n' $PWD/b.img $PWD/a.img > oneahalf.table
+        dmsetup create oneahalf oneahalf.table
+        dmsetup ls
+        dmsetup table halfdisk | sed "s|$PWD|P|"
+        dmsetup info halfdisk | grep UUID
+        dmsetup reload halfdisk --table "0 100 zero"
+        dmsetup table --inactive halfdisk
+        dmsetup suspend halfdisk
+        dmsetup status halfdisk | sed "s|$PWD|P|"
+        dmsetup resume halfdisk
+        dmsetup status halfdisk
+        dmsetup rename oneahalf oah
+        dmsetup deps oah | sed "s|$PWD|P|g"
+        exec 3<$MNT/dev/oah
+        dmsetup remove -f oah 2>&1 || echo "busy while open"
+        dd if=$MNT/dev/oah bs=512 count=1 status=none >/dev/null 2>&1 || echo "error table after -f"
+        exec 3<&-
+        dmsetup remove oah halfdisk twoasone
+        dmsetup ls
+    "#);
+    assert_eq!(
+        out,
+        "halfdisk\t(253:1)\noneahalf\t(253:2)\ntwoasone\t(253:0)\n\
+         0 4096 linear P/a.img 0\n\
+         UUID: HALF-1\n\
+         0 100 zero \n\
+         0 4096 linear \n\
+         0 100 zero \n\
+         2 dependencies\t: (P/a.img) (P/b.img)\n\
+         device-mapper: remove ioctl on oah  failed: Device or resource busy\n\
+         remove oah: Device oah is open (EBUSY)\n\
+         Command failed.\n\
+         busy while open\n\
+         error table after -f\n\
+         No devices found\n",
+        "{}",
+        m.log()
+    );
+}
+
+#[test]
+fn failures_print_dmsetups_words_and_exit_1() {
+    let m = Mount::new();
+    m.ok("$DMFS --mount $MNT create z --table '0 8 zero'");
+    for (cmd, first_line) in [
+        ("table nonexistent", "device-mapper: table ioctl on nonexistent  failed: No such device or address"),
+        ("status nonexistent", "Device does not exist."),
+        ("info nonexistent", "Device does not exist."),
+        ("remove nonexistent", "device-mapper: remove ioctl on nonexistent  failed: No such file or directory"),
+        ("create z --table '0 8 zero'", "device-mapper: create ioctl on z  failed: Device or resource busy"),
+        ("create bad --table '0 8 nosuch'", "device-mapper: create ioctl on bad  failed: Invalid argument"),
+    ] {
+        let out = m.sh(&format!("$DMFS --mount $MNT {cmd}"));
+        assert_eq!(out.status.code(), Some(1), "{cmd}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines.first(), Some(&first_line), "{cmd}: {err}");
+        assert_eq!(lines.last(), Some(&"Command failed."), "{cmd}: {err}");
+    }
+    // The reason dmfs recorded is shown too.
+    let err = m.fails("$DMFS --mount $MNT create bad --table '0 8 nosuch'");
+    assert!(err.contains("nosuch: unknown target type"), "{err}");
+    assert_eq!(m.devices(), vec!["z"]);
+    let targets = m.ok("$DMFS --mount $MNT targets");
+    assert_eq!(targets, m.read("ctl/targets"));
+}

@@ -108,11 +108,10 @@ impl Mount {
         if !self.exists(name) {
             return Err(Failed(format!("device-mapper: create ioctl on {name}  failed\n{}", last_reason(&self.root))));
         }
-        if let Some(uuid) = uuid {
-            std::fs::write(self.path(&format!("dm/{name}/uuid")), format!("{uuid}\n"))
-                .map_err(|e| self.ioctl_failed("create", name, &e))?;
+        match uuid {
+            Some(uuid) => self.set_uuid(name, uuid),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     pub fn reload(&self, name: &str, table: &str) -> CliResult {
@@ -136,6 +135,16 @@ impl Mount {
 
     pub fn rename(&self, old: &str, new: &str) -> CliResult {
         self.command("ctl/rename", "rename", old, &format!("{old} {new}"))
+    }
+
+    /// `rename NAME --setuuid UUID`.
+    pub fn set_uuid(&self, name: &str, uuid: &str) -> CliResult {
+        if !self.exists(name) {
+            return Err(Failed("Device does not exist.".into()));
+        }
+        let err = |e: std::io::Error| self.ioctl_failed("rename", name, &e);
+        let mut f = OpenOptions::new().write(true).truncate(true).open(self.path(&format!("dm/{name}/uuid"))).map_err(err)?;
+        f.write_all(format!("{uuid}\n").as_bytes()).map_err(|e| self.ioctl_failed("rename", name, &e))
     }
 
     pub fn message(&self, name: &str, sector: &str, words: &[String]) -> CliResult {

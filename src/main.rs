@@ -99,8 +99,14 @@ enum Verb {
         #[arg(required = true)]
         names: Vec<String>,
     },
-    /// Rename a device.
-    Rename { old: String, new: String },
+    /// Rename a device, or with --setuuid set its uuid (once, as the kernel allows).
+    Rename {
+        old: String,
+        #[arg(required_unless_present = "setuuid")]
+        new: Option<String>,
+        #[arg(long, conflicts_with = "new")]
+        setuuid: Option<String>,
+    },
     /// Send a message to the target at SECTOR.
     Message {
         name: String,
@@ -142,7 +148,11 @@ fn run_verb(mount: Option<PathBuf>, verb: Verb) {
             Verb::Remove { force, names } => names.iter().try_for_each(|n| m.remove(n, force)),
             Verb::Suspend { names } => names.iter().try_for_each(|n| m.simple("suspend", n)),
             Verb::Resume { names } => names.iter().try_for_each(|n| m.simple("resume", n)),
-            Verb::Rename { old, new } => m.rename(&old, &new),
+            Verb::Rename { old, new, setuuid } => match (new, setuuid) {
+                (_, Some(uuid)) => m.set_uuid(&old, &uuid),
+                (Some(new), None) => m.rename(&old, &new),
+                (None, None) => unreachable!("clap requires one"),
+            },
             Verb::Message { name, sector, message } => m.message(&name, &sector, &message),
             Verb::Table { name, inactive } => {
                 m.report(if inactive { "inactive-table" } else { "table" }, name.as_deref(), out)

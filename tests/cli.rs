@@ -76,6 +76,10 @@ fn failures_print_dmsetups_words_and_exit_1() {
         assert_eq!(lines.first(), Some(&first_line), "{cmd}: {err}");
         assert_eq!(lines.last(), Some(&"Command failed."), "{cmd}: {err}");
     }
+    m.ok("$DMFS --mount $MNT rename z --setuuid UUID-Z");
+    assert_eq!(m.read("dm/z/uuid"), "UUID-Z\n");
+    let err = m.fails("$DMFS --mount $MNT rename z --setuuid OTHER");
+    assert!(err.contains("because uuid is already set to UUID-Z"), "{err}");
     // The reason dmfs recorded is shown too.
     let err = m.fails("$DMFS --mount $MNT create bad --table '0 8 nosuch'");
     assert!(err.contains("nosuch: unknown target type"), "{err}");

@@ -23,9 +23,18 @@ pub trait DeviceResolver {
 
 enum Source {
     /// A regular file or a block device, read and written with positioned I/O.
-    File { file: File, size: Sectors, name: String, short: String, id: (u64, u64) },
+    File {
+        file: File,
+        size: Sectors,
+        name: String,
+        short: String,
+        id: (u64, u64),
+    },
     /// A device of this mount.
-    Mapped { device: Arc<Device>, mountpoint: Arc<Path> },
+    Mapped {
+        device: Arc<Device>,
+        mountpoint: Arc<Path>,
+    },
 }
 
 pub struct Backing {
@@ -41,7 +50,11 @@ impl Drop for Backing {
 }
 
 fn eof_is_eio(e: io::Error) -> io::Error {
-    if e.kind() == io::ErrorKind::UnexpectedEof { io::Error::from_raw_os_error(libc::EIO) } else { e }
+    if e.kind() == io::ErrorKind::UnexpectedEof {
+        io::Error::from_raw_os_error(libc::EIO)
+    } else {
+        e
+    }
 }
 
 /// BLKGETSIZE64: the size of a block device in bytes.
@@ -51,7 +64,11 @@ fn block_device_bytes(file: &File) -> io::Result<u64> {
     let mut size: u64 = 0;
     // SAFETY: BLKGETSIZE64 writes one u64 through the pointer, which points at `size`.
     let r = unsafe { libc::ioctl(file.as_raw_fd(), BLKGETSIZE64 as _, &mut size as *mut u64) };
-    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(size) }
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(size)
+    }
 }
 
 impl Backing {
@@ -70,21 +87,36 @@ impl Backing {
             let bytes = block_device_bytes(&file).map_err(|e| DmError::io(&shown, &e))?;
             let rdev = meta.rdev();
             let name = format!("{}:{}", libc::major(rdev), libc::minor(rdev));
-            let short = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| name.clone());
+            let short = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| name.clone());
             (Bytes(bytes).sectors_floor(), name, short)
         } else if ft.is_file() {
             let name = path.to_string_lossy().into_owned();
             (Bytes(meta.len()).sectors_floor(), name.clone(), name)
         } else {
-            return Err(DmError::invalid(format!("{shown}: not a block device or regular file")));
+            return Err(DmError::invalid(format!(
+                "{shown}: not a block device or regular file"
+            )));
         };
-        Ok(Backing { source: Source::File { file, size, name, short, id: (meta.dev(), meta.ino()) } })
+        Ok(Backing {
+            source: Source::File {
+                file,
+                size,
+                name,
+                short,
+                id: (meta.dev(), meta.ino()),
+            },
+        })
     }
 
     /// A reference to another device of this mount.
     pub fn mapped(device: Arc<Device>, mountpoint: Arc<Path>) -> Backing {
         device.holders.fetch_add(1, Ordering::SeqCst);
-        Backing { source: Source::Mapped { device, mountpoint } }
+        Backing {
+            source: Source::Mapped { device, mountpoint },
+        }
     }
 
     pub fn size(&self) -> Sectors {
@@ -124,7 +156,9 @@ impl Backing {
     pub fn same_device(&self, other: &Backing) -> bool {
         match (&self.source, &other.source) {
             (Source::File { id: a, .. }, Source::File { id: b, .. }) => a == b,
-            (Source::Mapped { device: a, .. }, Source::Mapped { device: b, .. }) => Arc::ptr_eq(a, b),
+            (Source::Mapped { device: a, .. }, Source::Mapped { device: b, .. }) => {
+                Arc::ptr_eq(a, b)
+            }
             _ => false,
         }
     }
@@ -181,7 +215,10 @@ fn normalize(path: &Path) -> PathBuf {
 /// `M:m` as a pair of numbers, if the reference has that shape.
 fn parse_major_minor(reference: &str) -> Option<(u32, u32)> {
     let (maj, min) = reference.split_once(':')?;
-    if maj.is_empty() || min.is_empty() || !(maj.bytes().chain(min.bytes()).all(|b| b.is_ascii_digit())) {
+    if maj.is_empty()
+        || min.is_empty()
+        || !(maj.bytes().chain(min.bytes()).all(|b| b.is_ascii_digit()))
+    {
         return None;
     }
     Some((maj.parse().ok()?, min.parse().ok()?))
@@ -201,14 +238,17 @@ fn block_device_path(major: u32, minor: u32) -> DmResult<PathBuf> {
 impl DeviceResolver for Resolver<'_> {
     fn open(&self, reference: &str) -> DmResult<Arc<Backing>> {
         if let Some((major, minor)) = parse_major_minor(reference) {
-            return Backing::open_path(&block_device_path(major, minor)?, self.writable).map(Arc::new);
+            return Backing::open_path(&block_device_path(major, minor)?, self.writable)
+                .map(Arc::new);
         }
         let path = Path::new(reference);
         let full = if path.is_absolute() {
             normalize(path)
         } else {
             let cwd = self.cwd.as_ref().ok_or_else(|| {
-                DmError::invalid(format!("{reference}: relative path, but the writer's directory is unknown"))
+                DmError::invalid(format!(
+                    "{reference}: relative path, but the writer's directory is unknown"
+                ))
             })?;
             normalize(&cwd.join(path))
         };
@@ -217,8 +257,9 @@ impl DeviceResolver for Resolver<'_> {
             return match (parts.next(), parts.next(), parts.next()) {
                 (Some(Component::Normal(d)), Some(Component::Normal(name)), None) if d == "dev" => {
                     let name = name.to_string_lossy();
-                    let device = (self.lookup)(&name)
-                        .ok_or_else(|| DmError::not_found(format!("{reference}: no such device")))?;
+                    let device = (self.lookup)(&name).ok_or_else(|| {
+                        DmError::not_found(format!("{reference}: no such device"))
+                    })?;
                     Ok(Arc::new(Backing::mapped(device, self.mountpoint.clone())))
                 }
                 _ => Err(DmError::invalid(format!(

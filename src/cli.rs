@@ -28,8 +28,12 @@ pub fn find_mount(explicit: Option<PathBuf>) -> Result<PathBuf, Failed> {
         .collect();
     match found.as_slice() {
         [one] => Ok(one.clone()),
-        [] => Err(Failed("no dmfs mount found: mount one with `dmfs mount MNT`, or name it with --mount".into())),
-        _ => Err(Failed("several dmfs mounts: choose one with --mount or DMFS_MOUNT".into())),
+        [] => Err(Failed(
+            "no dmfs mount found: mount one with `dmfs mount MNT`, or name it with --mount".into(),
+        )),
+        _ => Err(Failed(
+            "several dmfs mounts: choose one with --mount or DMFS_MOUNT".into(),
+        )),
     }
 }
 
@@ -40,7 +44,11 @@ pub struct Mount {
 /// The reason dmfs recorded for the latest failure, to show beside the errno.
 fn last_reason(root: &Path) -> String {
     let errors = std::fs::read_to_string(root.join("ctl/errors")).unwrap_or_default();
-    errors.lines().last().map(|l| l.split_once(' ').map_or(l, |(_, rest)| rest).to_string()).unwrap_or_default()
+    errors
+        .lines()
+        .last()
+        .map(|l| l.split_once(' ').map_or(l, |(_, rest)| rest).to_string())
+        .unwrap_or_default()
 }
 
 fn strerror(e: &std::io::Error) -> String {
@@ -71,7 +79,8 @@ impl Mount {
     }
 
     fn read(&self, rel: &str) -> Result<String, Failed> {
-        std::fs::read_to_string(self.path(rel)).map_err(|e| Failed(format!("{rel}: {}", strerror(&e))))
+        std::fs::read_to_string(self.path(rel))
+            .map_err(|e| Failed(format!("{rel}: {}", strerror(&e))))
     }
 
     /// Writes lines into a ctl file; the write or the close carries dmfs's answer.
@@ -80,7 +89,8 @@ impl Mount {
             .write(true)
             .open(self.path(file))
             .map_err(|e| self.ioctl_failed(ioctl, name, &e))?;
-        f.write_all(format!("{line}\n").as_bytes()).map_err(|e| self.ioctl_failed(ioctl, name, &e))
+        f.write_all(format!("{line}\n").as_bytes())
+            .map_err(|e| self.ioctl_failed(ioctl, name, &e))
     }
 
     /// Writes a table into ctl/create/NAME or ctl/reload/NAME.
@@ -96,17 +106,33 @@ impl Mount {
         if !text.ends_with('\n') {
             text.push('\n');
         }
-        f.write_all(text.as_bytes()).map_err(|e| self.ioctl_failed(ioctl, name, &e))?;
+        f.write_all(text.as_bytes())
+            .map_err(|e| self.ioctl_failed(ioctl, name, &e))?;
         // The table takes effect at close; close errors matter here.
         f.sync_all().ok();
         drop(f);
         Ok(())
     }
 
-    pub fn create(&self, name: &str, table: &str, uuid: Option<&str>, read_only: bool) -> CliResult {
-        self.write_table("create", "create", name, table, if read_only { 0o444 } else { 0o644 })?;
+    pub fn create(
+        &self,
+        name: &str,
+        table: &str,
+        uuid: Option<&str>,
+        read_only: bool,
+    ) -> CliResult {
+        self.write_table(
+            "create",
+            "create",
+            name,
+            table,
+            if read_only { 0o444 } else { 0o644 },
+        )?;
         if !self.exists(name) {
-            return Err(Failed(format!("device-mapper: create ioctl on {name}  failed\n{}", last_reason(&self.root))));
+            return Err(Failed(format!(
+                "device-mapper: create ioctl on {name}  failed\n{}",
+                last_reason(&self.root)
+            )));
         }
         match uuid {
             Some(uuid) => self.set_uuid(name, uuid),
@@ -122,7 +148,9 @@ impl Mount {
     /// then on), as dmsetup's --force does, so a device still open is at least harmless.
     pub fn remove(&self, name: &str, force: bool) -> CliResult {
         if force && self.exists(name) {
-            let size = std::fs::metadata(self.path(&format!("dev/{name}"))).map(|m| m.len() / 512).unwrap_or(0);
+            let size = std::fs::metadata(self.path(&format!("dev/{name}")))
+                .map(|m| m.len() / 512)
+                .unwrap_or(0);
             self.reload(name, &format!("0 {size} error"))?;
             self.command("ctl/resume", "resume", name, name)?;
         }
@@ -143,18 +171,32 @@ impl Mount {
             return Err(Failed("Device does not exist.".into()));
         }
         let err = |e: std::io::Error| self.ioctl_failed("rename", name, &e);
-        let mut f = OpenOptions::new().write(true).truncate(true).open(self.path(&format!("dm/{name}/uuid"))).map_err(err)?;
-        f.write_all(format!("{uuid}\n").as_bytes()).map_err(|e| self.ioctl_failed("rename", name, &e))
+        let mut f = OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(self.path(&format!("dm/{name}/uuid")))
+            .map_err(err)?;
+        f.write_all(format!("{uuid}\n").as_bytes())
+            .map_err(|e| self.ioctl_failed("rename", name, &e))
     }
 
     pub fn message(&self, name: &str, sector: &str, words: &[String]) -> CliResult {
-        self.command("ctl/message", "message", name, &format!("{name} {sector} {}", words.join(" ")))
+        self.command(
+            "ctl/message",
+            "message",
+            name,
+            &format!("{name} {sector} {}", words.join(" ")),
+        )
     }
 
     /// Device names, sorted.
     pub fn names(&self) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(self.path("dev"))
-            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
             .unwrap_or_default();
         names.sort();
         names
@@ -164,7 +206,9 @@ impl Mount {
     /// line (info: records one after another), as dmsetup prints them.
     pub fn report(&self, file: &str, name: Option<&str>, out: &mut impl Write) -> CliResult {
         let missing = |name: &str| match file {
-            "table" => Failed(format!("device-mapper: table ioctl on {name}  failed: No such device or address")),
+            "table" => Failed(format!(
+                "device-mapper: table ioctl on {name}  failed: No such device or address"
+            )),
             _ => Failed("Device does not exist.".into()),
         };
         match name {

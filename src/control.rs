@@ -31,7 +31,9 @@ impl LineBuffer {
         while let Some(nl) = rest.iter().position(|&b| b == b'\n') {
             if self.partial.len() + nl > MAX_LINE_BYTES {
                 self.partial.clear();
-                return Err(DmError::invalid(format!("line longer than {MAX_LINE_BYTES} bytes")));
+                return Err(DmError::invalid(format!(
+                    "line longer than {MAX_LINE_BYTES} bytes"
+                )));
             }
             self.partial.extend_from_slice(&rest[..nl]);
             lines.push(to_text(std::mem::take(&mut self.partial))?);
@@ -39,7 +41,9 @@ impl LineBuffer {
         }
         if self.partial.len() + rest.len() > MAX_LINE_BYTES {
             self.partial.clear();
-            return Err(DmError::invalid(format!("line longer than {MAX_LINE_BYTES} bytes")));
+            return Err(DmError::invalid(format!(
+                "line longer than {MAX_LINE_BYTES} bytes"
+            )));
         }
         self.partial.extend_from_slice(rest);
         Ok(lines)
@@ -99,16 +103,35 @@ impl TableSession {
 
     /// Starts a new device's table, taking the name (EBUSY if taken, EINVAL if invalid). A
     /// read-only device opens its backing devices read-only and refuses writes.
-    pub fn create(registry: &Registry, name: &str, cwd: Option<PathBuf>, read_only: bool) -> DmResult<TableSession> {
-        registry.reserve(name).inspect_err(|e| registry.errors.record("create", name, e))?;
-        Ok(TableSession::new(name, TableTarget::Create { device: None }, cwd, read_only))
+    pub fn create(
+        registry: &Registry,
+        name: &str,
+        cwd: Option<PathBuf>,
+        read_only: bool,
+    ) -> DmResult<TableSession> {
+        registry
+            .reserve(name)
+            .inspect_err(|e| registry.errors.record("create", name, e))?;
+        Ok(TableSession::new(
+            name,
+            TableTarget::Create { device: None },
+            cwd,
+            read_only,
+        ))
     }
 
     /// Starts a table to load into an existing device's inactive slot (ENOENT if none).
     pub fn reload(registry: &Registry, name: &str, cwd: Option<PathBuf>) -> DmResult<TableSession> {
-        let device = registry.find(name).inspect_err(|e| registry.errors.record("reload", name, e))?;
+        let device = registry
+            .find(name)
+            .inspect_err(|e| registry.errors.record("reload", name, e))?;
         let read_only = device.is_read_only();
-        Ok(TableSession::new(name, TableTarget::Reload { device }, cwd, read_only))
+        Ok(TableSession::new(
+            name,
+            TableTarget::Reload { device },
+            cwd,
+            read_only,
+        ))
     }
 
     fn operation(&self) -> &'static str {
@@ -169,13 +192,17 @@ impl TableSession {
             Err(e) => return Err(self.fail(registry, e)),
         };
         let result = match &mut self.target {
-            TableTarget::Create { device: Some(device) } => {
+            TableTarget::Create {
+                device: Some(device),
+            } => {
                 device.set_table(table);
                 Ok(())
             }
-            TableTarget::Create { device } => registry.create(&self.name, table, self.read_only).map(|d| {
-                *device = Some(d);
-            }),
+            TableTarget::Create { device } => {
+                registry.create(&self.name, table, self.read_only).map(|d| {
+                    *device = Some(d);
+                })
+            }
             TableTarget::Reload { device } => registry.load(&self.name, device, table),
         };
         if let Err(e) = result {
@@ -230,7 +257,13 @@ pub enum Command {
 }
 
 impl Command {
-    pub const ALL: [Command; 5] = [Command::Remove, Command::Suspend, Command::Resume, Command::Rename, Command::Message];
+    pub const ALL: [Command; 5] = [
+        Command::Remove,
+        Command::Suspend,
+        Command::Resume,
+        Command::Rename,
+        Command::Message,
+    ];
 
     /// The operation's name: also the file's name under `ctl/`.
     pub fn operation(self) -> &'static str {
@@ -246,19 +279,22 @@ impl Command {
     /// Runs one written line. Blank lines do nothing.
     pub fn run(self, registry: &Registry, line: &str) -> DmResult<()> {
         let words: Vec<&str> = line.split_whitespace().collect();
-        let Some(&name) = words.first() else { return Ok(()) };
+        let Some(&name) = words.first() else {
+            return Ok(());
+        };
         let result = match (self, &words[..]) {
             (Command::Remove, [name]) => registry.remove(name),
             (Command::Suspend, [name]) => registry.find(name).map(|d| d.suspend()),
             (Command::Resume, [name]) => registry.find(name).map(|d| d.resume()),
             (Command::Rename, [old, new]) => registry.rename(old, new),
-            (Command::Message, [name, sector, message @ ..]) if !message.is_empty() => {
-                registry.find(name).and_then(|d| d.message(sector, message)).map(|reply| {
+            (Command::Message, [name, sector, message @ ..]) if !message.is_empty() => registry
+                .find(name)
+                .and_then(|d| d.message(sector, message))
+                .map(|reply| {
                     if !reply.is_empty() {
                         log::info!("message {name}: {reply}");
                     }
-                })
-            }
+                }),
             (Command::Remove | Command::Suspend | Command::Resume, _) => {
                 Err(DmError::invalid("expected one device name per line"))
             }
@@ -277,7 +313,10 @@ pub struct CommandInput {
 
 impl CommandInput {
     pub fn new(command: Command) -> CommandInput {
-        CommandInput { command, input: LineBuffer::default() }
+        CommandInput {
+            command,
+            input: LineBuffer::default(),
+        }
     }
 
     pub fn write(&mut self, registry: &Registry, data: &[u8]) -> DmResult<()> {
@@ -325,12 +364,19 @@ pub struct UuidInput {
 
 impl UuidInput {
     pub fn new(device: Arc<Device>) -> UuidInput {
-        UuidInput { device, input: LineBuffer::default() }
+        UuidInput {
+            device,
+            input: LineBuffer::default(),
+        }
     }
 
     pub fn write(&mut self, registry: &Registry, data: &[u8]) -> DmResult<()> {
         let name = self.device.name();
-        for line in self.input.push(data).inspect_err(|e| registry.errors.record("uuid", &name, e))? {
+        for line in self
+            .input
+            .push(data)
+            .inspect_err(|e| registry.errors.record("uuid", &name, e))?
+        {
             self.set(registry, &line)?;
         }
         Ok(())
@@ -338,7 +384,11 @@ impl UuidInput {
 
     pub fn flush(&mut self, registry: &Registry) -> DmResult<()> {
         let name = self.device.name();
-        match self.input.take_rest().inspect_err(|e| registry.errors.record("uuid", &name, e))? {
+        match self
+            .input
+            .take_rest()
+            .inspect_err(|e| registry.errors.record("uuid", &name, e))?
+        {
             Some(line) => self.set(registry, &line),
             None => Ok(()),
         }
@@ -350,6 +400,8 @@ impl UuidInput {
             return Ok(());
         }
         let name = self.device.name();
-        registry.set_uuid(&name, uuid).inspect_err(|e| registry.errors.record("uuid", &name, e))
+        registry
+            .set_uuid(&name, uuid)
+            .inspect_err(|e| registry.errors.record("uuid", &name, e))
     }
 }

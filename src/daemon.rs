@@ -40,9 +40,16 @@ fn exit_signals() -> libc::sigset_t {
 }
 
 fn init_logging(opts: &MountOptions) -> std::io::Result<()> {
-    let config = simplelog::ConfigBuilder::new().set_time_format_rfc3339().build();
+    let config = simplelog::ConfigBuilder::new()
+        .set_time_format_rfc3339()
+        .build();
     let sink: Box<dyn Write + Send> = match &opts.log_file {
-        Some(path) => Box::new(std::fs::OpenOptions::new().create(true).append(true).open(path)?),
+        Some(path) => Box::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)?,
+        ),
         None if opts.foreground => Box::new(std::io::stderr()),
         None => return Ok(()),
     };
@@ -79,7 +86,12 @@ pub fn mount(opts: MountOptions) {
             die(&format!("pipe: {}", std::io::Error::last_os_error()));
         }
         // SAFETY: both descriptors were just created and are owned here.
-        let (read_end, write_end) = unsafe { (File::from(OwnedFd::from_raw_fd(fds[0])), File::from(OwnedFd::from_raw_fd(fds[1]))) };
+        let (read_end, write_end) = unsafe {
+            (
+                File::from(OwnedFd::from_raw_fd(fds[0])),
+                File::from(OwnedFd::from_raw_fd(fds[1])),
+            )
+        };
         // SAFETY: no other thread exists yet, so the child is a complete copy.
         match unsafe { libc::fork() } {
             -1 => die(&format!("fork: {}", std::io::Error::last_os_error())),
@@ -97,7 +109,11 @@ pub fn mount(opts: MountOptions) {
                 if msg == "ok" {
                     std::process::exit(0);
                 }
-                die(if msg.is_empty() { "the mount daemon exited before the mount was ready" } else { &msg });
+                die(if msg.is_empty() {
+                    "the mount daemon exited before the mount was ready"
+                } else {
+                    &msg
+                });
             }
         }
     }
@@ -124,7 +140,11 @@ pub fn mount(opts: MountOptions) {
         MountOption::NoSuid,
         MountOption::NoDev,
     ];
-    config.acl = if opts.allow_other { SessionACL::All } else { SessionACL::Owner };
+    config.acl = if opts.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
     config.n_threads = Some(opts.threads.max(1));
     config.clone_fd = true;
     let mut session = match Session::new(DmFs::new(registry.clone()), &mountpoint, &config) {
@@ -144,7 +164,11 @@ pub fn mount(opts: MountOptions) {
             let _ = lazy_unmount(&mnt);
         }
     });
-    log::info!("mounted {} ({} threads)", mountpoint.display(), opts.threads);
+    log::info!(
+        "mounted {} ({} threads)",
+        mountpoint.display(),
+        opts.threads
+    );
     if let Some(mut p) = ready_pipe.take() {
         let _ = p.write_all(b"ok");
         drop(p);
@@ -160,12 +184,17 @@ pub fn mount(opts: MountOptions) {
 fn lazy_unmount(path: &Path) -> std::io::Result<()> {
     let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
     // SAFETY: `c` is a valid NUL-terminated path.
-    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// `dmfs umount MNT`: umount(2) as root, fusermount3 -u for other users.
 pub fn umount(path: &Path) -> Result<(), String> {
-    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|e| e.to_string())?;
+    let c =
+        std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|e| e.to_string())?;
     // SAFETY: `c` is a valid NUL-terminated path.
     if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
         return Ok(());
@@ -175,9 +204,20 @@ pub fn umount(path: &Path) -> Result<(), String> {
         return Err(format!("umount {}: {err}", path.display()));
     }
     for helper in ["fusermount3", "fusermount"] {
-        if let Ok(status) = std::process::Command::new(helper).arg("-u").arg(path).status() {
-            return if status.success() { Ok(()) } else { Err(format!("{helper} -u {} failed", path.display())) };
+        if let Ok(status) = std::process::Command::new(helper)
+            .arg("-u")
+            .arg(path)
+            .status()
+        {
+            return if status.success() {
+                Ok(())
+            } else {
+                Err(format!("{helper} -u {} failed", path.display()))
+            };
         }
     }
-    Err(format!("umount {}: {err} (and no fusermount3 to unmount as a user)", path.display()))
+    Err(format!(
+        "umount {}: {err} (and no fusermount3 to unmount as a user)",
+        path.display()
+    ))
 }

@@ -263,7 +263,10 @@ impl Device {
             let last = span - SECTOR_SIZE as usize;
             table.read(first, &mut scratch[..SECTOR_SIZE as usize])?;
             if last > 0 {
-                table.read(first + Sectors(last as u64 / SECTOR_SIZE), &mut scratch[last..])?;
+                table.read(
+                    first + Sectors(last as u64 / SECTOR_SIZE),
+                    &mut scratch[last..],
+                )?;
             }
             let skip = offset.sector_offset() as usize;
             scratch[skip..skip + n].copy_from_slice(data);
@@ -300,7 +303,8 @@ impl Device {
     /// `dmsetup message NAME SECTOR MESSAGE...`: hands the message to the target holding
     /// `sector`, with the kernel's words for what goes wrong.
     pub fn message(&self, sector: &str, message: &[&str]) -> DmResult<String> {
-        let sector = crate::target::parse_sector_arg(sector).ok_or_else(|| DmError::invalid("Invalid sector"))?;
+        let sector = crate::target::parse_sector_arg(sector)
+            .ok_or_else(|| DmError::invalid("Invalid sector"))?;
         let table = self.table();
         let entry = table
             .entry_at(sector)
@@ -315,7 +319,9 @@ impl Device {
             return true;
         }
         let tables = std::iter::once(self.table()).chain(self.inactive_table());
-        tables.flat_map(|t| t.devices()).any(|b| b.mapped_device().is_some_and(|d| d.depends_on(other)))
+        tables
+            .flat_map(|t| t.devices())
+            .any(|b| b.mapped_device().is_some_and(|d| d.depends_on(other)))
     }
 }
 

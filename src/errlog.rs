@@ -59,12 +59,18 @@ pub fn errno_name(errno: i32) -> String {
 impl ErrorLog {
     /// Records a failure and logs it. `name` may be empty when no device is concerned.
     pub fn record(&self, operation: &str, name: &str, err: &DmError) {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
         let name = if name.is_empty() { "-" } else { name };
         // One line each, whatever the reason contains.
         let reason = err.reason.replace(['\n', '\r'], " ");
         let errno = errno_name(err.errno);
-        let line = format!("{} {operation} {name}: {reason} ({errno})", utc_timestamp(now));
+        let line = format!(
+            "{} {operation} {name}: {reason} ({errno})",
+            utc_timestamp(now)
+        );
         log::warn!("{operation} {name}: {reason} ({errno})");
         let mut lines = self.lines.lock();
         if lines.len() == KEEP {
@@ -97,7 +103,12 @@ mod tests {
         }
         let text = log.text();
         assert_eq!(text.lines().count(), KEEP);
-        assert!(text.lines().last().unwrap().contains(&format!("create d{}: bad", KEEP + 4)));
+        assert!(
+            text.lines()
+                .last()
+                .unwrap()
+                .contains(&format!("create d{}: bad", KEEP + 4))
+        );
         assert!(!text.contains("create d4:"));
     }
 }

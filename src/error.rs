@@ -14,7 +14,10 @@ pub type DmResult<T> = Result<T, DmError>;
 
 impl DmError {
     pub fn new(errno: i32, reason: impl Into<String>) -> DmError {
-        DmError { errno, reason: reason.into() }
+        DmError {
+            errno,
+            reason: reason.into(),
+        }
     }
     pub fn invalid(reason: impl Into<String>) -> DmError {
         DmError::new(libc::EINVAL, reason)
@@ -27,11 +30,17 @@ impl DmError {
     }
     /// Wraps an OS error with what was being attempted.
     pub fn io(context: impl fmt::Display, err: &io::Error) -> DmError {
-        DmError::new(err.raw_os_error().unwrap_or(libc::EIO), format!("{context}: {err}"))
+        DmError::new(
+            err.raw_os_error().unwrap_or(libc::EIO),
+            format!("{context}: {err}"),
+        )
     }
     /// Prefixes the reason, keeping the errno: "linear: " + "Invalid device sector".
     pub fn context(self, prefix: impl fmt::Display) -> DmError {
-        DmError { errno: self.errno, reason: format!("{prefix}: {}", self.reason) }
+        DmError {
+            errno: self.errno,
+            reason: format!("{prefix}: {}", self.reason),
+        }
     }
 }
 

@@ -58,9 +58,7 @@ enum Verb {
         threads: usize,
     },
     /// Unmount a dmfs mount (same as umount MNT).
-    Umount {
-        mountpoint: PathBuf,
-    },
+    Umount { mountpoint: PathBuf },
     /// Create a device from a table (from FILE, --table, or standard input).
     Create {
         name: String,
@@ -141,9 +139,18 @@ fn run_verb(mount: Option<PathBuf>, verb: Verb) {
         let m = cli::Mount::new(root);
         let out = &mut std::io::stdout();
         match verb {
-            Verb::Create { name, file, uuid, readonly, table } => {
-                m.create(&name, &cli::read_table(table, file)?, uuid.as_deref(), readonly)
-            }
+            Verb::Create {
+                name,
+                file,
+                uuid,
+                readonly,
+                table,
+            } => m.create(
+                &name,
+                &cli::read_table(table, file)?,
+                uuid.as_deref(),
+                readonly,
+            ),
             Verb::Reload { name, file, table } => m.reload(&name, &cli::read_table(table, file)?),
             Verb::Remove { force, names } => names.iter().try_for_each(|n| m.remove(n, force)),
             Verb::Suspend { names } => names.iter().try_for_each(|n| m.simple("suspend", n)),
@@ -153,10 +160,16 @@ fn run_verb(mount: Option<PathBuf>, verb: Verb) {
                 (Some(new), None) => m.rename(&old, &new),
                 (None, None) => unreachable!("clap requires one"),
             },
-            Verb::Message { name, sector, message } => m.message(&name, &sector, &message),
-            Verb::Table { name, inactive } => {
-                m.report(if inactive { "inactive-table" } else { "table" }, name.as_deref(), out)
-            }
+            Verb::Message {
+                name,
+                sector,
+                message,
+            } => m.message(&name, &sector, &message),
+            Verb::Table { name, inactive } => m.report(
+                if inactive { "inactive-table" } else { "table" },
+                name.as_deref(),
+                out,
+            ),
             Verb::Status { name } => m.report("status", name.as_deref(), out),
             Verb::Info { name } => m.report("info", name.as_deref(), out),
             Verb::Deps { name } => m.report("deps", name.as_deref(), out),
@@ -176,8 +189,22 @@ fn run_verb(mount: Option<PathBuf>, verb: Verb) {
 fn main() {
     let cli = Cli::parse();
     match cli.command {
-        Verb::Mount { mountpoint, foreground, allow_other, log_level, log_file, threads } => {
-            daemon::mount(daemon::MountOptions { mountpoint, foreground, allow_other, log_level, log_file, threads });
+        Verb::Mount {
+            mountpoint,
+            foreground,
+            allow_other,
+            log_level,
+            log_file,
+            threads,
+        } => {
+            daemon::mount(daemon::MountOptions {
+                mountpoint,
+                foreground,
+                allow_other,
+                log_level,
+                log_file,
+                threads,
+            });
         }
         Verb::Umount { mountpoint } => {
             if let Err(e) = daemon::umount(&mountpoint) {

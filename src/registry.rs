@@ -55,10 +55,14 @@ pub fn check_name(name: &str) -> DmResult<()> {
 /// Checks a uuid: at most 128 bytes of printable, non-blank characters.
 pub fn check_uuid(uuid: &str) -> DmResult<()> {
     if uuid.is_empty() || uuid.len() > MAX_UUID_BYTES {
-        return Err(DmError::invalid(format!("Invalid uuid: must be 1 to {MAX_UUID_BYTES} bytes")));
+        return Err(DmError::invalid(format!(
+            "Invalid uuid: must be 1 to {MAX_UUID_BYTES} bytes"
+        )));
     }
     if uuid.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(DmError::invalid(format!("Invalid uuid '{uuid}': blank or control characters")));
+        return Err(DmError::invalid(format!(
+            "Invalid uuid '{uuid}': blank or control characters"
+        )));
     }
     Ok(())
 }
@@ -101,7 +105,10 @@ impl Registry {
             return Err(DmError::busy(format!("Device {name} already exists")));
         }
         if d.by_name.len() + d.reserved.len() >= MAX_DEVICES {
-            return Err(DmError::new(libc::ENOSPC, format!("too many devices (limit {MAX_DEVICES})")));
+            return Err(DmError::new(
+                libc::ENOSPC,
+                format!("too many devices (limit {MAX_DEVICES})"),
+            ));
         }
         d.reserved.insert(name.to_string());
         Ok(())
@@ -140,9 +147,15 @@ impl Registry {
             }
         }
         let mut d = self.devices.write();
-        let device = d.by_name.get(name).cloned().ok_or_else(|| not_found(name))?;
+        let device = d
+            .by_name
+            .get(name)
+            .cloned()
+            .ok_or_else(|| not_found(name))?;
         if device.in_use() {
-            return Err(DmError::busy(format!("Device {name} is in use by another device")));
+            return Err(DmError::busy(format!(
+                "Device {name} is in use by another device"
+            )));
         }
         if device.is_open() {
             return Err(DmError::busy(format!("Device {name} is open")));
@@ -180,13 +193,20 @@ impl Registry {
     pub fn set_uuid(&self, name: &str, uuid: &str) -> DmResult<()> {
         check_uuid(uuid)?;
         let d = self.devices.write();
-        let device = d.by_name.get(name).cloned().ok_or_else(|| not_found(name))?;
+        let device = d
+            .by_name
+            .get(name)
+            .cloned()
+            .ok_or_else(|| not_found(name))?;
         if let Some(old) = device.uuid() {
             return Err(DmError::invalid(format!(
                 "Unable to change uuid of mapped device {name} to {uuid} because uuid is already set to {old}"
             )));
         }
-        if d.by_name.values().any(|other| other.uuid().as_deref() == Some(uuid)) {
+        if d.by_name
+            .values()
+            .any(|other| other.uuid().as_deref() == Some(uuid))
+        {
             return Err(DmError::busy(format!(
                 "Unable to change uuid of mapped device {name} to {uuid} because uuid is already in use"
             )));
@@ -225,9 +245,19 @@ impl Registry {
 
     /// Runs `f` with a resolver for references written by a process whose working directory is
     /// `cwd`; backing files are opened read-write unless `writable` is false.
-    pub fn with_resolver<T>(&self, cwd: Option<PathBuf>, writable: bool, f: impl FnOnce(&Resolver<'_>) -> T) -> T {
+    pub fn with_resolver<T>(
+        &self,
+        cwd: Option<PathBuf>,
+        writable: bool,
+        f: impl FnOnce(&Resolver<'_>) -> T,
+    ) -> T {
         let lookup = |name: &str| self.get(name);
-        let resolver = Resolver { cwd, writable, mountpoint: self.mountpoint.clone(), lookup: &lookup };
+        let resolver = Resolver {
+            cwd,
+            writable,
+            mountpoint: self.mountpoint.clone(),
+            lookup: &lookup,
+        };
         f(&resolver)
     }
 

@@ -27,7 +27,11 @@ pub fn info_text(device: &Device) -> String {
         (false, true) => "ACTIVE (READ-ONLY)",
         (true, true) => "SUSPENDED (READ-ONLY)",
     };
-    let tables = if device.inactive_table().is_some() { "LIVE & INACTIVE" } else { "LIVE" };
+    let tables = if device.inactive_table().is_some() {
+        "LIVE & INACTIVE"
+    } else {
+        "LIVE"
+    };
     let mut out = format!(
         "Name:              {}\n\
          State:             {state}\n\

@@ -35,7 +35,9 @@ pub struct TableLine {
 fn parse_sectors(field: &str, what: &str) -> DmResult<Sectors> {
     let digits = field.strip_prefix('+').unwrap_or(field);
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(DmError::invalid(format!("Invalid {what} '{field}': not a decimal sector count")));
+        return Err(DmError::invalid(format!(
+            "Invalid {what} '{field}': not a decimal sector count"
+        )));
     }
     digits
         .parse::<u64>()
@@ -99,7 +101,9 @@ impl TableLine {
         }
         let words = next_word(trimmed)
             .and_then(|(start, rest)| next_word(rest).map(|(len, rest)| (start, len, rest)))
-            .and_then(|(start, len, rest)| next_word(rest).map(|(ty, rest)| (start, len, ty, rest)));
+            .and_then(|(start, len, rest)| {
+                next_word(rest).map(|(ty, rest)| (start, len, ty, rest))
+            });
         let Some((start, len, ty, rest)) = words else {
             return Err(DmError::invalid(
                 "Invalid format: a table line is 'start length target_type [args...]'",
@@ -110,7 +114,12 @@ impl TableLine {
         if ty.len() > MAX_TYPE_NAME {
             return Err(DmError::invalid(format!("{ty}: unknown target type")));
         }
-        Ok(Some(TableLine { start, len, target_type: ty.to_string(), args: split_args(rest) }))
+        Ok(Some(TableLine {
+            start,
+            len,
+            target_type: ty.to_string(),
+            args: split_args(rest),
+        }))
     }
 }
 
@@ -166,7 +175,11 @@ impl Table {
             return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
         }
         let mut sector = start;
-        let mut i = if count.0 == 0 { return Ok(()) } else { self.entry_index(start) };
+        let mut i = if count.0 == 0 {
+            return Ok(());
+        } else {
+            self.entry_index(start)
+        };
         while sector < end {
             let e = &self.entries[i];
             let piece_end = std::cmp::min(end, e.start + e.len);
@@ -182,13 +195,17 @@ impl Table {
     /// Reads whole sectors; `buf.len()` must be a multiple of 512.
     pub fn read(&self, start: Sectors, buf: &mut [u8]) -> std::io::Result<()> {
         let count = Sectors(buf.len() as u64 / crate::units::SECTOR_SIZE);
-        self.for_each_piece(start, count, |e, off, range| e.target.read(off, &mut buf[range]))
+        self.for_each_piece(start, count, |e, off, range| {
+            e.target.read(off, &mut buf[range])
+        })
     }
 
     /// Writes whole sectors; `buf.len()` must be a multiple of 512.
     pub fn write(&self, start: Sectors, buf: &[u8]) -> std::io::Result<()> {
         let count = Sectors(buf.len() as u64 / crate::units::SECTOR_SIZE);
-        self.for_each_piece(start, count, |e, off, range| e.target.write(off, &buf[range]))
+        self.for_each_piece(start, count, |e, off, range| {
+            e.target.write(off, &buf[range])
+        })
     }
 
     pub fn flush(&self) -> std::io::Result<()> {
@@ -213,7 +230,13 @@ impl Table {
         for e in &self.entries {
             // dmsetup prints "%llu %llu %s %s\n": a target with empty parameters keeps the
             // space before them.
-            out.push_str(&format!("{} {} {} {}\n", e.start, e.len, e.target_type, params(&*e.target)));
+            out.push_str(&format!(
+                "{} {} {} {}\n",
+                e.start,
+                e.len,
+                e.target_type,
+                params(&*e.target)
+            ));
         }
         out
     }
@@ -247,7 +270,11 @@ impl Default for TableBuilder {
 
 impl TableBuilder {
     pub fn new() -> TableBuilder {
-        TableBuilder { entries: Vec::new(), next_start: Sectors(0), line_no: 0 }
+        TableBuilder {
+            entries: Vec::new(),
+            next_start: Sectors(0),
+            line_no: 0,
+        }
     }
 
     /// Number of table lines accepted so far.
@@ -257,26 +284,40 @@ impl TableBuilder {
 
     /// The devices the most recently accepted line maps onto.
     pub fn last_line_devices(&self) -> Vec<Arc<Backing>> {
-        self.entries.last().map(|e| e.target.devices()).unwrap_or_default()
+        self.entries
+            .last()
+            .map(|e| e.target.devices())
+            .unwrap_or_default()
     }
 
     /// Parses, validates and constructs one line of text. The error names the line number.
     pub fn add_line(&mut self, text: &str, resolver: &dyn DeviceResolver) -> DmResult<()> {
         self.line_no += 1;
         let line_no = self.line_no;
-        self.add_parsed(text, resolver).map_err(|e| e.context(format!("line {line_no}")))
+        self.add_parsed(text, resolver)
+            .map_err(|e| e.context(format!("line {line_no}")))
     }
 
     fn add_parsed(&mut self, text: &str, resolver: &dyn DeviceResolver) -> DmResult<()> {
         if text.len() > MAX_LINE_BYTES {
-            return Err(DmError::invalid(format!("table line longer than {MAX_LINE_BYTES} bytes")));
+            return Err(DmError::invalid(format!(
+                "table line longer than {MAX_LINE_BYTES} bytes"
+            )));
         }
-        let Some(line) = TableLine::parse(text)? else { return Ok(()) };
+        let Some(line) = TableLine::parse(text)? else {
+            return Ok(());
+        };
         let Some(ty) = target::find_type(&line.target_type) else {
-            return Err(DmError::invalid(format!("{}: unknown target type", line.target_type)));
+            return Err(DmError::invalid(format!(
+                "{}: unknown target type",
+                line.target_type
+            )));
         };
         if self.entries.len() >= MAX_TABLE_LINES {
-            return Err(DmError::invalid(format!("{}: too many targets (limit {MAX_TABLE_LINES})", ty.name)));
+            return Err(DmError::invalid(format!(
+                "{}: too many targets (limit {MAX_TABLE_LINES})",
+                ty.name
+            )));
         }
         if line.len.0 == 0 {
             return Err(DmError::invalid(format!("{}: zero-length target", ty.name)));
@@ -286,16 +327,27 @@ impl TableBuilder {
             return Err(DmError::invalid(format!("{}: Gap in table", ty.name)));
         }
         // dev/NAME is a file: its size in bytes must fit a file offset (i64).
-        let end = line.start.checked_add(line.len).filter(|e| e.0 <= MAX_DEVICE_SECTORS.0);
+        let end = line
+            .start
+            .checked_add(line.len)
+            .filter(|e| e.0 <= MAX_DEVICE_SECTORS.0);
         let Some(end) = end else {
             // The kernel's limit and words: the end must stay below 2^54 sectors.
             return Err(DmError::invalid(format!(
                 "too large device (longer than {MAX_DEVICE_SECTORS} sectors)"
             )));
         };
-        let ctor = Ctor { len: line.len, resolver };
+        let ctor = Ctor {
+            len: line.len,
+            resolver,
+        };
         let target = (ty.construct)(&ctor, &line.args).map_err(|e| e.context(ty.name))?;
-        self.entries.push(Entry { start: line.start, len: line.len, target_type: ty.name, target: Arc::from(target) });
+        self.entries.push(Entry {
+            start: line.start,
+            len: line.len,
+            target_type: ty.name,
+            target: Arc::from(target),
+        });
         self.next_start = end;
         Ok(())
     }
@@ -312,7 +364,10 @@ impl TableBuilder {
             }
             expect = e.start + e.len;
         }
-        Ok(Table { entries: self.entries.clone(), len: expect })
+        Ok(Table {
+            entries: self.entries.clone(),
+            len: expect,
+        })
     }
 }
 
@@ -325,13 +380,17 @@ mod tests {
         assert_eq!(TableLine::parse("").unwrap(), None);
         assert_eq!(TableLine::parse("   \t").unwrap(), None);
         assert_eq!(TableLine::parse("  # 0 8 zero").unwrap(), None);
-        let l = TableLine::parse("+0 8 zero # trailing comment").unwrap().unwrap();
+        let l = TableLine::parse("+0 8 zero # trailing comment")
+            .unwrap()
+            .unwrap();
         assert_eq!((l.start, l.len, l.args.len()), (Sectors(0), Sectors(8), 0));
     }
 
     #[test]
     fn parse_fields() {
-        let l = TableLine::parse(" 0  8\tlinear  /a\\ b   16 ").unwrap().unwrap();
+        let l = TableLine::parse(" 0  8\tlinear  /a\\ b   16 ")
+            .unwrap()
+            .unwrap();
         assert_eq!(l.start, Sectors(0));
         assert_eq!(l.len, Sectors(8));
         assert_eq!(l.target_type, "linear");
@@ -340,7 +399,15 @@ mod tests {
 
     #[test]
     fn parse_rejects_bad_numbers() {
-        for bad in ["x 8 zero", "0 -8 zero", "0 0x10 zero", "0 8", "0", "0 99999999999999999999 zero", "0 + zero"] {
+        for bad in [
+            "x 8 zero",
+            "0 -8 zero",
+            "0 0x10 zero",
+            "0 8",
+            "0",
+            "0 99999999999999999999 zero",
+            "0 + zero",
+        ] {
             let e = TableLine::parse(bad).unwrap_err();
             assert_eq!(e.errno, libc::EINVAL, "{bad}");
         }

@@ -47,11 +47,18 @@ fn case(what: &str, script: impl Into<String>, errno: &'static str, key: Option<
 fn create(what: &str, name: &str, lines: &[&str], errno: &'static str, key: &str) -> Case {
     // "t" stands for a fresh name, so a case that wrongly creates its device cannot make the
     // next cases fail for the wrong reason.
-    let name = if name == "t" { format!("t{}", NAME_COUNTER.fetch_add(1, Ordering::SeqCst)) } else { name.into() };
+    let name = if name == "t" {
+        format!("t{}", NAME_COUNTER.fetch_add(1, Ordering::SeqCst))
+    } else {
+        name.into()
+    };
     let script = if lines.len() == 1 {
         format!("echo \"{}\" > $MNT/ctl/create/{name}", lines[0])
     } else {
-        format!("printf \"{}\\n\" > $MNT/ctl/create/{name}", lines.join("\\n"))
+        format!(
+            "printf \"{}\\n\" > $MNT/ctl/create/{name}",
+            lines.join("\\n")
+        )
     };
     let mut c = case(what, script, errno, Some(key));
     c.reuse = Some(name);
@@ -120,10 +127,16 @@ impl Fixture {
         let b = pattern_image(1, IMG_SECTORS);
         let mut want = a[16 * 512..48 * 512].to_vec();
         want.extend_from_slice(&b);
-        assert!(std::fs::read(m.mnt.join("dev/keep")).unwrap() == want, "dev/keep has the wrong bytes");
+        assert!(
+            std::fs::read(m.mnt.join("dev/keep")).unwrap() == want,
+            "dev/keep has the wrong bytes"
+        );
         assert_eq!(
             m.read("dm/keep/table"),
-            format!("0 32 linear {0}/a.img 16\n32 64 linear {0}/b.img 0\n", m.dir.display())
+            format!(
+                "0 32 linear {0}/a.img 16\n32 64 linear {0}/b.img 0\n",
+                m.dir.display()
+            )
         );
         Fixture { m }
     }
@@ -137,7 +150,11 @@ impl Fixture {
     }
 
     fn errors(&self) -> Vec<String> {
-        self.m.read("ctl/errors").lines().map(str::to_string).collect()
+        self.m
+            .read("ctl/errors")
+            .lines()
+            .map(str::to_string)
+            .collect()
     }
 
     /// Runs one case; Err says what went wrong.
@@ -145,7 +162,10 @@ impl Fixture {
         if !c.setup.is_empty() {
             let out = self.m.sh(&c.setup);
             if !out.status.success() {
-                return Err(format!("setup failed: {}", String::from_utf8_lossy(&out.stderr)));
+                return Err(format!(
+                    "setup failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                ));
             }
         }
         let before = self.state();
@@ -157,19 +177,30 @@ impl Fixture {
             problems.push("the script succeeded".to_string());
         }
         if !stderr.contains(c.errno) {
-            problems.push(format!("expected {:?} in stderr, got {:?}", c.errno, stderr.trim()));
+            problems.push(format!(
+                "expected {:?} in stderr, got {:?}",
+                c.errno,
+                stderr.trim()
+            ));
         }
         let errors_after = self.errors();
         let new = new_lines(&errors_before, &errors_after);
         if let Some(key) = &c.key {
             let symbol = errno_symbol(c.errno);
-            if !new.iter().any(|l| l.contains(key.as_str()) && l.ends_with(symbol)) {
-                problems.push(format!("no new ctl/errors line with {key:?} and {symbol}; new lines: {new:?}"));
+            if !new
+                .iter()
+                .any(|l| l.contains(key.as_str()) && l.ends_with(symbol))
+            {
+                problems.push(format!(
+                    "no new ctl/errors line with {key:?} and {symbol}; new lines: {new:?}"
+                ));
             }
         }
         let after = self.state();
         if after != before {
-            problems.push(format!("state changed:\nbefore {before:?}\nafter  {after:?}"));
+            problems.push(format!(
+                "state changed:\nbefore {before:?}\nafter  {after:?}"
+            ));
         }
         if let Some(name) = &c.reuse {
             if !after.devices.contains(name) {
@@ -178,24 +209,37 @@ impl Fixture {
                      test -e $MNT/dev/{name} && echo {name} > $MNT/ctl/remove"
                 );
                 if !self.m.sh(&script).status.success() {
-                    problems.push(format!("the name {name} was not given back after the failed create"));
+                    problems.push(format!(
+                        "the name {name} was not given back after the failed create"
+                    ));
                 }
             }
         }
         if !c.cleanup.is_empty() {
             let out = self.m.sh(&c.cleanup);
             if !out.status.success() {
-                problems.push(format!("cleanup failed: {}", String::from_utf8_lossy(&out.stderr)));
+                problems.push(format!(
+                    "cleanup failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                ));
             }
         }
-        if problems.is_empty() { Ok(()) } else { Err(problems.join("\n    ")) }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("\n    "))
+        }
     }
 
     fn run_all(&self, cases: Vec<Case>) {
         let total = cases.len();
         let failures: Vec<String> = cases
             .iter()
-            .filter_map(|c| self.run(c).err().map(|e| format!("[{}] {}\n    {}", c.what, c.script, e)))
+            .filter_map(|c| {
+                self.run(c)
+                    .err()
+                    .map(|e| format!("[{}] {}\n    {}", c.what, c.script, e))
+            })
             .collect();
         assert!(
             failures.is_empty(),
@@ -228,27 +272,129 @@ fn bad_tables_and_names() {
     let f = Fixture::new();
     let long128 = "n".repeat(128);
     let cases = vec![
-        create("non-numeric start", "t", &["x 8 zero"], EINVAL, "not a decimal sector count"),
-        create("non-numeric length", "t", &["0 abc zero"], EINVAL, "not a decimal sector count"),
-        create("negative length", "t", &["0 -8 zero"], EINVAL, "not a decimal sector count"),
-        create("negative start", "t", &["-1 8 zero"], EINVAL, "not a decimal sector count"),
-        create("hex length", "t", &["0 0x10 zero"], EINVAL, "not a decimal sector count"),
-        create("length 2^64", "t", &["0 18446744073709551616 zero"], EINVAL, "too large"),
-        create("start 2^64", "t", &["18446744073709551616 8 zero"], EINVAL, "too large"),
-        create("end past 2^64-1", "t", &["0 18014398509481983 zero", "18014398509481983 18446744073709551615 zero"], EINVAL,
-            "line 2: too large device"),
-        create("gap", "t", &["0 8 zero", "16 8 zero"], EINVAL, "line 2: zero: Gap in table"),
-        create("overlap", "t", &["0 16 zero", "8 8 zero"], EINVAL, "line 2: zero: Gap in table"),
-        create("first line not at 0", "t", &["8 8 zero"], EINVAL, "line 1: zero: Gap in table"),
-        create("zero length", "t", &["0 0 zero"], EINVAL, "zero: zero-length target"),
-        create("unknown target", "t", &["0 8 nosuch"], EINVAL, "nosuch: unknown target type"),
-        create("target type too long", "t", &["0 8 averyveryverylongtype"], EINVAL,
-            "averyveryverylongtype: unknown target type"),
-        create("missing target type", "t", &["0 8"], EINVAL, "Invalid format"),
+        create(
+            "non-numeric start",
+            "t",
+            &["x 8 zero"],
+            EINVAL,
+            "not a decimal sector count",
+        ),
+        create(
+            "non-numeric length",
+            "t",
+            &["0 abc zero"],
+            EINVAL,
+            "not a decimal sector count",
+        ),
+        create(
+            "negative length",
+            "t",
+            &["0 -8 zero"],
+            EINVAL,
+            "not a decimal sector count",
+        ),
+        create(
+            "negative start",
+            "t",
+            &["-1 8 zero"],
+            EINVAL,
+            "not a decimal sector count",
+        ),
+        create(
+            "hex length",
+            "t",
+            &["0 0x10 zero"],
+            EINVAL,
+            "not a decimal sector count",
+        ),
+        create(
+            "length 2^64",
+            "t",
+            &["0 18446744073709551616 zero"],
+            EINVAL,
+            "too large",
+        ),
+        create(
+            "start 2^64",
+            "t",
+            &["18446744073709551616 8 zero"],
+            EINVAL,
+            "too large",
+        ),
+        create(
+            "end past 2^64-1",
+            "t",
+            &[
+                "0 18014398509481983 zero",
+                "18014398509481983 18446744073709551615 zero",
+            ],
+            EINVAL,
+            "line 2: too large device",
+        ),
+        create(
+            "gap",
+            "t",
+            &["0 8 zero", "16 8 zero"],
+            EINVAL,
+            "line 2: zero: Gap in table",
+        ),
+        create(
+            "overlap",
+            "t",
+            &["0 16 zero", "8 8 zero"],
+            EINVAL,
+            "line 2: zero: Gap in table",
+        ),
+        create(
+            "first line not at 0",
+            "t",
+            &["8 8 zero"],
+            EINVAL,
+            "line 1: zero: Gap in table",
+        ),
+        create(
+            "zero length",
+            "t",
+            &["0 0 zero"],
+            EINVAL,
+            "zero: zero-length target",
+        ),
+        create(
+            "unknown target",
+            "t",
+            &["0 8 nosuch"],
+            EINVAL,
+            "nosuch: unknown target type",
+        ),
+        create(
+            "target type too long",
+            "t",
+            &["0 8 averyveryverylongtype"],
+            EINVAL,
+            "averyveryverylongtype: unknown target type",
+        ),
+        create(
+            "missing target type",
+            "t",
+            &["0 8"],
+            EINVAL,
+            "Invalid format",
+        ),
         create("start only", "t", &["0"], EINVAL, "Invalid format"),
-        create("zero with args", "t", &["0 8 zero 1"], EINVAL, "zero: No arguments required"),
-        create("good line then a bad one, one write", "t", &["0 8 zero", "8 8 nosuch"], EINVAL,
-            "line 2: nosuch: unknown target type"),
+        create(
+            "zero with args",
+            "t",
+            &["0 8 zero 1"],
+            EINVAL,
+            "zero: No arguments required",
+        ),
+        create(
+            "good line then a bad one, one write",
+            "t",
+            &["0 8 zero", "8 8 nosuch"],
+            EINVAL,
+            "line 2: nosuch: unknown target type",
+        ),
         {
             // Two write(2)s on one open descriptor, no close between them.
             let mut c = case(
@@ -271,28 +417,65 @@ fn bad_tables_and_names() {
             c
         },
         {
-            let mut c = case("NUL in a line", r"printf '0 8 zero\000\n' > $MNT/ctl/create/nul", EINVAL,
-                Some("Invalid character"));
+            let mut c = case(
+                "NUL in a line",
+                r"printf '0 8 zero\000\n' > $MNT/ctl/create/nul",
+                EINVAL,
+                Some("Invalid character"),
+            );
             c.reuse = Some("nul".into());
             c
         },
         {
-            let mut c = case("invalid UTF-8", r"printf '0 8 \xff\xfe\n' > $MNT/ctl/create/utf", EINVAL,
-                Some("not valid UTF-8"));
+            let mut c = case(
+                "invalid UTF-8",
+                r"printf '0 8 \xff\xfe\n' > $MNT/ctl/create/utf",
+                EINVAL,
+                Some("not valid UTF-8"),
+            );
             c.reuse = Some("utf".into());
             c
         },
         {
-            let mut c = case("binary junk", "cat junk.bin > $MNT/ctl/create/junk", EINVAL, Some("create junk: "));
+            let mut c = case(
+                "binary junk",
+                "cat junk.bin > $MNT/ctl/create/junk",
+                EINVAL,
+                Some("create junk: "),
+            );
             c.reuse = Some("junk".into());
             c
         },
-        case("name of 128 bytes", format!("echo '0 8 zero' > $MNT/ctl/create/{long128}"), EINVAL,
-            Some("longer than 127 bytes")),
-        case("name not UTF-8", r"echo '0 8 zero' > $MNT/ctl/create/$'\xff'", EINVAL, Some("not UTF-8")),
-        case("name '.'", "echo '0 8 zero' > $MNT/ctl/create/.", "Is a directory", None),
-        case("name '..'", "echo '0 8 zero' > $MNT/ctl/create/..", "Is a directory", None),
-        case("duplicate name", "echo '0 8 zero' > $MNT/ctl/create/keep", EBUSY, Some("Device keep already exists")),
+        case(
+            "name of 128 bytes",
+            format!("echo '0 8 zero' > $MNT/ctl/create/{long128}"),
+            EINVAL,
+            Some("longer than 127 bytes"),
+        ),
+        case(
+            "name not UTF-8",
+            r"echo '0 8 zero' > $MNT/ctl/create/$'\xff'",
+            EINVAL,
+            Some("not UTF-8"),
+        ),
+        case(
+            "name '.'",
+            "echo '0 8 zero' > $MNT/ctl/create/.",
+            "Is a directory",
+            None,
+        ),
+        case(
+            "name '..'",
+            "echo '0 8 zero' > $MNT/ctl/create/..",
+            "Is a directory",
+            None,
+        ),
+        case(
+            "duplicate name",
+            "echo '0 8 zero' > $MNT/ctl/create/keep",
+            EBUSY,
+            Some("Device keep already exists"),
+        ),
         {
             let mut c = case(
                 "name held by another writer",
@@ -303,8 +486,12 @@ fn bad_tables_and_names() {
             c.reuse = Some("held".into());
             c
         },
-        case("reload of a missing device", "echo '0 8 zero' > $MNT/ctl/reload/nosuch", ENOENT,
-            Some("Device nosuch not found")),
+        case(
+            "reload of a missing device",
+            "echo '0 8 zero' > $MNT/ctl/reload/nosuch",
+            ENOENT,
+            Some("Device nosuch not found"),
+        ),
     ];
     // Junk: NUL and invalid UTF-8 up front, then pseudo-random bytes.
     let mut junk = vec![0u8, 0xff, b'0', b' ', 0xc3, 0x28];
@@ -322,41 +509,167 @@ fn bad_tables_and_names() {
 fn bad_linear_lines_and_device_references() {
     let f = Fixture::new();
     let cases = vec![
-        create("linear without args", "t", &["0 8 linear"], EINVAL, "linear: Invalid argument count"),
-        create("linear with one arg", "t", &["0 8 linear $PWD/a.img"], EINVAL, "linear: Invalid argument count"),
-        create("linear with three args", "t", &["0 8 linear $PWD/a.img 0 0"], EINVAL,
-            "linear: Invalid argument count"),
-        create("linear non-numeric sector", "t", &["0 8 linear $PWD/a.img abc"], EINVAL,
-            "linear: Invalid device sector"),
-        create("linear sector -1", "t", &["0 8 linear $PWD/a.img -1"], EINVAL, "linear: Invalid device sector"),
-        create("linear hex sector", "t", &["0 8 linear $PWD/a.img 0x10"], EINVAL, "linear: Invalid device sector"),
-        create("linear sector 2^64", "t", &["0 8 linear $PWD/a.img 18446744073709551616"], EINVAL,
-            "linear: Invalid device sector"),
-        create("linear sector 1.5", "t", &["0 8 linear $PWD/a.img 1.5"], EINVAL, "linear: Invalid device sector"),
-        create("linear offset at the end", "t", &["0 8 linear $PWD/a.img 64"], EINVAL,
-            "too small for target: start=64, len=8, dev_size=64"),
-        create("linear offset far past the end", "t", &["0 8 linear $PWD/a.img 1000"], EINVAL,
-            "too small for target: start=1000, len=8, dev_size=64"),
-        create("linear length past the end", "t", &["0 65 linear $PWD/a.img 0"], EINVAL,
-            "too small for target: start=0, len=65, dev_size=64"),
-        create("linear offset+length past the end", "t", &["0 8 linear $PWD/a.img 60"], EINVAL,
-            "too small for target: start=60, len=8, dev_size=64"),
-        create("second line past the end", "t", &["0 8 linear $PWD/a.img 0", "8 60 linear $PWD/a.img 8"], EINVAL,
-            "line 2: linear: Device lookup failed: "),
-        create("missing backing file", "t", &["0 8 linear $PWD/nope.img 0"], ENOENT,
-            "nope.img: No such file or directory"),
-        create("missing relative backing file", "t", &["0 8 linear nope.img 0"], ENOENT,
-            "nope.img: No such file or directory"),
-        create("directory as backing", "t", &["0 8 linear $PWD/d 0"], "Is a directory", "Device lookup failed"),
-        create("character device as backing", "t", &["0 8 linear /dev/null 0"], EINVAL,
-            "not a block device or regular file"),
-        create("bad major:minor", "t", &["0 8 linear 999:999 0"], ENOENT, "999:999: no such block device"),
-        create("ctl/version as device", "t", &["0 8 linear $MNT/ctl/version 0"], EINVAL, "not a device"),
-        create("dev/ directory as device", "t", &["0 8 linear $MNT/dev 0"], EINVAL, "not a device"),
-        create("missing device of this mount", "t", &["0 8 linear $MNT/dev/missing 0"], ENOENT, "no such device"),
-        create("device referring to itself", "self", &["0 8 linear $MNT/dev/self 0"], ENOENT, "no such device"),
-        create("stacked area past the end of the lower device", "t", &["0 200 linear $MNT/dev/keep 0"], EINVAL,
-            "too small for target: start=0, len=200, dev_size=96"),
+        create(
+            "linear without args",
+            "t",
+            &["0 8 linear"],
+            EINVAL,
+            "linear: Invalid argument count",
+        ),
+        create(
+            "linear with one arg",
+            "t",
+            &["0 8 linear $PWD/a.img"],
+            EINVAL,
+            "linear: Invalid argument count",
+        ),
+        create(
+            "linear with three args",
+            "t",
+            &["0 8 linear $PWD/a.img 0 0"],
+            EINVAL,
+            "linear: Invalid argument count",
+        ),
+        create(
+            "linear non-numeric sector",
+            "t",
+            &["0 8 linear $PWD/a.img abc"],
+            EINVAL,
+            "linear: Invalid device sector",
+        ),
+        create(
+            "linear sector -1",
+            "t",
+            &["0 8 linear $PWD/a.img -1"],
+            EINVAL,
+            "linear: Invalid device sector",
+        ),
+        create(
+            "linear hex sector",
+            "t",
+            &["0 8 linear $PWD/a.img 0x10"],
+            EINVAL,
+            "linear: Invalid device sector",
+        ),
+        create(
+            "linear sector 2^64",
+            "t",
+            &["0 8 linear $PWD/a.img 18446744073709551616"],
+            EINVAL,
+            "linear: Invalid device sector",
+        ),
+        create(
+            "linear sector 1.5",
+            "t",
+            &["0 8 linear $PWD/a.img 1.5"],
+            EINVAL,
+            "linear: Invalid device sector",
+        ),
+        create(
+            "linear offset at the end",
+            "t",
+            &["0 8 linear $PWD/a.img 64"],
+            EINVAL,
+            "too small for target: start=64, len=8, dev_size=64",
+        ),
+        create(
+            "linear offset far past the end",
+            "t",
+            &["0 8 linear $PWD/a.img 1000"],
+            EINVAL,
+            "too small for target: start=1000, len=8, dev_size=64",
+        ),
+        create(
+            "linear length past the end",
+            "t",
+            &["0 65 linear $PWD/a.img 0"],
+            EINVAL,
+            "too small for target: start=0, len=65, dev_size=64",
+        ),
+        create(
+            "linear offset+length past the end",
+            "t",
+            &["0 8 linear $PWD/a.img 60"],
+            EINVAL,
+            "too small for target: start=60, len=8, dev_size=64",
+        ),
+        create(
+            "second line past the end",
+            "t",
+            &["0 8 linear $PWD/a.img 0", "8 60 linear $PWD/a.img 8"],
+            EINVAL,
+            "line 2: linear: Device lookup failed: ",
+        ),
+        create(
+            "missing backing file",
+            "t",
+            &["0 8 linear $PWD/nope.img 0"],
+            ENOENT,
+            "nope.img: No such file or directory",
+        ),
+        create(
+            "missing relative backing file",
+            "t",
+            &["0 8 linear nope.img 0"],
+            ENOENT,
+            "nope.img: No such file or directory",
+        ),
+        create(
+            "directory as backing",
+            "t",
+            &["0 8 linear $PWD/d 0"],
+            "Is a directory",
+            "Device lookup failed",
+        ),
+        create(
+            "character device as backing",
+            "t",
+            &["0 8 linear /dev/null 0"],
+            EINVAL,
+            "not a block device or regular file",
+        ),
+        create(
+            "bad major:minor",
+            "t",
+            &["0 8 linear 999:999 0"],
+            ENOENT,
+            "999:999: no such block device",
+        ),
+        create(
+            "ctl/version as device",
+            "t",
+            &["0 8 linear $MNT/ctl/version 0"],
+            EINVAL,
+            "not a device",
+        ),
+        create(
+            "dev/ directory as device",
+            "t",
+            &["0 8 linear $MNT/dev 0"],
+            EINVAL,
+            "not a device",
+        ),
+        create(
+            "missing device of this mount",
+            "t",
+            &["0 8 linear $MNT/dev/missing 0"],
+            ENOENT,
+            "no such device",
+        ),
+        create(
+            "device referring to itself",
+            "self",
+            &["0 8 linear $MNT/dev/self 0"],
+            ENOENT,
+            "no such device",
+        ),
+        create(
+            "stacked area past the end of the lower device",
+            "t",
+            &["0 200 linear $MNT/dev/keep 0"],
+            EINVAL,
+            "too small for target: start=0, len=200, dev_size=96",
+        ),
     ];
     f.run_all(cases);
 }
@@ -367,31 +680,106 @@ fn bad_striped_lines() {
     let a = "$PWD/a.img";
     let b = "$PWD/b.img";
     let l = |s: &str| s.replace("A", a).replace("B", b);
-    let c = |what: &str, line: &str, errno: &'static str, key: &str| create(what, "t", &[&l(line)], errno, key);
+    let c = |what: &str, line: &str, errno: &'static str, key: &str| {
+        create(what, "t", &[&l(line)], errno, key)
+    };
     let cases = vec![
-        c("striped: no arguments", "0 16 striped", EINVAL, "striped: Not enough arguments"),
-        c("striped: one argument", "0 16 striped 2", EINVAL, "striped: Not enough arguments"),
-        c("striped: 0 stripes", "0 16 striped 0 8 A 0", EINVAL, "striped: Invalid stripe count"),
-        c("striped: non-numeric stripes", "0 16 striped x 8 A 0", EINVAL, "striped: Invalid stripe count"),
-        c("striped: negative stripes", "0 16 striped -1 8 A 0", EINVAL, "striped: Invalid stripe count"),
-        c("striped: 2^32 stripes", "0 16 striped 4294967296 8 A 0", EINVAL, "striped: Invalid stripe count"),
-        c("striped: chunk 0", "0 16 striped 2 0 A 0 B 0", EINVAL, "striped: Invalid chunk_size"),
-        c("striped: hex chunk", "0 16 striped 2 0x8 A 0 B 0", EINVAL, "striped: Invalid chunk_size"),
-        c("striped: length not divisible by stripes", "0 15 striped 2 1 A 0 B 0", EINVAL,
-            "striped: Target length not divisible by number of stripes"),
-        c("striped: stripe not divisible by chunk", "0 16 striped 2 3 A 0 B 0", EINVAL,
-            "striped: Target length not divisible by chunk size"),
-        c("striped: one destination for two", "0 16 striped 2 8 A 0", EINVAL,
-            "striped: Not enough destinations specified"),
-        c("striped: device without offset", "0 16 striped 2 8 A 0 B", EINVAL,
-            "striped: Not enough destinations specified"),
-        c("striped: three destinations for two", "0 16 striped 2 8 A 0 B 0 A 32", EINVAL,
-            "striped: Not enough destinations specified"),
-        c("striped: bad offset", "0 16 striped 2 8 A 0 B x", EINVAL, "striped: Couldn't parse stripe destination"),
-        c("striped: missing device", "0 16 striped 2 8 A 0 $PWD/nope.img 0", ENOENT,
-            "striped: Couldn't parse stripe destination"),
-        c("striped: stripe past the end", "0 16 striped 2 8 A 0 B 60", EINVAL,
-            "Couldn't parse stripe destination: "),
+        c(
+            "striped: no arguments",
+            "0 16 striped",
+            EINVAL,
+            "striped: Not enough arguments",
+        ),
+        c(
+            "striped: one argument",
+            "0 16 striped 2",
+            EINVAL,
+            "striped: Not enough arguments",
+        ),
+        c(
+            "striped: 0 stripes",
+            "0 16 striped 0 8 A 0",
+            EINVAL,
+            "striped: Invalid stripe count",
+        ),
+        c(
+            "striped: non-numeric stripes",
+            "0 16 striped x 8 A 0",
+            EINVAL,
+            "striped: Invalid stripe count",
+        ),
+        c(
+            "striped: negative stripes",
+            "0 16 striped -1 8 A 0",
+            EINVAL,
+            "striped: Invalid stripe count",
+        ),
+        c(
+            "striped: 2^32 stripes",
+            "0 16 striped 4294967296 8 A 0",
+            EINVAL,
+            "striped: Invalid stripe count",
+        ),
+        c(
+            "striped: chunk 0",
+            "0 16 striped 2 0 A 0 B 0",
+            EINVAL,
+            "striped: Invalid chunk_size",
+        ),
+        c(
+            "striped: hex chunk",
+            "0 16 striped 2 0x8 A 0 B 0",
+            EINVAL,
+            "striped: Invalid chunk_size",
+        ),
+        c(
+            "striped: length not divisible by stripes",
+            "0 15 striped 2 1 A 0 B 0",
+            EINVAL,
+            "striped: Target length not divisible by number of stripes",
+        ),
+        c(
+            "striped: stripe not divisible by chunk",
+            "0 16 striped 2 3 A 0 B 0",
+            EINVAL,
+            "striped: Target length not divisible by chunk size",
+        ),
+        c(
+            "striped: one destination for two",
+            "0 16 striped 2 8 A 0",
+            EINVAL,
+            "striped: Not enough destinations specified",
+        ),
+        c(
+            "striped: device without offset",
+            "0 16 striped 2 8 A 0 B",
+            EINVAL,
+            "striped: Not enough destinations specified",
+        ),
+        c(
+            "striped: three destinations for two",
+            "0 16 striped 2 8 A 0 B 0 A 32",
+            EINVAL,
+            "striped: Not enough destinations specified",
+        ),
+        c(
+            "striped: bad offset",
+            "0 16 striped 2 8 A 0 B x",
+            EINVAL,
+            "striped: Couldn't parse stripe destination",
+        ),
+        c(
+            "striped: missing device",
+            "0 16 striped 2 8 A 0 $PWD/nope.img 0",
+            ENOENT,
+            "striped: Couldn't parse stripe destination",
+        ),
+        c(
+            "striped: stripe past the end",
+            "0 16 striped 2 8 A 0 B 60",
+            EINVAL,
+            "Couldn't parse stripe destination: ",
+        ),
     ];
     f.run_all(cases);
 }
@@ -403,43 +791,119 @@ fn bad_removes_and_device_file_operations() {
     let stacked = "echo \"0 16 linear $PWD/a.img 0\" > $MNT/ctl/create/base && \
                    echo \"0 8 linear $MNT/dev/base 4\" > $MNT/ctl/create/top";
     let cases = vec![
-        case("remove a missing device", "echo nosuch > $MNT/ctl/remove", ENOENT, Some("Device nosuch not found")),
+        case(
+            "remove a missing device",
+            "echo nosuch > $MNT/ctl/remove",
+            ENOENT,
+            Some("Device nosuch not found"),
+        ),
         case("rm a missing device", "rm $MNT/dev/nosuch", ENOENT, None),
-        case("two names on one remove line", "echo 'keep keep' > $MNT/ctl/remove", EINVAL,
-            Some("expected one device name per line")),
-        case("remove an open device", "exec 3<$MNT/dev/open1; echo open1 > $MNT/ctl/remove", EBUSY,
-            Some("Device open1 is open"))
+        case(
+            "two names on one remove line",
+            "echo 'keep keep' > $MNT/ctl/remove",
+            EINVAL,
+            Some("expected one device name per line"),
+        ),
+        case(
+            "remove an open device",
+            "exec 3<$MNT/dev/open1; echo open1 > $MNT/ctl/remove",
+            EBUSY,
+            Some("Device open1 is open"),
+        )
         .setup(&make_open("open1"))
         .cleanup(&remove_retrying(&["open1"])),
-        case("rm an open device", "exec 3<$MNT/dev/open2; rm $MNT/dev/open2", EBUSY, Some("Device open2 is open"))
-            .setup(&make_open("open2"))
-            .cleanup(&remove_retrying(&["open2"])),
-        case("remove a device open for writing", "exec 3>>$MNT/dev/open3; echo open3 > $MNT/ctl/remove", EBUSY,
-            Some("Device open3 is open"))
+        case(
+            "rm an open device",
+            "exec 3<$MNT/dev/open2; rm $MNT/dev/open2",
+            EBUSY,
+            Some("Device open2 is open"),
+        )
+        .setup(&make_open("open2"))
+        .cleanup(&remove_retrying(&["open2"])),
+        case(
+            "remove a device open for writing",
+            "exec 3>>$MNT/dev/open3; echo open3 > $MNT/ctl/remove",
+            EBUSY,
+            Some("Device open3 is open"),
+        )
         .setup(&make_open("open3"))
         .cleanup(&remove_retrying(&["open3"])),
-        case("remove a device used by a stacked one", "echo base > $MNT/ctl/remove", EBUSY,
-            Some("Device base is in use by another device"))
+        case(
+            "remove a device used by a stacked one",
+            "echo base > $MNT/ctl/remove",
+            EBUSY,
+            Some("Device base is in use by another device"),
+        )
         .setup(stacked)
         .cleanup(&remove_retrying(&["top", "base"])),
-        case("rm a device used by a stacked one", "rm $MNT/dev/base", EBUSY,
-            Some("Device base is in use by another device"))
+        case(
+            "rm a device used by a stacked one",
+            "rm $MNT/dev/base",
+            EBUSY,
+            Some("Device base is in use by another device"),
+        )
         .setup(stacked)
         .cleanup(&remove_retrying(&["top", "base"])),
-        case("write at the end", "dd if=/dev/zero of=$MNT/dev/keep bs=512 seek=96 count=1 conv=notrunc status=none",
-            "No space left on device", None),
-        case("write far past the end", "dd if=/dev/zero of=$MNT/dev/keep bs=512 seek=1000 count=1 conv=notrunc status=none",
-            "No space left on device", None),
-        case("one byte at the end", "printf x | dd of=$MNT/dev/keep bs=1 seek=49152 conv=notrunc status=none",
-            "No space left on device", None),
-        case("truncate to 0", "truncate -s 0 $MNT/dev/keep", EINVAL, Some("cannot be truncated")),
-        case("truncate larger", "truncate -s 100000 $MNT/dev/keep", EINVAL, Some("cannot be truncated")),
-        case("dd without conv=notrunc", "dd if=/dev/zero of=$MNT/dev/keep bs=512 count=1 status=none", EINVAL,
-            Some("cannot be truncated")),
-        case("create a file in dev/", "touch $MNT/dev/new", "Permission denied", None),
-        case("create a file in dm/", "touch $MNT/dm/new", "Permission denied", None),
-        case("write a table file", "echo x > $MNT/dm/keep/table", "Permission denied", None),
-        case("write ctl/version", "echo x > $MNT/ctl/version", "Permission denied", None),
+        case(
+            "write at the end",
+            "dd if=/dev/zero of=$MNT/dev/keep bs=512 seek=96 count=1 conv=notrunc status=none",
+            "No space left on device",
+            None,
+        ),
+        case(
+            "write far past the end",
+            "dd if=/dev/zero of=$MNT/dev/keep bs=512 seek=1000 count=1 conv=notrunc status=none",
+            "No space left on device",
+            None,
+        ),
+        case(
+            "one byte at the end",
+            "printf x | dd of=$MNT/dev/keep bs=1 seek=49152 conv=notrunc status=none",
+            "No space left on device",
+            None,
+        ),
+        case(
+            "truncate to 0",
+            "truncate -s 0 $MNT/dev/keep",
+            EINVAL,
+            Some("cannot be truncated"),
+        ),
+        case(
+            "truncate larger",
+            "truncate -s 100000 $MNT/dev/keep",
+            EINVAL,
+            Some("cannot be truncated"),
+        ),
+        case(
+            "dd without conv=notrunc",
+            "dd if=/dev/zero of=$MNT/dev/keep bs=512 count=1 status=none",
+            EINVAL,
+            Some("cannot be truncated"),
+        ),
+        case(
+            "create a file in dev/",
+            "touch $MNT/dev/new",
+            "Permission denied",
+            None,
+        ),
+        case(
+            "create a file in dm/",
+            "touch $MNT/dm/new",
+            "Permission denied",
+            None,
+        ),
+        case(
+            "write a table file",
+            "echo x > $MNT/dm/keep/table",
+            "Permission denied",
+            None,
+        ),
+        case(
+            "write ctl/version",
+            "echo x > $MNT/ctl/version",
+            "Permission denied",
+            None,
+        ),
     ];
     f.run_all(cases);
 }
@@ -464,7 +928,10 @@ fn name_of_127_bytes_works() {
     let name = "n".repeat(127);
     m.ok(&format!("echo '0 8 zero' > $MNT/ctl/create/{name}"));
     assert_eq!(m.devices(), vec![name.clone()]);
-    assert_eq!(std::fs::read(m.mnt.join("dev").join(&name)).unwrap(), vec![0u8; 8 * 512]);
+    assert_eq!(
+        std::fs::read(m.mnt.join("dev").join(&name)).unwrap(),
+        vec![0u8; 8 * 512]
+    );
     assert_eq!(m.read(&format!("dm/{name}/table")).trim_end(), "0 8 zero");
     m.ok(&format!("echo {name} > $MNT/ctl/remove"));
     assert!(m.devices().is_empty());

@@ -62,12 +62,24 @@ fn failures_print_dmsetups_words_and_exit_1() {
     let m = Mount::new();
     m.ok("$DMFS --mount $MNT create z --table '0 8 zero'");
     for (cmd, first_line) in [
-        ("table nonexistent", "device-mapper: table ioctl on nonexistent  failed: No such device or address"),
+        (
+            "table nonexistent",
+            "device-mapper: table ioctl on nonexistent  failed: No such device or address",
+        ),
         ("status nonexistent", "Device does not exist."),
         ("info nonexistent", "Device does not exist."),
-        ("remove nonexistent", "device-mapper: remove ioctl on nonexistent  failed: No such file or directory"),
-        ("create z --table '0 8 zero'", "device-mapper: create ioctl on z  failed: Device or resource busy"),
-        ("create bad --table '0 8 nosuch'", "device-mapper: create ioctl on bad  failed: Invalid argument"),
+        (
+            "remove nonexistent",
+            "device-mapper: remove ioctl on nonexistent  failed: No such file or directory",
+        ),
+        (
+            "create z --table '0 8 zero'",
+            "device-mapper: create ioctl on z  failed: Device or resource busy",
+        ),
+        (
+            "create bad --table '0 8 nosuch'",
+            "device-mapper: create ioctl on bad  failed: Invalid argument",
+        ),
     ] {
         let out = m.sh(&format!("$DMFS --mount $MNT {cmd}"));
         assert_eq!(out.status.code(), Some(1), "{cmd}");
@@ -79,7 +91,10 @@ fn failures_print_dmsetups_words_and_exit_1() {
     m.ok("$DMFS --mount $MNT rename z --setuuid UUID-Z");
     assert_eq!(m.read("dm/z/uuid"), "UUID-Z\n");
     let err = m.fails("$DMFS --mount $MNT rename z --setuuid OTHER");
-    assert!(err.contains("because uuid is already set to UUID-Z"), "{err}");
+    assert!(
+        err.contains("because uuid is already set to UUID-Z"),
+        "{err}"
+    );
     // The reason dmfs recorded is shown too.
     let err = m.fails("$DMFS --mount $MNT create bad --table '0 8 nosuch'");
     assert!(err.contains("nosuch: unknown target type"), "{err}");

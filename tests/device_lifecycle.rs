@@ -60,12 +60,18 @@ fn rename_keeps_open_files_and_stacked_references() {
         cat $MNT/dm/top/table | sed "s|$MNT|MNT|"
         ! test -e $MNT/dm/old
     "#);
-    assert_eq!(out, "new top \nopen-file-still-reads\n0 32 linear MNT/dev/new 8\n");
+    assert_eq!(
+        out,
+        "new top \nopen-file-still-reads\n0 32 linear MNT/dev/new 8\n"
+    );
     let err = m.fails("echo 'new top' > $MNT/ctl/rename");
     assert!(err.contains("Device or resource busy"), "{err}");
     let err = m.fails("echo 'missing other' > $MNT/ctl/rename");
     assert!(err.contains("No such file or directory"), "{err}");
-    assert!(m.read("ctl/errors").contains("one that already exists: top"));
+    assert!(
+        m.read("ctl/errors")
+            .contains("one that already exists: top")
+    );
 }
 
 #[test]
@@ -85,8 +91,14 @@ fn uuid_is_set_once_and_unique() {
     assert_eq!(m.read("dm/a/uuid"), "LVM-abc\n");
     assert_eq!(m.read("dm/b/uuid"), "");
     let errors = m.read("ctl/errors");
-    assert!(errors.contains("because uuid is already set to LVM-abc"), "{errors}");
-    assert!(errors.contains("because uuid is already in use"), "{errors}");
+    assert!(
+        errors.contains("because uuid is already set to LVM-abc"),
+        "{errors}"
+    );
+    assert!(
+        errors.contains("because uuid is already in use"),
+        "{errors}"
+    );
 }
 
 #[test]
@@ -96,7 +108,10 @@ fn read_only_devices_refuse_writes() {
     m.ok("echo '0 64 linear a.img 0' > $MNT/ctl/create/x && chmod a-w $MNT/dev/x");
     let err = m.fails("dd if=/dev/zero of=$MNT/dev/x bs=512 count=1 conv=notrunc");
     assert!(err.contains("Read-only file system"), "{err}");
-    assert!(m.read("dm/x/info").contains("State:             ACTIVE (READ-ONLY)"));
+    assert!(
+        m.read("dm/x/info")
+            .contains("State:             ACTIVE (READ-ONLY)")
+    );
     m.ok("chmod u+w $MNT/dev/x && dd if=/dev/zero of=$MNT/dev/x bs=512 count=1 conv=notrunc status=none");
     // Created read-only: a table file created without write permission. Its backing file is
     // opened read-only, so a file the daemon may not write still works.
@@ -119,15 +134,34 @@ fn messages_and_reload_errors() {
     write_pattern_image(&m.path("a.img"), 0, 64);
     m.ok("echo '0 64 linear a.img 0' > $MNT/ctl/create/x && echo '0 8 linear '$MNT'/dev/x 0' > $MNT/ctl/create/top");
     for (line, errno, why) in [
-        ("x 0 hello", "Invalid argument", "Target type does not support messages"),
-        ("x 64 hello", "Invalid argument", "Target message sector outside device."),
+        (
+            "x 0 hello",
+            "Invalid argument",
+            "Target type does not support messages",
+        ),
+        (
+            "x 64 hello",
+            "Invalid argument",
+            "Target message sector outside device.",
+        ),
         ("x zz hello", "Invalid argument", "Invalid sector"),
-        ("x 0", "Invalid argument", "Invalid target message parameters."),
-        ("nosuch 0 hello", "No such file or directory", "Device nosuch not found"),
+        (
+            "x 0",
+            "Invalid argument",
+            "Invalid target message parameters.",
+        ),
+        (
+            "nosuch 0 hello",
+            "No such file or directory",
+            "Device nosuch not found",
+        ),
     ] {
         let err = m.fails(&format!("echo '{line}' > $MNT/ctl/message"));
         assert!(err.contains(errno), "{line}: {err}");
-        assert!(m.read("ctl/errors").lines().last().unwrap().contains(why), "{line}");
+        assert!(
+            m.read("ctl/errors").lines().last().unwrap().contains(why),
+            "{line}"
+        );
     }
     let err = m.fails("echo '0 8 zero' > $MNT/ctl/reload/nosuch");
     assert!(err.contains("No such file or directory"), "{err}");

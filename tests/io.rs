@@ -29,7 +29,10 @@ impl Model {
             std::fs::write(m.path(n), &data).unwrap();
             files.push(data);
         }
-        Model { names: names.iter().map(|s| s.to_string()).collect(), files }
+        Model {
+            names: names.iter().map(|s| s.to_string()).collect(),
+            files,
+        }
     }
 
     /// What a device of `size` bytes mapped by `map` must read.
@@ -111,7 +114,9 @@ fn read_dev(m: &Mount, dev: &str) -> Vec<u8> {
 }
 
 fn dev_size(m: &Mount, dev: &str) -> u64 {
-    std::fs::metadata(m.mnt.join("dev").join(dev)).unwrap().len()
+    std::fs::metadata(m.mnt.join("dev").join(dev))
+        .unwrap()
+        .len()
 }
 
 #[test]
@@ -131,10 +136,18 @@ fn overlapping_linear_mappings_and_unaligned_writes() {
     let pm = linear_map(&p_lines);
     let qm = linear_map(&q_lines);
     let rm = linear_map(&r_lines);
-    let devs: [(&str, Map, u64); 3] = [("p", &pm, 80 * 512), ("q", &qm, 64 * 512), ("r", &rm, 32 * 512)];
+    let devs: [(&str, Map, u64); 3] = [
+        ("p", &pm, 80 * 512),
+        ("q", &qm, 64 * 512),
+        ("r", &rm, 32 * 512),
+    ];
     for (name, map, size) in devs {
         assert_eq!(dev_size(&m, name), size, "size of dev/{name}");
-        assert_same(&format!("dev/{name} before writes"), &read_dev(&m, name), &model.device(size, map));
+        assert_same(
+            &format!("dev/{name} before writes"),
+            &read_dev(&m, name),
+            &model.device(size, map),
+        );
     }
     let line1 = 24 * 512; // p's first line boundary, in bytes
     let line2 = 64 * 512; // p's second line boundary
@@ -160,23 +173,41 @@ fn overlapping_linear_mappings_and_unaligned_writes() {
         let context = format!("after write {i} ({len} bytes at {off} of dev/{dev})");
         model.check_files(&m, &context);
         for (name, map, size) in devs {
-            assert_same(&format!("{context}: dev/{name}"), &read_dev(&m, name), &model.device(size, map));
+            assert_same(
+                &format!("{context}: dev/{name}"),
+                &read_dev(&m, name),
+                &model.device(size, map),
+            );
         }
     }
     // Unaligned reads across the line boundaries.
     let want = model.device(80 * 512, &pm);
     let mut f = std::fs::File::open(m.mnt.join("dev/p")).unwrap();
-    for (off, len) in [(line1 - 1, 2), (line1 - 256, 511), (line2 - 7, 513), (3, 4097), (line2 - 4000, 8000)] {
+    for (off, len) in [
+        (line1 - 1, 2),
+        (line1 - 256, 511),
+        (line2 - 7, 513),
+        (3, 4097),
+        (line2 - 4000, 8000),
+    ] {
         let mut buf = vec![0u8; len];
         f.seek(SeekFrom::Start(off)).unwrap();
         f.read_exact(&mut buf).unwrap();
-        assert_same(&format!("read of {len} bytes at {off}"), &buf, &want[off as usize..off as usize + len]);
+        assert_same(
+            &format!("read of {len} bytes at {off}"),
+            &buf,
+            &want[off as usize..off as usize + len],
+        );
     }
     // A read running past the end is cut short there.
     let mut buf = vec![0u8; 1000];
     let n = f.read_at(&mut buf, 80 * 512 - 100).unwrap();
     assert_eq!(n, 100);
-    assert_same("short read at the end", &buf[..100], &want[want.len() - 100..]);
+    assert_same(
+        "short read at the end",
+        &buf[..100],
+        &want[want.len() - 100..],
+    );
 }
 
 #[test]
@@ -191,12 +222,48 @@ fn striped_layouts_map_and_write_as_the_kernel_does() {
         prefix: u64,
     }
     let layouts = [
-        Layout { stripes: 2, chunk: 1, offsets: vec![0, 3], rows: 16, prefix: 0 },
-        Layout { stripes: 3, chunk: 7, offsets: vec![5, 0, 11], rows: 4, prefix: 0 },
-        Layout { stripes: 4, chunk: 8, offsets: vec![1, 2, 3, 4], rows: 3, prefix: 5 },
-        Layout { stripes: 2, chunk: 128, offsets: vec![0, 64], rows: 2, prefix: 0 },
-        Layout { stripes: 3, chunk: 128, offsets: vec![7, 0, 3], rows: 1, prefix: 9 },
-        Layout { stripes: 1, chunk: 8, offsets: vec![2], rows: 4, prefix: 0 },
+        Layout {
+            stripes: 2,
+            chunk: 1,
+            offsets: vec![0, 3],
+            rows: 16,
+            prefix: 0,
+        },
+        Layout {
+            stripes: 3,
+            chunk: 7,
+            offsets: vec![5, 0, 11],
+            rows: 4,
+            prefix: 0,
+        },
+        Layout {
+            stripes: 4,
+            chunk: 8,
+            offsets: vec![1, 2, 3, 4],
+            rows: 3,
+            prefix: 5,
+        },
+        Layout {
+            stripes: 2,
+            chunk: 128,
+            offsets: vec![0, 64],
+            rows: 2,
+            prefix: 0,
+        },
+        Layout {
+            stripes: 3,
+            chunk: 128,
+            offsets: vec![7, 0, 3],
+            rows: 1,
+            prefix: 9,
+        },
+        Layout {
+            stripes: 1,
+            chunk: 8,
+            offsets: vec![2],
+            rows: 4,
+            prefix: 0,
+        },
     ];
     for (li, l) in layouts.iter().enumerate() {
         let width = l.rows * l.chunk; // sectors per stripe
@@ -220,7 +287,10 @@ fn striped_layouts_map_and_write_as_the_kernel_does() {
             let c = s / chunk;
             let stripe = c % n;
             let row = c / n;
-            (stripe as usize, (offsets[stripe as usize] + row * chunk + s % chunk) * 512 + b % 512)
+            (
+                stripe as usize,
+                (offsets[stripe as usize] + row * chunk + s % chunk) * 512 + b % 512,
+            )
         };
         let mut dests = String::new();
         for (k, off) in l.offsets.iter().enumerate() {
@@ -228,7 +298,11 @@ fn striped_layouts_map_and_write_as_the_kernel_does() {
         }
         let striped = format!("striped {n} {chunk}{dests}");
         let table = if prefix > 0 {
-            format!("0 {prefix} linear {}/{} 0\n{prefix} {len} {striped}\n", m.dir.display(), names[pre])
+            format!(
+                "0 {prefix} linear {}/{} 0\n{prefix} {len} {striped}\n",
+                m.dir.display(),
+                names[pre]
+            )
         } else {
             format!("0 {len} {striped}\n")
         };
@@ -238,7 +312,11 @@ fn striped_layouts_map_and_write_as_the_kernel_does() {
         assert_eq!(m.read(&format!("dm/{dev}/table")), table, "layout {li}");
         let size = (prefix + len) * 512;
         assert_eq!(dev_size(&m, &dev), size);
-        assert_same(&format!("layout {li}: dev/{dev}"), &read_dev(&m, &dev), &model.device(size, &map));
+        assert_same(
+            &format!("layout {li}: dev/{dev}"),
+            &read_dev(&m, &dev),
+            &model.device(size, &map),
+        );
 
         // Unaligned writes across chunk (and stripe) boundaries, then the last byte.
         let off = prefix * 512 + chunk * 512 - 100;
@@ -246,15 +324,25 @@ fn striped_layouts_map_and_write_as_the_kernel_does() {
         let data = pseudo_random(100 + li as u64, wlen);
         dd_write(&m, &dev, off, &data);
         model.write(off, &data, &map);
-        model.check_files(&m, &format!("layout {li} after a write of {wlen} bytes at {off}"));
+        model.check_files(
+            &m,
+            &format!("layout {li} after a write of {wlen} bytes at {off}"),
+        );
         dd_write(&m, &dev, size - 1, &[0xA5]);
         model.write(size - 1, &[0xA5], &map);
         // A write covering the prefix line and the first chunks together.
-        let data = pseudo_random(200 + li as u64, (prefix * 512 + 2 * chunk * 512 + 7) as usize);
+        let data = pseudo_random(
+            200 + li as u64,
+            (prefix * 512 + 2 * chunk * 512 + 7) as usize,
+        );
         dd_write(&m, &dev, 1, &data);
         model.write(1, &data, &map);
         model.check_files(&m, &format!("layout {li} after all writes"));
-        assert_same(&format!("layout {li}: dev/{dev} after writes"), &read_dev(&m, &dev), &model.device(size, &map));
+        assert_same(
+            &format!("layout {li}: dev/{dev} after writes"),
+            &read_dev(&m, &dev),
+            &model.device(size, &map),
+        );
     }
 }
 
@@ -276,9 +364,13 @@ fn zero_and_error_targets() {
     // error: any read or write fails with EIO; arguments are ignored and not printed back.
     assert_eq!(m.read("dm/e2/table").trim_end(), "0 16 error");
     for dev in ["e", "e2"] {
-        let err = m.fails(&format!("dd if=$MNT/dev/{dev} of=/dev/null bs=512 count=1 status=none"));
+        let err = m.fails(&format!(
+            "dd if=$MNT/dev/{dev} of=/dev/null bs=512 count=1 status=none"
+        ));
         assert!(err.contains("Input/output error"), "{err}");
-        let err = m.fails(&format!("dd if=/dev/zero of=$MNT/dev/{dev} bs=512 count=1 conv=notrunc status=none"));
+        let err = m.fails(&format!(
+            "dd if=/dev/zero of=$MNT/dev/{dev} bs=512 count=1 conv=notrunc status=none"
+        ));
         assert!(err.contains("Input/output error"), "{err}");
         let f = std::fs::File::open(m.mnt.join("dev").join(dev)).unwrap();
         let e = f.read_at(&mut [0u8; 7], 1001).unwrap_err();
@@ -293,15 +385,36 @@ fn zero_and_error_targets() {
         dd if=$MNT/dev/mix bs=512 skip=16 count=8 status=none | cmp - <(head -c 4096 /dev/zero)
     "#);
     for (skip, count) in [(8, 1), (7, 2), (15, 2), (0, 24)] {
-        let err = m.fails(&format!("dd if=$MNT/dev/mix of=/dev/null bs=512 skip={skip} count={count} status=none"));
-        assert!(err.contains("Input/output error"), "skip={skip} count={count}: {err}");
+        let err = m.fails(&format!(
+            "dd if=$MNT/dev/mix of=/dev/null bs=512 skip={skip} count={count} status=none"
+        ));
+        assert!(
+            err.contains("Input/output error"),
+            "skip={skip} count={count}: {err}"
+        );
     }
-    let f = std::fs::OpenOptions::new().read(true).write(true).open(m.mnt.join("dev/mix")).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.mnt.join("dev/mix"))
+        .unwrap();
     let mut buf = vec![0u8; 96];
     f.read_exact_at(&mut buf, 4000).unwrap();
-    assert_same("mix: unaligned read in the linear part", &buf, &model.files[0][4000..4096]);
-    assert_eq!(f.read_at(&mut [0u8; 10], 4090).unwrap_err().raw_os_error(), Some(libc_eio()));
-    assert_eq!(f.read_at(&mut [0u8; 10], 16 * 512 - 5).unwrap_err().raw_os_error(), Some(libc_eio()));
+    assert_same(
+        "mix: unaligned read in the linear part",
+        &buf,
+        &model.files[0][4000..4096],
+    );
+    assert_eq!(
+        f.read_at(&mut [0u8; 10], 4090).unwrap_err().raw_os_error(),
+        Some(libc_eio())
+    );
+    assert_eq!(
+        f.read_at(&mut [0u8; 10], 16 * 512 - 5)
+            .unwrap_err()
+            .raw_os_error(),
+        Some(libc_eio())
+    );
     let mut zeros = vec![1u8; 1000];
     f.read_exact_at(&mut zeros, 16 * 512 + 7).unwrap();
     assert_eq!(zeros, vec![0u8; 1000]);
@@ -309,16 +422,24 @@ fn zero_and_error_targets() {
     // change nothing; into the zero part they vanish.
     dd_write(&m, "mix", 100, &pseudo_random(2, 300));
     model.write(100, &pseudo_random(2, 300), &head);
-    let err = m.fails("dd if=/dev/urandom of=$MNT/dev/mix bs=512 seek=8 count=1 conv=notrunc status=none");
+    let err = m
+        .fails("dd if=/dev/urandom of=$MNT/dev/mix bs=512 seek=8 count=1 conv=notrunc status=none");
     assert!(err.contains("Input/output error"), "{err}");
-    assert_eq!(f.write_at(&[9u8; 10], 4090).unwrap_err().raw_os_error(), Some(libc_eio()));
+    assert_eq!(
+        f.write_at(&[9u8; 10], 4090).unwrap_err().raw_os_error(),
+        Some(libc_eio())
+    );
     dd_write(&m, "mix", 16 * 512 + 3, &pseudo_random(3, 600));
     model.check_files(&m, "mix after writes");
     f.read_exact_at(&mut zeros, 16 * 512).unwrap();
     assert_eq!(zeros, vec![0u8; 1000]);
     let mut first = vec![0u8; 4096];
     f.read_exact_at(&mut first, 0).unwrap();
-    assert_same("mix: linear part after writes", &first, &model.files[0][..4096]);
+    assert_same(
+        "mix: linear part after writes",
+        &first,
+        &model.files[0][..4096],
+    );
 }
 
 fn libc_eio() -> i32 {
@@ -337,11 +458,23 @@ fn stacked_devices() {
     let base_lines = [(32, 0, 10), (32, 1, 5)];
     let base = linear_map(&base_lines);
     let top = |b: u64| base(b + 12 * 512);
-    assert_eq!(m.read("dm/top/table"), format!("0 40 linear {}/dev/base 12\n", m.mnt.display()));
-    assert_same("base", &read_dev(&m, "base"), &model.device(64 * 512, &base));
+    assert_eq!(
+        m.read("dm/top/table"),
+        format!("0 40 linear {}/dev/base 12\n", m.mnt.display())
+    );
+    assert_same(
+        "base",
+        &read_dev(&m, "base"),
+        &model.device(64 * 512, &base),
+    );
     assert_same("top", &read_dev(&m, "top"), &model.device(40 * 512, &top));
     // The top's sector 20 is the base's 32, where a.img gives way to b.img.
-    for (dev, off, len, seed) in [("top", 20 * 512 - 240, 4097usize, 1u64), ("top", 0, 1, 2), ("base", 12 * 512 + 5, 700, 3), ("top", 40 * 512 - 513, 513, 4)] {
+    for (dev, off, len, seed) in [
+        ("top", 20 * 512 - 240, 4097usize, 1u64),
+        ("top", 0, 1, 2),
+        ("base", 12 * 512 + 5, 700, 3),
+        ("top", 40 * 512 - 513, 513, 4),
+    ] {
         let data = pseudo_random(seed, len);
         dd_write(&m, dev, off, &data);
         if dev == "top" {
@@ -351,8 +484,16 @@ fn stacked_devices() {
         }
         let context = format!("after {len} bytes at {off} of dev/{dev}");
         model.check_files(&m, &context);
-        assert_same(&format!("{context}: base"), &read_dev(&m, "base"), &model.device(64 * 512, &base));
-        assert_same(&format!("{context}: top"), &read_dev(&m, "top"), &model.device(40 * 512, &top));
+        assert_same(
+            &format!("{context}: base"),
+            &read_dev(&m, "base"),
+            &model.device(64 * 512, &base),
+        );
+        assert_same(
+            &format!("{context}: top"),
+            &read_dev(&m, "top"),
+            &model.device(40 * 512, &top),
+        );
     }
     let err = m.fails("echo base > $MNT/ctl/remove");
     assert!(err.contains("Device or resource busy"), "{err}");
@@ -404,14 +545,29 @@ fn concurrent_writers_and_readers() {
     )
     .unwrap();
     // Then four contiguous regions around it, whose bounds are not all sector-aligned.
-    let bounds = [area, 262_144 + 100, STRESS.0 * 512, STRESS.1 * 512, 786_432 + 311, size];
-    let regions = [(bounds[0], bounds[1]), (bounds[1], bounds[2]), (bounds[3], bounds[4]), (bounds[4], bounds[5])];
+    let bounds = [
+        area,
+        262_144 + 100,
+        STRESS.0 * 512,
+        STRESS.1 * 512,
+        786_432 + 311,
+        size,
+    ];
+    let regions = [
+        (bounds[0], bounds[1]),
+        (bounds[1], bounds[2]),
+        (bounds[3], bounds[4]),
+        (bounds[4], bounds[5]),
+    ];
     let mut script = String::from("pids=\n");
     for k in 0..4u64 {
         // The interleaved pieces come from a file as large as the area, one per writer.
         let pieces = pseudo_random(30 + k, area as usize);
         std::fs::write(m.path(&format!("p{k}.bin")), &pieces).unwrap();
-        let mine: Vec<u64> = (0..PIECES).filter(|i| i % 4 == k).map(|i| i * PIECE).collect();
+        let mine: Vec<u64> = (0..PIECES)
+            .filter(|i| i % 4 == k)
+            .map(|i| i * PIECE)
+            .collect();
         for &at in &mine {
             model.write(at, &pieces[at as usize..(at + PIECE) as usize], &map);
         }
@@ -456,7 +612,11 @@ fn concurrent_writers_and_readers() {
     );
     m.ok(&script);
     model.check_files(&m, "after concurrent writes");
-    assert_same("dev/c after concurrent writes", &read_dev(&m, "c"), &model.device(size, &map));
+    assert_same(
+        "dev/c after concurrent writes",
+        &read_dev(&m, "c"),
+        &model.device(size, &map),
+    );
 }
 
 #[test]
@@ -477,12 +637,27 @@ fn relative_paths_resolve_against_the_writers_directory() {
         cd dev
         echo "0 4 linear up 0" > ../ctl/create/inside2
     "#);
-    assert_eq!(m.read("dm/rel/table"), format!("0 16 linear {dir}/sub/r.img 4\n"));
+    assert_eq!(
+        m.read("dm/rel/table"),
+        format!("0 16 linear {dir}/sub/r.img 4\n")
+    );
     assert_eq!(m.read("dm/up/table"), format!("0 8 linear {dir}/a.img 2\n"));
-    assert_eq!(m.read("dm/dots/table"), format!("0 4 linear {dir}/sub/r.img 20\n"));
-    assert_eq!(m.read("dm/stackrel/table"), format!("0 6 linear {mnt}/dev/rel 1\n"));
-    assert_eq!(m.read("dm/inside/table"), format!("0 8 linear {mnt}/dev/rel 3\n"));
-    assert_eq!(m.read("dm/inside2/table"), format!("0 4 linear {mnt}/dev/up 0\n"));
+    assert_eq!(
+        m.read("dm/dots/table"),
+        format!("0 4 linear {dir}/sub/r.img 20\n")
+    );
+    assert_eq!(
+        m.read("dm/stackrel/table"),
+        format!("0 6 linear {mnt}/dev/rel 1\n")
+    );
+    assert_eq!(
+        m.read("dm/inside/table"),
+        format!("0 8 linear {mnt}/dev/rel 3\n")
+    );
+    assert_eq!(
+        m.read("dm/inside2/table"),
+        format!("0 4 linear {mnt}/dev/up 0\n")
+    );
     let maps: Vec<(&str, u64, Box<dyn Fn(u64) -> (usize, u64)>)> = vec![
         ("rel", 16, Box::new(|b| (0, b + 4 * 512))),
         ("up", 8, Box::new(|b| (1, b + 2 * 512))),
@@ -493,7 +668,11 @@ fn relative_paths_resolve_against_the_writers_directory() {
     ];
     let check = |model: &Model, context: &str| {
         for (dev, sectors, map) in &maps {
-            assert_same(&format!("{context}: dev/{dev}"), &read_dev(&m, dev), &model.device(sectors * 512, &**map));
+            assert_same(
+                &format!("{context}: dev/{dev}"),
+                &read_dev(&m, dev),
+                &model.device(sectors * 512, &**map),
+            );
         }
     };
     check(&model, "before writes");

@@ -9,7 +9,12 @@ use common::*;
 use std::path::Path;
 
 /// The four fixture disks: placeholder, pattern index, sectors.
-const DISKS: [(&str, u64, u64); 4] = [("$A", 0, 8192), ("$B", 1, 4096), ("$C", 2, 6144), ("$D", 3, 1000)];
+const DISKS: [(&str, u64, u64); 4] = [
+    ("$A", 0, 8192),
+    ("$B", 1, 4096),
+    ("$C", 2, 6144),
+    ("$D", 3, 1000),
+];
 
 #[derive(Default, Debug)]
 struct Block {
@@ -20,7 +25,11 @@ struct Block {
 
 impl Block {
     fn all(&self, key: &str) -> Vec<&str> {
-        self.fields.iter().filter(|(k, _)| k == key).map(|(_, v)| v.as_str()).collect()
+        self.fields
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+            .collect()
     }
     fn one(&self, key: &str) -> Option<&str> {
         self.all(key).first().copied()
@@ -34,10 +43,18 @@ fn parse(text: &str) -> Vec<Block> {
         let (key, value) = line.split_once(' ').unwrap_or((line, ""));
         match key {
             "case" | "write" | "bad" if current.is_none() => {
-                current = Some(Block { kind: key.into(), name: value.into(), ..Default::default() })
+                current = Some(Block {
+                    kind: key.into(),
+                    name: value.into(),
+                    ..Default::default()
+                })
             }
             "end" => blocks.push(current.take().expect("end without a block")),
-            _ => current.as_mut().expect("field outside a block").fields.push((key.into(), value.into())),
+            _ => current
+                .as_mut()
+                .expect("field outside a block")
+                .fields
+                .push((key.into(), value.into())),
         }
     }
     assert!(current.is_none(), "unterminated block in targets.out");
@@ -67,11 +84,16 @@ fn substitute(m: &Mount, text: &str) -> String {
 }
 
 fn table_text(m: &Mount, b: &Block) -> String {
-    b.all("table").iter().map(|l| substitute(m, l) + "\n").collect()
+    b.all("table")
+        .iter()
+        .map(|l| substitute(m, l) + "\n")
+        .collect()
 }
 
 fn sha256(m: &Mount, file: &str) -> String {
-    m.ok(&format!("sha256sum < {file} | cut -d' ' -f1")).trim().to_string()
+    m.ok(&format!("sha256sum < {file} | cut -d' ' -f1"))
+        .trim()
+        .to_string()
 }
 
 #[test]
@@ -79,21 +101,53 @@ fn accepted_tables_print_and_read_as_the_kernel() {
     let m = Mount::new();
     make_disks(&m);
     let mut checked = 0;
-    for b in fixtures().iter().filter(|b| b.kind == "case" && b.one("createfail").is_none()) {
+    for b in fixtures()
+        .iter()
+        .filter(|b| b.kind == "case" && b.one("createfail").is_none())
+    {
         let name = &b.name;
         std::fs::write(m.mnt.join("ctl/create").join(name), table_text(&m, b))
             .unwrap_or_else(|e| panic!("{name}: create failed: {e}\n{}", m.read("ctl/errors")));
-        let expect = |key| b.all(key).iter().map(|l| substitute(&m, l) + "\n").collect::<String>();
-        assert_eq!(m.read(&format!("dm/{name}/table")), expect("ktable"), "{name}: table");
-        assert_eq!(m.read(&format!("dm/{name}/status")), expect("kstatus"), "{name}: status");
+        let expect = |key| {
+            b.all(key)
+                .iter()
+                .map(|l| substitute(&m, l) + "\n")
+                .collect::<String>()
+        };
+        assert_eq!(
+            m.read(&format!("dm/{name}/table")),
+            expect("ktable"),
+            "{name}: table"
+        );
+        assert_eq!(
+            m.read(&format!("dm/{name}/status")),
+            expect("kstatus"),
+            "{name}: status"
+        );
         let size: u64 = b.one("size").unwrap().parse().unwrap();
-        assert_eq!(std::fs::metadata(m.mnt.join("dev").join(name)).unwrap().len(), size * 512, "{name}: size");
+        assert_eq!(
+            std::fs::metadata(m.mnt.join("dev").join(name))
+                .unwrap()
+                .len(),
+            size * 512,
+            "{name}: size"
+        );
         if let Some(hash) = b.one("sha256") {
-            assert_eq!(sha256(&m, &format!("$MNT/dev/{name}")), hash, "{name}: image");
+            assert_eq!(
+                sha256(&m, &format!("$MNT/dev/{name}")),
+                hash,
+                "{name}: image"
+            );
         }
         if let Some(rc) = b.one("readerr") {
-            let out = m.sh(&format!("dd if=$MNT/dev/{name} of=/dev/null bs=512 count=1 status=none"));
-            assert_eq!(out.status.success(), rc == "0", "{name}: reading the first sector");
+            let out = m.sh(&format!(
+                "dd if=$MNT/dev/{name} of=/dev/null bs=512 count=1 status=none"
+            ));
+            assert_eq!(
+                out.status.success(),
+                rc == "0",
+                "{name}: reading the first sector"
+            );
         }
         m.ok(&format!("echo {name} > $MNT/ctl/remove"));
         checked += 1;
@@ -116,7 +170,11 @@ fn writes_land_where_the_kernel_put_them() {
         ));
         for h in b.all("diskhash") {
             let (disk, hash) = h.split_once(' ').unwrap();
-            assert_eq!(sha256(&m, &format!("{disk}.img")), hash, "{name}: disk {disk}");
+            assert_eq!(
+                sha256(&m, &format!("{disk}.img")),
+                hash,
+                "{name}: disk {disk}"
+            );
         }
         checked += 1;
     }
@@ -140,20 +198,41 @@ fn refused_tables_are_refused_with_the_kernels_words() {
     m.ok("echo '0 8 zero' > $MNT/ctl/create/keep");
     let mut checked = 0;
     let mut mismatches = Vec::new();
-    for b in fixtures().iter().filter(|b| b.kind == "bad" && b.one("exit") != Some("0")) {
+    for b in fixtures()
+        .iter()
+        .filter(|b| b.kind == "bad" && b.one("exit") != Some("0"))
+    {
         if b.one("devname").is_some() {
             continue; // name cases: the tables are fine; names are covered by bad_input.rs
         }
         let table = table_text(&m, b);
         let target = m.mnt.join("ctl/create/refused");
         let result = std::fs::write(&target, &table);
-        assert!(result.is_err(), "{}: dmfs accepted what the kernel refused:\n{table}", b.name);
-        assert_eq!(m.devices(), vec!["keep"], "{}: a device was left behind", b.name);
-        let last = m.read("ctl/errors").lines().last().unwrap_or_default().to_string();
+        assert!(
+            result.is_err(),
+            "{}: dmfs accepted what the kernel refused:\n{table}",
+            b.name
+        );
+        assert_eq!(
+            m.devices(),
+            vec!["keep"],
+            "{}: a device was left behind",
+            b.name
+        );
+        let last = m
+            .read("ctl/errors")
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .to_string();
         // The kernel's reason, after "device-mapper: table: 254:3: ", with vdX as the images.
         for kmsg in b.all("kmsg") {
-            let Some(rest) = kmsg.strip_prefix("device-mapper: table: ") else { continue };
-            let Some((_, reason)) = rest.split_once(": ") else { continue };
+            let Some(rest) = kmsg.strip_prefix("device-mapper: table: ") else {
+                continue;
+            };
+            let Some((_, reason)) = rest.split_once(": ") else {
+                continue;
+            };
             if reason.starts_with("adding target device") || reason.starts_with("table") {
                 continue;
             }
@@ -164,18 +243,36 @@ fn refused_tables_are_refused_with_the_kernels_words() {
             let reason = reason.rsplit_once(" (-E").map_or(reason, |(r, _)| r);
             let mut reason = reason.to_string();
             for (ph, _, _) in DISKS {
-                let dev = format!("vd{}", (b'a' + DISKS.iter().position(|d| d.0 == ph).unwrap() as u8) as char);
-                reason = reason.replace(&dev, &m.path(&format!("{}.img", &ph[1..])).to_string_lossy());
+                let dev = format!(
+                    "vd{}",
+                    (b'a' + DISKS.iter().position(|d| d.0 == ph).unwrap() as u8) as char
+                );
+                reason = reason.replace(
+                    &dev,
+                    &m.path(&format!("{}.img", &ph[1..])).to_string_lossy(),
+                );
             }
             if let Some((_, ours)) = DEPARTURES.iter().find(|(case, _)| *case == b.name) {
-                assert!(last.contains(ours), "{}: expected {ours:?}, dmfs said {last:?}", b.name);
+                assert!(
+                    last.contains(ours),
+                    "{}: expected {ours:?}, dmfs said {last:?}",
+                    b.name
+                );
             } else if !last.contains(&reason) {
-                mismatches.push(format!("{}: kernel said {reason:?}, dmfs said {last:?}", b.name));
+                mismatches.push(format!(
+                    "{}: kernel said {reason:?}, dmfs said {last:?}",
+                    b.name
+                ));
             }
         }
         checked += 1;
     }
-    assert!(mismatches.is_empty(), "{} mismatches:\n{}", mismatches.len(), mismatches.join("\n"));
+    assert!(
+        mismatches.is_empty(),
+        "{} mismatches:\n{}",
+        mismatches.len(),
+        mismatches.join("\n")
+    );
     assert!(checked > 20, "only {checked} refused cases");
 }
 
@@ -183,8 +280,15 @@ fn refused_tables_are_refused_with_the_kernels_words() {
 fn misc_stdout(command: &str) -> Vec<String> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/kernel/misc.out");
     let text = std::fs::read_to_string(path).expect("fixtures/kernel/misc.out");
-    let section = text.split("### ").find(|s| s.lines().next() == Some(command)).expect(command);
-    section.lines().filter_map(|l| l.strip_prefix("stdout ").or((l == "stdout").then_some(""))).map(String::from).collect()
+    let section = text
+        .split("### ")
+        .find(|s| s.lines().next() == Some(command))
+        .expect(command);
+    section
+        .lines()
+        .filter_map(|l| l.strip_prefix("stdout ").or((l == "stdout").then_some("")))
+        .map(String::from)
+        .collect()
 }
 
 #[test]
@@ -195,7 +299,9 @@ fn targets_info_and_deps_print_as_dmsetup_does() {
     let implemented: Vec<String> = m.read("ctl/targets").lines().map(String::from).collect();
     let kernel: Vec<String> = misc_stdout("dmsetup targets")
         .into_iter()
-        .filter(|l| ["linear", "striped", "zero", "error"].contains(&l.split_whitespace().next().unwrap()))
+        .filter(|l| {
+            ["linear", "striped", "zero", "error"].contains(&l.split_whitespace().next().unwrap())
+        })
         .collect();
     assert_eq!(implemented, kernel);
     let version = m.read("ctl/version");
@@ -203,10 +309,20 @@ fn targets_info_and_deps_print_as_dmsetup_does() {
     assert!(version.ends_with(&format!("{driver}\n")), "{version}");
     // info1 in misc.out: linear A, striped B C, zero.
     m.ok(r#"printf "0 4096 linear $PWD/A.img 0\n4096 2048 striped 2 8 $PWD/B.img 0 $PWD/C.img 0\n6144 100 zero\n" > $MNT/ctl/create/info1"#);
-    assert_eq!(m.read("dm/info1/info").lines().map(String::from).collect::<Vec<_>>(), misc_stdout("dmsetup info info1"));
+    assert_eq!(
+        m.read("dm/info1/info")
+            .lines()
+            .map(String::from)
+            .collect::<Vec<_>>(),
+        misc_stdout("dmsetup info info1")
+    );
     let deps = misc_stdout("dmsetup deps info1")[0].clone();
     let expect = ["$C", "$B", "$A"].iter().fold(deps, |d, ph| {
-        let mm = match *ph { "$A" => "(254, 0)", "$B" => "(254, 16)", _ => "(254, 32)" };
+        let mm = match *ph {
+            "$A" => "(254, 0)",
+            "$B" => "(254, 16)",
+            _ => "(254, 32)",
+        };
         d.replace(mm, &format!("({})", substitute(&m, ph)))
     });
     assert_eq!(m.read("dm/info1/deps"), expect + "\n");

@@ -54,7 +54,14 @@ fn sigterm_unmounts_and_exits_cleanly() {
     let mut m = Mount::new();
     assert!(m.is_mounted());
     let pid = m.pid();
-    assert!(Command::new("kill").arg("-TERM").arg(pid.to_string()).status().unwrap().success());
+    assert!(
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status()
+            .unwrap()
+            .success()
+    );
     let status = m.wait_exit().expect("daemon exits after SIGTERM");
     assert!(status.success(), "exit status {status}");
     assert!(!m.is_mounted());
@@ -63,9 +70,16 @@ fn sigterm_unmounts_and_exits_cleanly() {
 #[test]
 fn mount_on_a_missing_directory_fails_with_a_message() {
     let dir = scratch_dir("missing");
-    let out = Command::new(DMFS).arg("mount").arg(dir.join("nope")).output().unwrap();
+    let out = Command::new(DMFS)
+        .arg("mount")
+        .arg(dir.join("nope"))
+        .output()
+        .unwrap();
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("nope") && err.contains("No such file or directory"), "{err}");
+    assert!(
+        err.contains("nope") && err.contains("No such file or directory"),
+        "{err}"
+    );
 }

@@ -50,6 +50,14 @@ fn mount_t_fuse_dmfs_creates_tables_from_a_file_and_a_directory() {
         .current_dir(&dir)
         .status();
     let _ = std::fs::remove_dir_all(&dir);
-    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "twoasone z \nsame\npart\nunmounted\n");
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "twoasone z \nsame\npart\nunmounted\n"
+    );
 }

@@ -27,7 +27,10 @@ $(($(stat -c %s a.img)/512)) $(($(stat -c %s b.img)/512)) linear $PWD/b.img 0" >
     assert_eq!(m.devices(), vec!["halfdisk", "oneahalf", "twoasone"]);
     assert_eq!(
         m.read("dm/twoasone/table"),
-        format!("0 8192 linear {0}/a.img 0\n8192 4096 linear {0}/b.img 0\n", m.dir.display())
+        format!(
+            "0 8192 linear {0}/a.img 0\n8192 4096 linear {0}/b.img 0\n",
+            m.dir.display()
+        )
     );
     m.ok("echo twoasone > $MNT/ctl/remove && rm $MNT/dev/halfdisk");
     assert_eq!(m.devices(), vec!["oneahalf"]);

@@ -102,7 +102,10 @@ impl DmFs {
                 let device = self.device(id)?;
                 match f {
                     DmFile::Table => device.table().table_text(),
-                    DmFile::InactiveTable => device.inactive_table().map(|t| t.table_text()).unwrap_or_default(),
+                    DmFile::InactiveTable => device
+                        .inactive_table()
+                        .map(|t| t.table_text())
+                        .unwrap_or_default(),
                     DmFile::Status => device.table().status_text(),
                     DmFile::Info => crate::report::info_text(&device),
                     DmFile::Deps => crate::report::deps_text(&device),
@@ -119,7 +122,10 @@ impl DmFs {
         let (perm, size) = match node {
             Node::DevFile(id) => {
                 let device = self.device(id)?;
-                (if device.is_read_only() { 0o444 } else { 0o644 }, device.size().bytes().0)
+                (
+                    if device.is_read_only() { 0o444 } else { 0o644 },
+                    device.size().bytes().0,
+                )
             }
             Node::DmDevDir(id) => {
                 self.device(id)?;
@@ -167,11 +173,17 @@ impl DmFs {
                     "reload" => return Some(Node::ReloadDir),
                     _ => {}
                 }
-                CtlFile::ALL.into_iter().find(|f| f.name() == name).map(Node::Ctl)
+                CtlFile::ALL
+                    .into_iter()
+                    .find(|f| f.name() == name)
+                    .map(Node::Ctl)
             }
             Node::DevDir => self.registry.get(name).map(|d| Node::DevFile(d.id)),
             Node::DmDir => self.registry.get(name).map(|d| Node::DmDevDir(d.id)),
-            Node::DmDevDir(id) => DmFile::ALL.into_iter().find(|f| f.name() == name).map(|f| Node::DmFile(id, f)),
+            Node::DmDevDir(id) => DmFile::ALL
+                .into_iter()
+                .find(|f| f.name() == name)
+                .map(|f| Node::DmFile(id, f)),
             _ => None,
         }
     }
@@ -184,16 +196,36 @@ impl DmFs {
                 (Node::DevDir, "dev".into()),
                 (Node::DmDir, "dm".into()),
             ],
-            Node::CtlDir => [(Node::CreateDir, "create".to_string()), (Node::ReloadDir, "reload".to_string())]
-                .into_iter()
-                .chain(CtlFile::ALL.into_iter().map(|f| (Node::Ctl(f), f.name().to_string())))
-                .collect(),
+            Node::CtlDir => [
+                (Node::CreateDir, "create".to_string()),
+                (Node::ReloadDir, "reload".to_string()),
+            ]
+            .into_iter()
+            .chain(
+                CtlFile::ALL
+                    .into_iter()
+                    .map(|f| (Node::Ctl(f), f.name().to_string())),
+            )
+            .collect(),
             Node::CreateDir | Node::ReloadDir => Vec::new(),
-            Node::DevDir => self.registry.list().into_iter().map(|d| (Node::DevFile(d.id), d.name())).collect(),
-            Node::DmDir => self.registry.list().into_iter().map(|d| (Node::DmDevDir(d.id), d.name())).collect(),
+            Node::DevDir => self
+                .registry
+                .list()
+                .into_iter()
+                .map(|d| (Node::DevFile(d.id), d.name()))
+                .collect(),
+            Node::DmDir => self
+                .registry
+                .list()
+                .into_iter()
+                .map(|d| (Node::DmDevDir(d.id), d.name()))
+                .collect(),
             Node::DmDevDir(id) => {
                 self.device(id)?;
-                DmFile::ALL.into_iter().map(|f| (Node::DmFile(id, f), f.name().to_string())).collect()
+                DmFile::ALL
+                    .into_iter()
+                    .map(|f| (Node::DmFile(id, f), f.name().to_string()))
+                    .collect()
             }
             _ => return None,
         })
@@ -222,7 +254,11 @@ impl DmFs {
 impl Filesystem for DmFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         // Optional speed-ups; a kernel without them still works.
-        for flag in [InitFlags::FUSE_ASYNC_DIO, InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP, InitFlags::FUSE_PARALLEL_DIROPS] {
+        for flag in [
+            InitFlags::FUSE_ASYNC_DIO,
+            InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP,
+            InitFlags::FUSE_PARALLEL_DIROPS,
+        ] {
             let _ = config.add_capabilities(flag);
         }
         Ok(())
@@ -267,20 +303,26 @@ impl Filesystem for DmFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let Some(node) = Node::from_ino(ino) else { return reply.error(Errno::ENOENT) };
+        let Some(node) = Node::from_ino(ino) else {
+            return reply.error(Errno::ENOENT);
+        };
         if let (Node::DevFile(id), Some(mode)) = (node, mode) {
             // chmod a-w makes the device read-only, as `blockdev --setro` does; u+w undoes it.
             if let Some(device) = self.device(id) {
                 device.set_read_only(mode & 0o222 == 0);
             }
         }
-        let Some(attr) = self.attr(node) else { return reply.error(Errno::ENOENT) };
+        let Some(attr) = self.attr(node) else {
+            return reply.error(Errno::ENOENT);
+        };
         if let Some(size) = size {
             let ok = match node {
                 // A device's size is its table's: only a no-op "truncate" to that size passes.
                 Node::DevFile(_) => size == attr.size,
                 // `echo NAME > ctl/remove` truncates before writing.
-                Node::Ctl(CtlFile::Command(_)) | Node::Pending(_) | Node::DmFile(_, DmFile::Uuid) => size == 0,
+                Node::Ctl(CtlFile::Command(_))
+                | Node::Pending(_)
+                | Node::DmFile(_, DmFile::Uuid) => size == 0,
                 _ => false,
             };
             if !ok {
@@ -293,7 +335,11 @@ impl Filesystem for DmFs {
                     ));
                     self.registry.errors.record("truncate", &name, &err);
                 }
-                return reply.error(if attr.kind == FileType::Directory { Errno::EISDIR } else { Errno::EINVAL });
+                return reply.error(if attr.kind == FileType::Directory {
+                    Errno::EISDIR
+                } else {
+                    Errno::EINVAL
+                });
             }
         }
         reply.attr(&TTL, &attr)
@@ -313,11 +359,15 @@ impl Filesystem for DmFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let Some(node) = Node::from_ino(ino) else { return reply.error(Errno::ENOENT) };
+        let Some(node) = Node::from_ino(ino) else {
+            return reply.error(Errno::ENOENT);
+        };
         let writing = flags.acc_mode() != fuser::OpenAccMode::O_RDONLY;
         let handle = match node {
             Node::DevFile(id) => {
-                let Some(device) = self.device(id) else { return reply.error(Errno::ENOENT) };
+                let Some(device) = self.device(id) else {
+                    return reply.error(Errno::ENOENT);
+                };
                 if writing && device.is_read_only() {
                     return reply.error(Errno::EROFS);
                 }
@@ -326,21 +376,28 @@ impl Filesystem for DmFs {
             }
             Node::Ctl(CtlFile::Command(c)) => Handle::Command(Mutex::new(CommandInput::new(c))),
             Node::DmFile(id, DmFile::Uuid) if writing => {
-                let Some(device) = self.device(id) else { return reply.error(Errno::ENOENT) };
+                let Some(device) = self.device(id) else {
+                    return reply.error(Errno::ENOENT);
+                };
                 Handle::Uuid(Mutex::new(UuidInput::new(device)))
             }
             Node::Ctl(_) | Node::DmFile(..) => {
                 if writing {
                     return reply.error(Errno::EACCES);
                 }
-                let Some(text) = self.text(node) else { return reply.error(Errno::ENOENT) };
+                let Some(text) = self.text(node) else {
+                    return reply.error(Errno::ENOENT);
+                };
                 Handle::Text(text.into_bytes())
             }
             Node::Pending(_) => return reply.error(Errno::ENOENT),
             _ => return reply.error(Errno::EISDIR),
         };
         let fh = self.add_handle(handle);
-        reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES)
+        reply.opened(
+            FileHandle(fh),
+            FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES,
+        )
     }
 
     fn create(
@@ -359,7 +416,9 @@ impl Filesystem for DmFs {
         }
         let Some(name) = name.to_str() else {
             let err = DmError::invalid("Invalid device name: not UTF-8");
-            self.registry.errors.record("create", &name.to_string_lossy(), &err);
+            self.registry
+                .errors
+                .record("create", &name.to_string_lossy(), &err);
             return reply.error(errno(&err));
         };
         let cwd = cwd_of(req.pid());
@@ -372,8 +431,16 @@ impl Filesystem for DmFs {
         match session {
             Ok(session) => {
                 let fh = self.add_handle(Handle::Table(Mutex::new(Some(session))));
-                let attr = self.attr(Node::Pending(fh)).expect("pending nodes always have attributes");
-                reply.created(&TTL, &attr, Generation(0), FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO)
+                let attr = self
+                    .attr(Node::Pending(fh))
+                    .expect("pending nodes always have attributes");
+                reply.created(
+                    &TTL,
+                    &attr,
+                    Generation(0),
+                    FileHandle(fh),
+                    FopenFlags::FOPEN_DIRECT_IO,
+                )
             }
             Err(e) => reply.error(errno(&e)),
         }
@@ -390,7 +457,9 @@ impl Filesystem for DmFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let Some(handle) = self.handle(fh) else { return reply.error(Errno::EBADF) };
+        let Some(handle) = self.handle(fh) else {
+            return reply.error(Errno::EBADF);
+        };
         match &*handle {
             Handle::Dev(device) => {
                 let mut slot = Some(reply);
@@ -423,12 +492,15 @@ impl Filesystem for DmFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let Some(handle) = self.handle(fh) else { return reply.error(Errno::EBADF) };
+        let Some(handle) = self.handle(fh) else {
+            return reply.error(Errno::EBADF);
+        };
         let result = match &*handle {
             Handle::Dev(device) => {
                 let mut slot = Some(reply);
                 let parked = device.defer_if_suspended(|| {
-                    let (device, reply, data) = (device.clone(), slot.take().expect("reply"), data.to_vec());
+                    let (device, reply, data) =
+                        (device.clone(), slot.take().expect("reply"), data.to_vec());
                     Box::new(move || write_device(&device, offset, &data, reply))
                 });
                 if let (false, Some(reply)) = (parked, slot) {
@@ -450,8 +522,17 @@ impl Filesystem for DmFs {
         }
     }
 
-    fn flush(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
-        let Some(handle) = self.handle(fh) else { return reply.ok() };
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        let Some(handle) = self.handle(fh) else {
+            return reply.ok();
+        };
         let result = match &*handle {
             Handle::Table(session) => match &mut *session.lock() {
                 Some(s) => s.commit(&self.registry),
@@ -500,8 +581,17 @@ impl Filesystem for DmFs {
         reply.ok()
     }
 
-    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        let Some(handle) = self.handle(fh) else { return reply.error(Errno::EBADF) };
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let Some(handle) = self.handle(fh) else {
+            return reply.error(Errno::EBADF);
+        };
         match &*handle {
             Handle::Dev(device) => match device.flush() {
                 Ok(()) => reply.ok(),
@@ -512,7 +602,14 @@ impl Filesystem for DmFs {
     }
 
     /// No extended attributes; ENOSYS tells the kernel to stop asking.
-    fn getxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: fuser::ReplyXattr) {
+    fn getxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _size: u32,
+        reply: fuser::ReplyXattr,
+    ) {
         reply.error(Errno::ENOSYS)
     }
 
@@ -520,12 +617,26 @@ impl Filesystem for DmFs {
         reply.error(Errno::ENOSYS)
     }
 
-    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        let Some(dir) = Node::from_ino(ino) else { return reply.error(Errno::ENOENT) };
-        let Some(children) = self.children(dir) else { return reply.error(Errno::ENOTDIR) };
-        let entries = [(dir, ".".to_string()), (Self::parent_of(dir), "..".to_string())]
-            .into_iter()
-            .chain(children);
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let Some(dir) = Node::from_ino(ino) else {
+            return reply.error(Errno::ENOENT);
+        };
+        let Some(children) = self.children(dir) else {
+            return reply.error(Errno::ENOTDIR);
+        };
+        let entries = [
+            (dir, ".".to_string()),
+            (Self::parent_of(dir), "..".to_string()),
+        ]
+        .into_iter()
+        .chain(children);
         for (i, (node, name)) in entries.enumerate().skip(offset as usize) {
             if reply.add(node.ino(), (i + 1) as u64, node.kind(), name) {
                 break;

@@ -105,12 +105,17 @@ impl Node {
             Node::DmDir => 4,
             Node::CreateDir => 5,
             Node::ReloadDir => 6,
-            Node::Ctl(f) => CTL_BASE + CtlFile::ALL.iter().position(|&c| c == f).unwrap_or(0) as u64,
+            Node::Ctl(f) => {
+                CTL_BASE + CtlFile::ALL.iter().position(|&c| c == f).unwrap_or(0) as u64
+            }
             Node::Pending(fh) => PENDING_BASE + fh,
             Node::DevFile(id) => DEVICE_BASE + id * DEVICE_SLOTS,
             Node::DmDevDir(id) => DEVICE_BASE + id * DEVICE_SLOTS + 1,
             Node::DmFile(id, f) => {
-                DEVICE_BASE + id * DEVICE_SLOTS + 2 + DmFile::ALL.iter().position(|&d| d == f).unwrap_or(0) as u64
+                DEVICE_BASE
+                    + id * DEVICE_SLOTS
+                    + 2
+                    + DmFile::ALL.iter().position(|&d| d == f).unwrap_or(0) as u64
             }
         })
     }
@@ -146,9 +151,7 @@ impl Node {
             | Node::DmDir
             | Node::CreateDir
             | Node::ReloadDir
-            | Node::DmDevDir(_) => {
-                FileType::Directory
-            }
+            | Node::DmDevDir(_) => FileType::Directory,
             _ => FileType::RegularFile,
         }
     }

@@ -7,7 +7,11 @@ use super::{Ctor, Target, TargetType, io_error};
 use crate::error::DmResult;
 use crate::units::Sectors;
 
-pub const TYPE: TargetType = TargetType { name: "error", version: [1, 5, 0], construct };
+pub const TYPE: TargetType = TargetType {
+    name: "error",
+    version: [1, 5, 0],
+    construct,
+};
 
 struct ErrorTarget;
 

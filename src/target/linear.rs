@@ -9,7 +9,11 @@ use crate::backing::Backing;
 use crate::error::{DmError, DmResult};
 use crate::units::Sectors;
 
-pub const TYPE: TargetType = TargetType { name: "linear", version: [1, 4, 0], construct };
+pub const TYPE: TargetType = TargetType {
+    name: "linear",
+    version: [1, 4, 0],
+    construct,
+};
 
 struct Linear {
     dev: Arc<Backing>,
@@ -20,7 +24,8 @@ fn construct(ctor: &Ctor<'_>, args: &[String]) -> DmResult<Box<dyn Target>> {
     if args.len() != 2 {
         return Err(DmError::invalid("Invalid argument count"));
     }
-    let start = parse_sector_arg(&args[1]).ok_or_else(|| DmError::invalid("Invalid device sector"))?;
+    let start =
+        parse_sector_arg(&args[1]).ok_or_else(|| DmError::invalid("Invalid device sector"))?;
     let dev = ctor
         .get_device(&args[0], start, ctor.len)
         .map_err(|e| e.context("Device lookup failed"))?;

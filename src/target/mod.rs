@@ -54,7 +54,12 @@ pub struct Ctor<'a> {
 impl Ctor<'_> {
     /// Opens a device reference and checks that `len` sectors from `start` lie inside it, as the
     /// kernel's `device_area_is_invalid` does.
-    pub fn get_device(&self, reference: &str, start: Sectors, len: Sectors) -> DmResult<Arc<Backing>> {
+    pub fn get_device(
+        &self,
+        reference: &str,
+        start: Sectors,
+        len: Sectors,
+    ) -> DmResult<Arc<Backing>> {
         let dev = self.resolver.open(reference)?;
         let size = dev.size();
         let fits = start < size && start.checked_add(len).is_some_and(|end| end <= size);
@@ -82,12 +87,7 @@ pub struct TargetType {
 
 /// Every target type dmfs implements, in the order `dmsetup targets` lists them on the
 /// oracle's kernel (most recently registered first).
-pub static TARGET_TYPES: &[TargetType] = &[
-    zero::TYPE,
-    striped::TYPE,
-    linear::TYPE,
-    error::TYPE,
-];
+pub static TARGET_TYPES: &[TargetType] = &[zero::TYPE, striped::TYPE, linear::TYPE, error::TYPE];
 
 pub fn find_type(name: &str) -> Option<&'static TargetType> {
     TARGET_TYPES.iter().find(|t| t.name == name)
@@ -97,7 +97,12 @@ pub fn find_type(name: &str) -> Option<&'static TargetType> {
 pub fn targets_text() -> String {
     TARGET_TYPES
         .iter()
-        .map(|t| format!("{:<16} v{}.{}.{}\n", t.name, t.version[0], t.version[1], t.version[2]))
+        .map(|t| {
+            format!(
+                "{:<16} v{}.{}.{}\n",
+                t.name, t.version[0], t.version[1], t.version[2]
+            )
+        })
         .collect()
 }
 

@@ -10,7 +10,11 @@ use crate::backing::Backing;
 use crate::error::{DmError, DmResult};
 use crate::units::{SECTOR_SIZE, Sectors};
 
-pub const TYPE: TargetType = TargetType { name: "striped", version: [1, 6, 0], construct };
+pub const TYPE: TargetType = TargetType {
+    name: "striped",
+    version: [1, 6, 0],
+    construct,
+};
 
 struct Stripe {
     dev: Arc<Backing>,
@@ -34,11 +38,15 @@ fn construct(ctor: &Ctor<'_>, args: &[String]) -> DmResult<Box<dyn Target>> {
         .ok_or_else(|| DmError::invalid("Invalid chunk_size"))?;
     let len = ctor.len.0;
     if len % stripes as u64 != 0 {
-        return Err(DmError::invalid("Target length not divisible by number of stripes"));
+        return Err(DmError::invalid(
+            "Target length not divisible by number of stripes",
+        ));
     }
     let width = Sectors(len / stripes as u64);
     if width.0 % chunk_size as u64 != 0 {
-        return Err(DmError::invalid("Target length not divisible by chunk size"));
+        return Err(DmError::invalid(
+            "Target length not divisible by chunk size",
+        ));
     }
     if args.len() as u64 != 2 + 2 * stripes as u64 {
         return Err(DmError::invalid("Not enough destinations specified"));
@@ -52,7 +60,10 @@ fn construct(ctor: &Ctor<'_>, args: &[String]) -> DmResult<Box<dyn Target>> {
             .map_err(|e| e.context("Couldn't parse stripe destination"))?;
         out.push(Stripe { dev, start });
     }
-    Ok(Box::new(Striped { stripes: out, chunk_size: chunk_size as u64 }))
+    Ok(Box::new(Striped {
+        stripes: out,
+        chunk_size: chunk_size as u64,
+    }))
 }
 
 /// The kernel's stripe_map_sector: which of `stripes` holds `sector` of the target, and where
@@ -77,7 +88,8 @@ impl Striped {
         let mut done = 0u64;
         while done < total {
             let sector = offset.0 + done;
-            let (stripe, at) = stripe_map(Sectors(sector), self.chunk_size, self.stripes.len() as u64);
+            let (stripe, at) =
+                stripe_map(Sectors(sector), self.chunk_size, self.stripes.len() as u64);
             let left_in_chunk = self.chunk_size - sector % self.chunk_size;
             let n = std::cmp::min(left_in_chunk, total - done);
             let s = &self.stripes[stripe];
@@ -92,11 +104,15 @@ impl Striped {
 
 impl Target for Striped {
     fn read(&self, offset: Sectors, buf: &mut [u8]) -> io::Result<()> {
-        self.for_each_chunk(offset, buf.len(), |s, at, range| s.dev.read_at(at, &mut buf[range]))
+        self.for_each_chunk(offset, buf.len(), |s, at, range| {
+            s.dev.read_at(at, &mut buf[range])
+        })
     }
 
     fn write(&self, offset: Sectors, buf: &[u8]) -> io::Result<()> {
-        self.for_each_chunk(offset, buf.len(), |s, at, range| s.dev.write_at(at, &buf[range]))
+        self.for_each_chunk(offset, buf.len(), |s, at, range| {
+            s.dev.write_at(at, &buf[range])
+        })
     }
 
     fn table_args(&self) -> String {
@@ -133,7 +149,10 @@ mod tests {
         (0..(stripes as u64 * chunk * 3))
             .map(|s| {
                 let c = s / chunk;
-                ((c % stripes as u64) as usize, (c / stripes as u64) * chunk + s % chunk)
+                (
+                    (c % stripes as u64) as usize,
+                    (c / stripes as u64) * chunk + s % chunk,
+                )
             })
             .collect()
     }
@@ -143,7 +162,11 @@ mod tests {
         for (n, chunk) in [(1, 8), (2, 1), (3, 7), (4, 16), (3, 5)] {
             for (sector, expect) in mapper(n, chunk).into_iter().enumerate() {
                 let (stripe, at) = stripe_map(Sectors(sector as u64), chunk, n as u64);
-                assert_eq!((stripe, at.0), expect, "n={n} chunk={chunk} sector={sector}");
+                assert_eq!(
+                    (stripe, at.0),
+                    expect,
+                    "n={n} chunk={chunk} sector={sector}"
+                );
             }
         }
     }

@@ -6,7 +6,11 @@ use super::{Ctor, Target, TargetType};
 use crate::error::{DmError, DmResult};
 use crate::units::Sectors;
 
-pub const TYPE: TargetType = TargetType { name: "zero", version: [1, 1, 0], construct };
+pub const TYPE: TargetType = TargetType {
+    name: "zero",
+    version: [1, 1, 0],
+    construct,
+};
 
 struct Zero;
 

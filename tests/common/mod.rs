@@ -48,7 +48,11 @@ impl Mount {
         let dir = scratch_dir("mnt");
         let mnt = dir.join("mnt");
         std::fs::create_dir(&mnt).unwrap();
-        let mut m = Mount { dir, mnt, child: None };
+        let mut m = Mount {
+            dir,
+            mnt,
+            child: None,
+        };
         m.start(args);
         m
     }
@@ -74,7 +78,11 @@ impl Mount {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("dmfs exited early ({status}); log:\n{}", self.log());
             }
-            assert!(Instant::now() < deadline, "dmfs did not mount in time; log:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "dmfs did not mount in time; log:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -82,14 +90,19 @@ impl Mount {
     /// Unmounts and waits for the daemon to exit (kills it after 10 s).
     pub fn stop(&mut self) {
         if is_mounted(&self.mnt) {
-            let _ = Command::new("umount").arg(&self.mnt).stderr(Stdio::null()).status();
+            let _ = Command::new("umount")
+                .arg(&self.mnt)
+                .stderr(Stdio::null())
+                .status();
         }
         if let Some(mut child) = self.child.take() {
             let deadline = Instant::now() + Duration::from_secs(10);
             loop {
                 match child.try_wait() {
                     Ok(Some(_)) => break,
-                    Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+                    Ok(None) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(20))
+                    }
                     _ => {
                         let _ = child.kill();
                         let _ = child.wait();

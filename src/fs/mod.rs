@@ -69,6 +69,14 @@ fn write_device(device: &Device, offset: u64, data: &[u8], reply: ReplyWrite) {
     }
 }
 
+/// Runs a request handler so that a panic (a bug, never an answer to input) ends only that
+/// request: the unsent reply answers EIO as it unwinds, and the request thread lives on.
+fn guard(op: &str, handler: impl FnOnce()) {
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(handler)).is_err() {
+        log::error!("{op}: request handler panicked; answered EIO");
+    }
+}
+
 /// The working directory of the process behind a request, for relative paths in tables.
 fn cwd_of(pid: u32) -> Option<PathBuf> {
     std::fs::read_link(format!("/proc/{pid}/cwd")).ok()
@@ -269,20 +277,24 @@ impl Filesystem for DmFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let (Some(parent), Some(name)) = (Node::from_ino(parent), name.to_str()) else {
-            return reply.error(Errno::ENOENT);
-        };
-        match self.child(parent, name).and_then(|n| self.attr(n)) {
-            Some(attr) => reply.entry(&TTL, &attr, Generation(0)),
-            None => reply.error(Errno::ENOENT),
-        }
+        guard("lookup", || {
+            let (Some(parent), Some(name)) = (Node::from_ino(parent), name.to_str()) else {
+                return reply.error(Errno::ENOENT);
+            };
+            match self.child(parent, name).and_then(|n| self.attr(n)) {
+                Some(attr) => reply.entry(&TTL, &attr, Generation(0)),
+                None => reply.error(Errno::ENOENT),
+            }
+        })
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match Node::from_ino(ino).and_then(|n| self.attr(n)) {
-            Some(attr) => reply.attr(&TTL, &attr),
-            None => reply.error(Errno::ENOENT),
-        }
+        guard("getattr", || {
+            match Node::from_ino(ino).and_then(|n| self.attr(n)) {
+                Some(attr) => reply.attr(&TTL, &attr),
+                None => reply.error(Errno::ENOENT),
+            }
+        })
     }
 
     fn setattr(
@@ -303,101 +315,107 @@ impl Filesystem for DmFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let Some(node) = Node::from_ino(ino) else {
-            return reply.error(Errno::ENOENT);
-        };
-        if let (Node::DevFile(id), Some(mode)) = (node, mode) {
-            // chmod a-w makes the device read-only, as `blockdev --setro` does; u+w undoes it.
-            if let Some(device) = self.device(id) {
-                device.set_read_only(mode & 0o222 == 0);
-            }
-        }
-        let Some(attr) = self.attr(node) else {
-            return reply.error(Errno::ENOENT);
-        };
-        if let Some(size) = size {
-            let ok = match node {
-                // A device's size is its table's: only a no-op "truncate" to that size passes.
-                Node::DevFile(_) => size == attr.size,
-                // `echo NAME > ctl/remove` truncates before writing.
-                Node::Ctl(CtlFile::Command(_))
-                | Node::Pending(_)
-                | Node::DmFile(_, DmFile::Uuid) => size == 0,
-                _ => false,
+        guard("setattr", || {
+            let Some(node) = Node::from_ino(ino) else {
+                return reply.error(Errno::ENOENT);
             };
-            if !ok {
-                if let Node::DevFile(id) = node {
-                    let name = self.device(id).map(|d| d.name()).unwrap_or_default();
-                    let err = DmError::invalid(format!(
-                        "dev/{name} has the fixed size of its table ({} bytes) and cannot be truncated \
-                         (use dd conv=notrunc)",
-                        attr.size
-                    ));
-                    self.registry.errors.record("truncate", &name, &err);
+            if let (Node::DevFile(id), Some(mode)) = (node, mode) {
+                // chmod a-w makes the device read-only, as `blockdev --setro` does; u+w undoes it.
+                if let Some(device) = self.device(id) {
+                    device.set_read_only(mode & 0o222 == 0);
                 }
-                return reply.error(if attr.kind == FileType::Directory {
-                    Errno::EISDIR
-                } else {
-                    Errno::EINVAL
-                });
             }
-        }
-        reply.attr(&TTL, &attr)
+            let Some(attr) = self.attr(node) else {
+                return reply.error(Errno::ENOENT);
+            };
+            if let Some(size) = size {
+                let ok = match node {
+                    // A device's size is its table's: only a no-op "truncate" to that size passes.
+                    Node::DevFile(_) => size == attr.size,
+                    // `echo NAME > ctl/remove` truncates before writing.
+                    Node::Ctl(CtlFile::Command(_))
+                    | Node::Pending(_)
+                    | Node::DmFile(_, DmFile::Uuid) => size == 0,
+                    _ => false,
+                };
+                if !ok {
+                    if let Node::DevFile(id) = node {
+                        let name = self.device(id).map(|d| d.name()).unwrap_or_default();
+                        let err = DmError::invalid(format!(
+                            "dev/{name} has the fixed size of its table ({} bytes) and cannot be truncated \
+                             (use dd conv=notrunc)",
+                            attr.size
+                        ));
+                        self.registry.errors.record("truncate", &name, &err);
+                    }
+                    return reply.error(if attr.kind == FileType::Directory {
+                        Errno::EISDIR
+                    } else {
+                        Errno::EINVAL
+                    });
+                }
+            }
+            reply.attr(&TTL, &attr)
+        })
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let (Some(Node::DevDir), Some(name)) = (Node::from_ino(parent), name.to_str()) else {
-            return reply.error(Errno::EACCES);
-        };
-        match self.registry.remove(name) {
-            Ok(()) => reply.ok(),
-            Err(e) => {
-                self.registry.errors.record("remove", name, &e);
-                reply.error(errno(&e))
+        guard("unlink", || {
+            let (Some(Node::DevDir), Some(name)) = (Node::from_ino(parent), name.to_str()) else {
+                return reply.error(Errno::EACCES);
+            };
+            match self.registry.remove(name) {
+                Ok(()) => reply.ok(),
+                Err(e) => {
+                    self.registry.errors.record("remove", name, &e);
+                    reply.error(errno(&e))
+                }
             }
-        }
+        })
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let Some(node) = Node::from_ino(ino) else {
-            return reply.error(Errno::ENOENT);
-        };
-        let writing = flags.acc_mode() != fuser::OpenAccMode::O_RDONLY;
-        let handle = match node {
-            Node::DevFile(id) => {
-                let Some(device) = self.device(id) else {
-                    return reply.error(Errno::ENOENT);
-                };
-                if writing && device.is_read_only() {
-                    return reply.error(Errno::EROFS);
+        guard("open", || {
+            let Some(node) = Node::from_ino(ino) else {
+                return reply.error(Errno::ENOENT);
+            };
+            let writing = flags.acc_mode() != fuser::OpenAccMode::O_RDONLY;
+            let handle = match node {
+                Node::DevFile(id) => {
+                    let Some(device) = self.device(id) else {
+                        return reply.error(Errno::ENOENT);
+                    };
+                    if writing && device.is_read_only() {
+                        return reply.error(Errno::EROFS);
+                    }
+                    device.open_count.fetch_add(1, Ordering::SeqCst);
+                    Handle::Dev(device)
                 }
-                device.open_count.fetch_add(1, Ordering::SeqCst);
-                Handle::Dev(device)
-            }
-            Node::Ctl(CtlFile::Command(c)) => Handle::Command(Mutex::new(CommandInput::new(c))),
-            Node::DmFile(id, DmFile::Uuid) if writing => {
-                let Some(device) = self.device(id) else {
-                    return reply.error(Errno::ENOENT);
-                };
-                Handle::Uuid(Mutex::new(UuidInput::new(device)))
-            }
-            Node::Ctl(_) | Node::DmFile(..) => {
-                if writing {
-                    return reply.error(Errno::EACCES);
+                Node::Ctl(CtlFile::Command(c)) => Handle::Command(Mutex::new(CommandInput::new(c))),
+                Node::DmFile(id, DmFile::Uuid) if writing => {
+                    let Some(device) = self.device(id) else {
+                        return reply.error(Errno::ENOENT);
+                    };
+                    Handle::Uuid(Mutex::new(UuidInput::new(device)))
                 }
-                let Some(text) = self.text(node) else {
-                    return reply.error(Errno::ENOENT);
-                };
-                Handle::Text(text.into_bytes())
-            }
-            Node::Pending(_) => return reply.error(Errno::ENOENT),
-            _ => return reply.error(Errno::EISDIR),
-        };
-        let fh = self.add_handle(handle);
-        reply.opened(
-            FileHandle(fh),
-            FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES,
-        )
+                Node::Ctl(_) | Node::DmFile(..) => {
+                    if writing {
+                        return reply.error(Errno::EACCES);
+                    }
+                    let Some(text) = self.text(node) else {
+                        return reply.error(Errno::ENOENT);
+                    };
+                    Handle::Text(text.into_bytes())
+                }
+                Node::Pending(_) => return reply.error(Errno::ENOENT),
+                _ => return reply.error(Errno::EISDIR),
+            };
+            let fh = self.add_handle(handle);
+            reply.opened(
+                FileHandle(fh),
+                FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES,
+            )
+        })
     }
 
     fn create(
@@ -410,40 +428,42 @@ impl Filesystem for DmFs {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        let parent = Node::from_ino(parent);
-        if !matches!(parent, Some(Node::CreateDir | Node::ReloadDir)) {
-            return reply.error(Errno::EACCES);
-        }
-        let Some(name) = name.to_str() else {
-            let err = DmError::invalid("Invalid device name: not UTF-8");
-            self.registry
-                .errors
-                .record("create", &name.to_string_lossy(), &err);
-            return reply.error(errno(&err));
-        };
-        let cwd = cwd_of(req.pid());
-        let session = if parent == Some(Node::CreateDir) {
-            // A table file created without write permission makes a read-only device.
-            TableSession::create(&self.registry, name, cwd, mode & 0o222 == 0)
-        } else {
-            TableSession::reload(&self.registry, name, cwd)
-        };
-        match session {
-            Ok(session) => {
-                let fh = self.add_handle(Handle::Table(Mutex::new(Some(session))));
-                let attr = self
-                    .attr(Node::Pending(fh))
-                    .expect("pending nodes always have attributes");
-                reply.created(
-                    &TTL,
-                    &attr,
-                    Generation(0),
-                    FileHandle(fh),
-                    FopenFlags::FOPEN_DIRECT_IO,
-                )
+        guard("create", || {
+            let parent = Node::from_ino(parent);
+            if !matches!(parent, Some(Node::CreateDir | Node::ReloadDir)) {
+                return reply.error(Errno::EACCES);
             }
-            Err(e) => reply.error(errno(&e)),
-        }
+            let Some(name) = name.to_str() else {
+                let err = DmError::invalid("Invalid device name: not UTF-8");
+                self.registry
+                    .errors
+                    .record("create", &name.to_string_lossy(), &err);
+                return reply.error(errno(&err));
+            };
+            let cwd = cwd_of(req.pid());
+            let session = if parent == Some(Node::CreateDir) {
+                // A table file created without write permission makes a read-only device.
+                TableSession::create(&self.registry, name, cwd, mode & 0o222 == 0)
+            } else {
+                TableSession::reload(&self.registry, name, cwd)
+            };
+            match session {
+                Ok(session) => {
+                    let fh = self.add_handle(Handle::Table(Mutex::new(Some(session))));
+                    let attr = self
+                        .attr(Node::Pending(fh))
+                        .expect("pending nodes always have attributes");
+                    reply.created(
+                        &TTL,
+                        &attr,
+                        Generation(0),
+                        FileHandle(fh),
+                        FopenFlags::FOPEN_DIRECT_IO,
+                    )
+                }
+                Err(e) => reply.error(errno(&e)),
+            }
+        })
     }
 
     fn read(
@@ -457,27 +477,31 @@ impl Filesystem for DmFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let Some(handle) = self.handle(fh) else {
-            return reply.error(Errno::EBADF);
-        };
-        match &*handle {
-            Handle::Dev(device) => {
-                let mut slot = Some(reply);
-                let parked = device.defer_if_suspended(|| {
-                    let (device, reply) = (device.clone(), slot.take().expect("reply"));
-                    Box::new(move || read_device(&device, offset, size, reply))
-                });
-                if let (false, Some(reply)) = (parked, slot) {
-                    read_device(device, offset, size, reply)
+        guard("read", || {
+            let Some(handle) = self.handle(fh) else {
+                return reply.error(Errno::EBADF);
+            };
+            match &*handle {
+                Handle::Dev(device) => {
+                    let mut slot = Some(reply);
+                    let parked = device.defer_if_suspended(|| {
+                        let (device, reply) = (device.clone(), slot.take().expect("reply"));
+                        Box::new(move || read_device(&device, offset, size, reply))
+                    });
+                    if let (false, Some(reply)) = (parked, slot) {
+                        read_device(device, offset, size, reply)
+                    }
+                }
+                Handle::Text(text) => {
+                    let start = std::cmp::min(offset as usize, text.len());
+                    let end = std::cmp::min(start + size as usize, text.len());
+                    reply.data(&text[start..end])
+                }
+                Handle::Table(_) | Handle::Command(_) | Handle::Uuid(_) => {
+                    reply.error(Errno::EBADF)
                 }
             }
-            Handle::Text(text) => {
-                let start = std::cmp::min(offset as usize, text.len());
-                let end = std::cmp::min(start + size as usize, text.len());
-                reply.data(&text[start..end])
-            }
-            Handle::Table(_) | Handle::Command(_) | Handle::Uuid(_) => reply.error(Errno::EBADF),
-        }
+        })
     }
 
     fn write(
@@ -492,34 +516,36 @@ impl Filesystem for DmFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let Some(handle) = self.handle(fh) else {
-            return reply.error(Errno::EBADF);
-        };
-        let result = match &*handle {
-            Handle::Dev(device) => {
-                let mut slot = Some(reply);
-                let parked = device.defer_if_suspended(|| {
-                    let (device, reply, data) =
-                        (device.clone(), slot.take().expect("reply"), data.to_vec());
-                    Box::new(move || write_device(&device, offset, &data, reply))
-                });
-                if let (false, Some(reply)) = (parked, slot) {
-                    write_device(device, offset, data, reply)
+        guard("write", || {
+            let Some(handle) = self.handle(fh) else {
+                return reply.error(Errno::EBADF);
+            };
+            let result = match &*handle {
+                Handle::Dev(device) => {
+                    let mut slot = Some(reply);
+                    let parked = device.defer_if_suspended(|| {
+                        let (device, reply, data) =
+                            (device.clone(), slot.take().expect("reply"), data.to_vec());
+                        Box::new(move || write_device(&device, offset, &data, reply))
+                    });
+                    if let (false, Some(reply)) = (parked, slot) {
+                        write_device(device, offset, data, reply)
+                    }
+                    return;
                 }
-                return;
+                Handle::Table(session) => match &mut *session.lock() {
+                    Some(s) => s.write(&self.registry, data),
+                    None => return reply.error(Errno::EBADF),
+                },
+                Handle::Command(input) => input.lock().write(&self.registry, data),
+                Handle::Uuid(input) => input.lock().write(&self.registry, data),
+                Handle::Text(_) => return reply.error(Errno::EBADF),
+            };
+            match result {
+                Ok(()) => reply.written(data.len() as u32),
+                Err(e) => reply.error(errno(&e)),
             }
-            Handle::Table(session) => match &mut *session.lock() {
-                Some(s) => s.write(&self.registry, data),
-                None => return reply.error(Errno::EBADF),
-            },
-            Handle::Command(input) => input.lock().write(&self.registry, data),
-            Handle::Uuid(input) => input.lock().write(&self.registry, data),
-            Handle::Text(_) => return reply.error(Errno::EBADF),
-        };
-        match result {
-            Ok(()) => reply.written(data.len() as u32),
-            Err(e) => reply.error(errno(&e)),
-        }
+        })
     }
 
     fn flush(
@@ -530,22 +556,24 @@ impl Filesystem for DmFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        let Some(handle) = self.handle(fh) else {
-            return reply.ok();
-        };
-        let result = match &*handle {
-            Handle::Table(session) => match &mut *session.lock() {
-                Some(s) => s.commit(&self.registry),
-                None => Ok(()),
-            },
-            Handle::Command(input) => input.lock().flush(&self.registry),
-            Handle::Uuid(input) => input.lock().flush(&self.registry),
-            Handle::Dev(_) | Handle::Text(_) => Ok(()),
-        };
-        match result {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        guard("flush", || {
+            let Some(handle) = self.handle(fh) else {
+                return reply.ok();
+            };
+            let result = match &*handle {
+                Handle::Table(session) => match &mut *session.lock() {
+                    Some(s) => s.commit(&self.registry),
+                    None => Ok(()),
+                },
+                Handle::Command(input) => input.lock().flush(&self.registry),
+                Handle::Uuid(input) => input.lock().flush(&self.registry),
+                Handle::Dev(_) | Handle::Text(_) => Ok(()),
+            };
+            match result {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        })
     }
 
     fn release(
@@ -558,27 +586,29 @@ impl Filesystem for DmFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        let handle = self.handles.write().remove(&fh.0);
-        if let Some(handle) = handle {
-            match &*handle {
-                Handle::Dev(device) => {
-                    device.open_count.fetch_sub(1, Ordering::SeqCst);
-                }
-                Handle::Table(session) => {
-                    if let Some(s) = session.lock().take() {
-                        s.close(&self.registry);
+        guard("release", || {
+            let handle = self.handles.write().remove(&fh.0);
+            if let Some(handle) = handle {
+                match &*handle {
+                    Handle::Dev(device) => {
+                        device.open_count.fetch_sub(1, Ordering::SeqCst);
                     }
+                    Handle::Table(session) => {
+                        if let Some(s) = session.lock().take() {
+                            s.close(&self.registry);
+                        }
+                    }
+                    Handle::Command(input) => {
+                        let _ = input.lock().flush(&self.registry);
+                    }
+                    Handle::Uuid(input) => {
+                        let _ = input.lock().flush(&self.registry);
+                    }
+                    Handle::Text(_) => {}
                 }
-                Handle::Command(input) => {
-                    let _ = input.lock().flush(&self.registry);
-                }
-                Handle::Uuid(input) => {
-                    let _ = input.lock().flush(&self.registry);
-                }
-                Handle::Text(_) => {}
             }
-        }
-        reply.ok()
+            reply.ok()
+        })
     }
 
     fn fsync(
@@ -589,16 +619,18 @@ impl Filesystem for DmFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let Some(handle) = self.handle(fh) else {
-            return reply.error(Errno::EBADF);
-        };
-        match &*handle {
-            Handle::Dev(device) => match device.flush() {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(io_errno(&e)),
-            },
-            _ => reply.ok(),
-        }
+        guard("fsync", || {
+            let Some(handle) = self.handle(fh) else {
+                return reply.error(Errno::EBADF);
+            };
+            match &*handle {
+                Handle::Dev(device) => match device.flush() {
+                    Ok(()) => reply.ok(),
+                    Err(e) => reply.error(io_errno(&e)),
+                },
+                _ => reply.ok(),
+            }
+        })
     }
 
     /// No extended attributes; ENOSYS tells the kernel to stop asking.
@@ -625,23 +657,38 @@ impl Filesystem for DmFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let Some(dir) = Node::from_ino(ino) else {
-            return reply.error(Errno::ENOENT);
-        };
-        let Some(children) = self.children(dir) else {
-            return reply.error(Errno::ENOTDIR);
-        };
-        let entries = [
-            (dir, ".".to_string()),
-            (Self::parent_of(dir), "..".to_string()),
-        ]
-        .into_iter()
-        .chain(children);
-        for (i, (node, name)) in entries.enumerate().skip(offset as usize) {
-            if reply.add(node.ino(), (i + 1) as u64, node.kind(), name) {
-                break;
+        guard("readdir", || {
+            let Some(dir) = Node::from_ino(ino) else {
+                return reply.error(Errno::ENOENT);
+            };
+            let Some(children) = self.children(dir) else {
+                return reply.error(Errno::ENOTDIR);
+            };
+            let entries = [
+                (dir, ".".to_string()),
+                (Self::parent_of(dir), "..".to_string()),
+            ]
+            .into_iter()
+            .chain(children);
+            for (i, (node, name)) in entries.enumerate().skip(offset as usize) {
+                if reply.add(node.ino(), (i + 1) as u64, node.kind(), name) {
+                    break;
+                }
             }
-        }
-        reply.ok()
+            reply.ok()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::guard;
+
+    #[test]
+    fn a_panicking_handler_is_contained() {
+        let mut after = false;
+        guard("test", || panic!("bug"));
+        guard("test", || after = true);
+        assert!(after);
     }
 }

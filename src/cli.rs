@@ -257,6 +257,150 @@ impl Mount {
         Ok(())
     }
 
+    /// The `Field: value` lines of dm/NAME/info.
+    fn info_fields(&self, name: &str) -> Vec<(String, String)> {
+        self.read(&format!("dm/{name}/info"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+            .collect()
+    }
+
+    /// `info -c`: one row per device in dmsetup's columns.
+    pub fn info_columns(&self, name: Option<&str>, out: &mut impl Write) -> CliResult {
+        let names = match name {
+            Some(n) if !self.exists(n) => return Err(Failed("Device does not exist.".into())),
+            Some(n) => vec![n.to_string()],
+            None => self.names(),
+        };
+        if names.is_empty() {
+            let _ = writeln!(out, "No devices found");
+            return Ok(());
+        }
+        let _ = writeln!(
+            out,
+            "{:<16} {:>3} {:>3} {:<4} {:>4} {:>4} {:<6} {:<32}",
+            "Name", "Maj", "Min", "Stat", "Open", "Targ", "Event", "UUID"
+        );
+        for name in names {
+            let f = self.info_fields(&name);
+            let get = |k: &str| {
+                f.iter()
+                    .find(|(key, _)| key == k)
+                    .map(|(_, v)| v.as_str())
+                    .unwrap_or("")
+            };
+            let (maj, min) = get("Major, minor").split_once(", ").unwrap_or(("", ""));
+            let state = get("State");
+            let stat = format!(
+                "L{}{}{}",
+                if get("Tables present").contains("INACTIVE") {
+                    'I'
+                } else {
+                    '-'
+                },
+                if state.starts_with("SUSPENDED") {
+                    's'
+                } else {
+                    '-'
+                },
+                if state.contains("READ-ONLY") {
+                    'r'
+                } else {
+                    'w'
+                }
+            );
+            let _ = writeln!(
+                out,
+                "{:<16} {:>3} {:>3} {:<4} {:>4} {:>4} {:>6} {:<32}",
+                name,
+                maj,
+                min,
+                stat,
+                get("Open count"),
+                get("Number of targets"),
+                get("Event number"),
+                get("UUID")
+            );
+        }
+        Ok(())
+    }
+
+    /// The entries of dm/NAME/deps: "(MNT/dev/X)", "(path)" or "(M, m)", in the kernel's order.
+    fn deps(&self, name: &str) -> Vec<String> {
+        let text = self.read(&format!("dm/{name}/deps")).unwrap_or_default();
+        let list = text
+            .split_once(':')
+            .map(|(_, l)| l.trim().to_string())
+            .unwrap_or_default();
+        list.split(") (")
+            .map(|d| d.trim_matches(|c| c == '(' || c == ')').to_string())
+            .filter(|d| !d.is_empty())
+            .collect()
+    }
+
+    /// The device of this mount a deps entry names, if it is one.
+    fn mapped_name(&self, dep: &str) -> Option<String> {
+        let dev = self.root.join("dev");
+        Path::new(dep)
+            .parent()
+            .filter(|p| *p == dev)
+            .and_then(|_| Path::new(dep).file_name())
+            .map(|n| n.to_string_lossy().into_owned())
+    }
+
+    fn ls_line(&self, name: &str) -> String {
+        let f = self.info_fields(name);
+        let mm = f
+            .iter()
+            .find(|(k, _)| k == "Major, minor")
+            .map(|(_, v)| v.replace(", ", ":"))
+            .unwrap_or_default();
+        format!("{name} ({mm})")
+    }
+
+    /// `ls --tree`: the devices no other device uses, each with what it maps onto below it,
+    /// drawn as dmsetup draws it without UTF-8.
+    pub fn ls_tree(&self, out: &mut impl Write) -> CliResult {
+        let names = self.names();
+        if names.is_empty() {
+            let _ = writeln!(out, "No devices found");
+            return Ok(());
+        }
+        let used: Vec<String> = names
+            .iter()
+            .flat_map(|n| self.deps(n))
+            .filter_map(|d| self.mapped_name(&d))
+            .collect();
+        for name in names.iter().filter(|n| !used.contains(n)) {
+            let _ = writeln!(out, "{}", self.ls_line(name));
+            self.tree_children(name, " ", out);
+        }
+        Ok(())
+    }
+
+    fn tree_children(&self, name: &str, indent: &str, out: &mut impl Write) {
+        let deps = self.deps(name);
+        for (i, dep) in deps.iter().enumerate() {
+            let last = i + 1 == deps.len();
+            let branch = if last { "`-" } else { "|-" };
+            match self.mapped_name(dep) {
+                Some(child) => {
+                    let _ = writeln!(out, "{indent}{branch}{}", self.ls_line(&child));
+                    self.tree_children(
+                        &child,
+                        &format!("{indent}{}", if last { "   " } else { "|  " }),
+                        out,
+                    );
+                }
+                None => {
+                    let _ = writeln!(out, "{indent}{branch} ({})", dep.replace(", ", ":"));
+                }
+            }
+        }
+    }
+
     pub fn cat(&self, rel: &str, out: &mut impl Write) -> CliResult {
         let text = self.read(rel)?;
         let _ = out.write_all(text.as_bytes());

@@ -165,6 +165,11 @@ impl Device {
         self.event_nr.load(Ordering::SeqCst)
     }
 
+    /// Counts an event: the kernel raises one for a table swap, a rename and a uuid change.
+    pub fn event(&self) {
+        self.event_nr.fetch_add(1, Ordering::SeqCst);
+    }
+
     /// Waits for in-flight I/O to drain, then holds new I/O until `resume`. Suspending a
     /// suspended device does nothing, as in the kernel.
     pub fn suspend(&self) {
@@ -180,7 +185,7 @@ impl Device {
         let mut state = self.gate.state.lock();
         if let Some(table) = self.inactive.write().take() {
             *self.table.write() = table;
-            self.event_nr.fetch_add(1, Ordering::SeqCst);
+            self.event();
         }
         state.suspended = false;
         let deferred = std::mem::take(&mut state.deferred);

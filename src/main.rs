@@ -122,11 +122,20 @@ enum Verb {
     /// Print a device's status (all devices without NAME).
     Status { name: Option<String> },
     /// Print a device's info (all devices without NAME).
-    Info { name: Option<String> },
+    Info {
+        name: Option<String>,
+        /// One row per device, in columns.
+        #[arg(short = 'c', long)]
+        columns: bool,
+    },
     /// Print the devices a device maps onto.
     Deps { name: Option<String> },
     /// List the devices.
-    Ls,
+    Ls {
+        /// Show devices with what they map onto below them.
+        #[arg(long)]
+        tree: bool,
+    },
     /// List the target types and their versions.
     Targets,
     /// Print the dmfs version and the device-mapper interface version it mirrors.
@@ -171,9 +180,17 @@ fn run_verb(mount: Option<PathBuf>, verb: Verb) {
                 out,
             ),
             Verb::Status { name } => m.report("status", name.as_deref(), out),
-            Verb::Info { name } => m.report("info", name.as_deref(), out),
+            Verb::Info {
+                name,
+                columns: true,
+            } => m.info_columns(name.as_deref(), out),
+            Verb::Info {
+                name,
+                columns: false,
+            } => m.report("info", name.as_deref(), out),
             Verb::Deps { name } => m.report("deps", name.as_deref(), out),
-            Verb::Ls => m.ls(out),
+            Verb::Ls { tree: true } => m.ls_tree(out),
+            Verb::Ls { tree: false } => m.ls(out),
             Verb::Targets => m.cat("ctl/targets", out),
             Verb::Version => m.cat("ctl/version", out),
             Verb::Mount { .. } | Verb::Umount { .. } => unreachable!("handled in main"),

@@ -185,6 +185,7 @@ impl Registry {
         d.by_name.remove(old);
         d.by_name.insert(new.to_string(), device.clone());
         device.set_name(new);
+        device.event();
         log::info!("renamed {old} to {new}");
         Ok(())
     }
@@ -212,6 +213,7 @@ impl Registry {
             )));
         }
         device.set_uuid(uuid);
+        device.event();
         Ok(())
     }
 

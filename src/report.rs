@@ -42,7 +42,9 @@ pub fn info_text(device: &Device) -> String {
          Major, minor:      {DM_MAJOR}, {}\n\
          Number of targets: {}\n",
         device.name(),
-        device.open_count.load(std::sync::atomic::Ordering::SeqCst),
+        // The kernel counts a device stacked on this one as an opener.
+        device.open_count.load(std::sync::atomic::Ordering::SeqCst)
+            + device.holders.load(std::sync::atomic::Ordering::SeqCst),
         device.event_nr(),
         device.id,
         table.entries().len()

@@ -102,3 +102,62 @@ fn failures_print_dmsetups_words_and_exit_1() {
     let targets = m.ok("$DMFS --mount $MNT targets");
     assert_eq!(targets, m.read("ctl/targets"));
 }
+
+/// The output lines of a `### command` section of fixtures/kernel/cli.out (the last one if the
+/// command was recorded twice and `last` is set).
+fn recorded(command: &str, last: bool) -> String {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fixtures/kernel/cli.out"
+    ))
+    .unwrap();
+    let sections: Vec<&str> = text
+        .split("### ")
+        .filter(|s| s.lines().next() == Some(command))
+        .collect();
+    let section = if last {
+        sections.last()
+    } else {
+        sections.first()
+    }
+    .expect(command);
+    section.lines().skip(2).map(|l| format!("{l}\n")).collect()
+}
+
+#[test]
+fn ls_tree_and_info_columns_as_dmsetup_prints_them() {
+    let m = Mount::new();
+    m.ok("truncate -s 4M a.img b.img");
+    // The set cli-vm.sh made on the kernel: vda is a.img, vdb is b.img.
+    m.ok(r#"
+        set -e
+        export DMFS_MOUNT=$MNT
+        echo "0 4096 linear $PWD/a.img 0" | $DMFS create base
+        printf "0 2048 linear $PWD/b.img 0\n2048 2048 linear $PWD/a.img 4096\n" | $DMFS create pair
+        echo "0 1024 linear $MNT/dev/base 100" | $DMFS create top
+        echo "0 100 zero" | $DMFS create lonely
+    "#);
+    let dir = m.dir.to_string_lossy().into_owned();
+    let kernel = |s: String| {
+        s.replace("254:0", &format!("{dir}/a.img"))
+            .replace("254:16", &format!("{dir}/b.img"))
+    };
+    assert_eq!(m.ok("$DMFS --mount $MNT ls"), recorded("dmsetup ls", false));
+    assert_eq!(
+        m.ok("$DMFS --mount $MNT ls --tree"),
+        kernel(recorded("dmsetup ls --tree", true))
+    );
+    assert_eq!(
+        m.ok("$DMFS --mount $MNT info -c"),
+        recorded("dmsetup info -c", false)
+    );
+    m.ok("$DMFS --mount $MNT rename top --setuuid UUID-TOP");
+    assert_eq!(
+        m.ok("$DMFS --mount $MNT info top"),
+        recorded("dmsetup info top", false)
+    );
+    assert_eq!(
+        m.ok("$DMFS --mount $MNT info -c"),
+        recorded("dmsetup info -c", true)
+    );
+}

@@ -4,6 +4,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
+use std::os::fd::IntoRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -37,8 +38,13 @@ pub fn find_mount(explicit: Option<PathBuf>) -> Result<PathBuf, Failed> {
     }
 }
 
+/// Tables at least this long show progress, in steps of this many lines.
+const PROGRESS_LINES: usize = 1000;
+
 pub struct Mount {
     root: PathBuf,
+    /// Report progress of long work on stderr.
+    progress: bool,
 }
 
 /// The reason dmfs recorded for the latest failure, to show beside the errno.
@@ -57,8 +63,8 @@ fn strerror(e: &std::io::Error) -> String {
 }
 
 impl Mount {
-    pub fn new(root: PathBuf) -> Mount {
-        Mount { root }
+    pub fn new(root: PathBuf, progress: bool) -> Mount {
+        Mount { root, progress }
     }
 
     fn path(&self, rel: &str) -> PathBuf {
@@ -106,11 +112,29 @@ impl Mount {
         if !text.ends_with('\n') {
             text.push('\n');
         }
-        f.write_all(text.as_bytes())
-            .map_err(|e| self.ioctl_failed(ioctl, name, &e))?;
-        // The table takes effect at close; close errors matter here.
-        f.sync_all().ok();
-        drop(f);
+        // Each line is checked as it is written, so a large table is worth reporting on.
+        let lines: Vec<&str> = text.split_inclusive('\n').collect();
+        let show = self.progress && lines.len() >= PROGRESS_LINES;
+        for (i, chunk) in lines.chunks(PROGRESS_LINES).enumerate() {
+            f.write_all(chunk.concat().as_bytes())
+                .map_err(|e| self.ioctl_failed(ioctl, name, &e))?;
+            if show {
+                let done = std::cmp::min((i + 1) * PROGRESS_LINES, lines.len());
+                eprint!(
+                    "\r{ioctl} {name}: {done}/{} table lines checked",
+                    lines.len()
+                );
+            }
+        }
+        if show {
+            eprintln!();
+        }
+        // The table takes effect at close: its answer is close(2)'s.
+        let fd = f.into_raw_fd();
+        // SAFETY: `fd` was just taken from the File, which no longer owns it.
+        if unsafe { libc::close(fd) } != 0 {
+            return Err(self.ioctl_failed(ioctl, name, &std::io::Error::last_os_error()));
+        }
         Ok(())
     }
 

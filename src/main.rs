@@ -31,6 +31,10 @@ struct Cli {
     /// The dmfs mount the dmsetup-style verbs act on.
     #[arg(long, global = true, value_name = "MNT")]
     mount: Option<PathBuf>,
+    /// Show progress of long work (large tables) on stderr; the default when stderr is a
+    /// terminal.
+    #[arg(long, global = true)]
+    progress: bool,
     #[command(subcommand)]
     command: Verb,
 }
@@ -143,9 +147,9 @@ enum Verb {
 }
 
 /// Runs a dmsetup-style verb; on failure prints dmsetup's "Command failed." and exits 1.
-fn run_verb(mount: Option<PathBuf>, verb: Verb) {
+fn run_verb(mount: Option<PathBuf>, progress: bool, verb: Verb) {
     let result = cli::find_mount(mount).and_then(|root| {
-        let m = cli::Mount::new(root);
+        let m = cli::Mount::new(root, progress);
         let out = &mut std::io::stdout();
         match verb {
             Verb::Create {
@@ -229,6 +233,10 @@ fn main() {
                 std::process::exit(1);
             }
         }
-        verb => run_verb(cli.mount, verb),
+        verb => {
+            // SAFETY: isatty only inspects the descriptor.
+            let tty = unsafe { libc::isatty(2) } == 1;
+            run_verb(cli.mount, cli.progress || tty, verb)
+        }
     }
 }

@@ -161,3 +161,31 @@ fn ls_tree_and_info_columns_as_dmsetup_prints_them() {
         recorded("dmsetup info -c", true)
     );
 }
+
+#[test]
+fn large_tables_show_progress_and_commit_whole() {
+    let m = Mount::new();
+    let out = m.sh(
+        "for i in $(seq 0 2499); do echo \"$((i * 8)) 8 zero\"; done > big.table && \
+         $DMFS --mount $MNT --progress create big big.table",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("create big: 1000/2500 table lines checked"),
+        "{err}"
+    );
+    assert!(
+        err.contains("create big: 2500/2500 table lines checked"),
+        "{err}"
+    );
+    assert_eq!(m.read("dm/big/table").lines().count(), 2500);
+    assert_eq!(
+        std::fs::metadata(m.mnt.join("dev/big")).unwrap().len(),
+        2500 * 8 * 512
+    );
+}

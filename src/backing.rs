@@ -28,7 +28,9 @@ enum Source {
         size: Sectors,
         name: String,
         short: String,
-        id: (u64, u64),
+        key: DeviceKey,
+        /// The device's logical block size in bytes (512 for regular files).
+        block_size: u32,
     },
     /// A device of this mount.
     Mapped {
@@ -39,6 +41,15 @@ enum Source {
 
 pub struct Backing {
     source: Source,
+}
+
+/// What makes two references the same device, as the kernel compares block devices: a regular
+/// file by its inode, a block device by its number, a device of this mount by its id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DeviceKey {
+    File { dev: u64, ino: u64 },
+    Block { rdev: u64 },
+    Mapped { id: u64 },
 }
 
 impl Drop for Backing {
@@ -54,6 +65,26 @@ fn eof_is_eio(e: io::Error) -> io::Error {
         io::Error::from_raw_os_error(libc::EIO)
     } else {
         e
+    }
+}
+
+/// BLKSSZGET: a block device's logical block size in bytes.
+fn block_device_block_size(file: &File) -> io::Result<u32> {
+    use std::os::fd::AsRawFd;
+    const BLKSSZGET: libc::c_ulong = 0x1268;
+    let mut size: libc::c_int = 0;
+    // SAFETY: BLKSSZGET writes one int through the pointer, which points at `size`.
+    let r = unsafe {
+        libc::ioctl(
+            file.as_raw_fd(),
+            BLKSSZGET as _,
+            &mut size as *mut libc::c_int,
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(size.max(512) as u32)
     }
 }
 
@@ -83,18 +114,30 @@ impl Backing {
             .map_err(|e| DmError::io(&shown, &e))?;
         let meta = file.metadata().map_err(|e| DmError::io(&shown, &e))?;
         let ft = meta.file_type();
-        let (size, name, short) = if ft.is_block_device() {
+        let (size, name, short, key, block_size) = if ft.is_block_device() {
             let bytes = block_device_bytes(&file).map_err(|e| DmError::io(&shown, &e))?;
+            let block_size = block_device_block_size(&file).map_err(|e| DmError::io(&shown, &e))?;
             let rdev = meta.rdev();
             let name = format!("{}:{}", libc::major(rdev), libc::minor(rdev));
             let short = path
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_else(|| name.clone());
-            (Bytes(bytes).sectors_floor(), name, short)
+            let key = DeviceKey::Block { rdev };
+            (Bytes(bytes).sectors_floor(), name, short, key, block_size)
         } else if ft.is_file() {
             let name = path.to_string_lossy().into_owned();
-            (Bytes(meta.len()).sectors_floor(), name.clone(), name)
+            let key = DeviceKey::File {
+                dev: meta.dev(),
+                ino: meta.ino(),
+            };
+            (
+                Bytes(meta.len()).sectors_floor(),
+                name.clone(),
+                name,
+                key,
+                512,
+            )
         } else {
             return Err(DmError::invalid(format!(
                 "{shown}: not a block device or regular file"
@@ -106,7 +149,8 @@ impl Backing {
                 size,
                 name,
                 short,
-                id: (meta.dev(), meta.ino()),
+                key,
+                block_size,
             },
         })
     }
@@ -154,12 +198,21 @@ impl Backing {
 
     /// Whether two references name the same device.
     pub fn same_device(&self, other: &Backing) -> bool {
-        match (&self.source, &other.source) {
-            (Source::File { id: a, .. }, Source::File { id: b, .. }) => a == b,
-            (Source::Mapped { device: a, .. }, Source::Mapped { device: b, .. }) => {
-                Arc::ptr_eq(a, b)
-            }
-            _ => false,
+        self.key() == other.key()
+    }
+
+    pub fn key(&self) -> DeviceKey {
+        match &self.source {
+            Source::File { key, .. } => *key,
+            Source::Mapped { device, .. } => DeviceKey::Mapped { id: device.id },
+        }
+    }
+
+    /// The smallest unit of I/O the device accepts, in bytes.
+    pub fn logical_block_size(&self) -> u32 {
+        match &self.source {
+            Source::File { block_size, .. } => *block_size,
+            Source::Mapped { .. } => 512,
         }
     }
 

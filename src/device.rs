@@ -141,7 +141,9 @@ impl Device {
     /// Makes `table` live at once (the table a create session extends). Callers have
     /// validated it.
     pub fn set_table(&self, table: Table) {
-        *self.table.write() = Arc::new(table);
+        let table = Arc::new(table);
+        *self.table.write() = table.clone();
+        table.resume_targets();
     }
 
     /// Loads `table` as the inactive table, replacing any loaded before.
@@ -174,9 +176,14 @@ impl Device {
     /// suspended device does nothing, as in the kernel.
     pub fn suspend(&self) {
         let mut state = self.gate.state.lock();
+        let was_suspended = state.suspended;
         state.suspended = true;
         while state.in_flight > 0 {
             self.gate.changed.wait(&mut state);
+        }
+        drop(state);
+        if !was_suspended {
+            self.table().suspend_targets();
         }
     }
 
@@ -187,6 +194,7 @@ impl Device {
             *self.table.write() = table;
             self.event();
         }
+        self.table().resume_targets();
         state.suspended = false;
         let deferred = std::mem::take(&mut state.deferred);
         self.gate.changed.notify_all();

@@ -10,6 +10,7 @@ mod error;
 mod fs;
 mod registry;
 mod report;
+mod snapshot;
 mod table;
 mod target;
 mod units;

@@ -208,6 +208,20 @@ impl Table {
         })
     }
 
+    /// Tells the targets the table is live (see `Target::resume`).
+    pub fn resume_targets(&self) {
+        for e in &self.entries {
+            e.target.resume(self.len);
+        }
+    }
+
+    /// Tells the targets their device is suspended.
+    pub fn suspend_targets(&self) {
+        for e in &self.entries {
+            e.target.suspend();
+        }
+    }
+
     pub fn flush(&self) -> std::io::Result<()> {
         for e in &self.entries {
             e.target.flush()?;
@@ -338,6 +352,7 @@ impl TableBuilder {
             )));
         };
         let ctor = Ctor {
+            start: line.start,
             len: line.len,
             resolver,
         };

@@ -300,7 +300,16 @@ fn targets_info_and_deps_print_as_dmsetup_does() {
     let kernel: Vec<String> = misc_stdout("dmsetup targets")
         .into_iter()
         .filter(|l| {
-            ["linear", "striped", "zero", "error"].contains(&l.split_whitespace().next().unwrap())
+            [
+                "linear",
+                "striped",
+                "zero",
+                "error",
+                "snapshot",
+                "snapshot-origin",
+                "snapshot-merge",
+            ]
+            .contains(&l.split_whitespace().next().unwrap())
         })
         .collect();
     assert_eq!(implemented, kernel);

@@ -12,6 +12,8 @@ use crate::units::Sectors;
 
 mod error;
 mod linear;
+mod snapshot;
+mod snapshot_origin;
 mod striped;
 mod zero;
 
@@ -42,11 +44,18 @@ pub trait Target: Send + Sync {
     fn devices(&self) -> Vec<Arc<Backing>> {
         Vec::new()
     }
+    /// The table holding this target went live on a device of `device_size` sectors (create,
+    /// or resume after reload). May be called again for the same target.
+    fn resume(&self, _device_size: Sectors) {}
+    /// The device holding this target was suspended (its I/O has drained).
+    fn suspend(&self) {}
 }
 
-/// What a constructor gets besides its arguments: the line's length and a way to open the
-/// devices it names.
+/// What a constructor gets besides its arguments: the line's place in the table and a way to
+/// open the devices it names.
 pub struct Ctor<'a> {
+    /// Where the line starts in its table (the kernel's `ti->begin`).
+    pub start: Sectors,
     pub len: Sectors,
     pub resolver: &'a dyn DeviceResolver,
 }
@@ -61,18 +70,25 @@ impl Ctor<'_> {
         len: Sectors,
     ) -> DmResult<Arc<Backing>> {
         let dev = self.resolver.open(reference)?;
-        let size = dev.size();
-        let fits = start < size && start.checked_add(len).is_some_and(|end| end <= size);
-        if !fits {
-            return Err(DmError::invalid(format!(
-                "{} too small for target: start={}, len={}, dev_size={}",
-                dev.short_name(),
-                start,
-                len,
-                size
-            )));
-        }
+        check_area(&dev, start, len)?;
         Ok(dev)
+    }
+}
+
+/// The kernel's `device_area_is_invalid`: `len` sectors from `start` must lie inside `dev`.
+pub fn check_area(dev: &Backing, start: Sectors, len: Sectors) -> DmResult<()> {
+    let size = dev.size();
+    let fits = start < size && start.checked_add(len).is_some_and(|end| end <= size);
+    if fits {
+        Ok(())
+    } else {
+        Err(DmError::invalid(format!(
+            "{} too small for target: start={}, len={}, dev_size={}",
+            dev.short_name(),
+            start,
+            len,
+            size
+        )))
     }
 }
 
@@ -87,7 +103,15 @@ pub struct TargetType {
 
 /// Every target type dmfs implements, in the order `dmsetup targets` lists them on the
 /// oracle's kernel (most recently registered first).
-pub static TARGET_TYPES: &[TargetType] = &[zero::TYPE, striped::TYPE, linear::TYPE, error::TYPE];
+pub static TARGET_TYPES: &[TargetType] = &[
+    zero::TYPE,
+    snapshot::MERGE,
+    snapshot_origin::TYPE,
+    snapshot::SNAPSHOT,
+    striped::TYPE,
+    linear::TYPE,
+    error::TYPE,
+];
 
 pub fn find_type(name: &str) -> Option<&'static TargetType> {
     TARGET_TYPES.iter().find(|t| t.name == name)

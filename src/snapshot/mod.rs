@@ -1,0 +1,557 @@
+//! Snapshots, as the kernel's dm-snap.c does them: a snapshot of an origin device keeps, in a
+//! COW device, the old contents of every chunk written since the snapshot was taken, and the
+//! snapshot's own writes.
+//!
+//! A `Snap` is the state that belongs to one COW device: the exception store (transient or
+//! persistent, in the kernel's on-disk format), the table of completed exceptions, per-chunk
+//! locks and the valid / overflow / merge flags. Targets (`snapshot`, `snapshot-merge`) are
+//! views onto a `Snap`; a new table naming the same COW device while the old one is live takes
+//! the `Snap` over, as the kernel hands exceptions over between tables. Writes through a
+//! `snapshot-origin` target reach every active `Snap` of that origin through `origins`.
+
+pub mod chunk_locks;
+pub mod merge;
+pub mod origins;
+pub mod persistent;
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+
+use parking_lot::{Condvar, Mutex, RwLock};
+
+use crate::backing::Backing;
+use crate::error::{DmError, DmResult};
+use crate::units::{SECTOR_SIZE, Sectors};
+use chunk_locks::{ChunkGuard, ChunkLocks};
+use persistent::Persistent;
+
+/// Copies between devices move at most this much at a time.
+const COPY_BYTES: u64 = 1 << 20;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreType {
+    /// `N`: exceptions live in memory only; the COW device holds just the data.
+    Transient,
+    /// `P` / `PO`: the kernel's on-disk format.
+    Persistent,
+}
+
+enum Store {
+    Transient {
+        /// Next free sector of the COW device.
+        next_free: u64,
+    },
+    Persistent(Persistent),
+}
+
+/// The exception store plus the bookkeeping that makes commits happen in allocation order,
+/// and lets one metadata write and flush acknowledge every exception committed meanwhile.
+struct StoreState {
+    store: Store,
+    next_seq: u64,
+    commit_seq: u64,
+    /// Exceptions allocated but not yet committed.
+    pending: u64,
+    /// Counts metadata flushes; waiters watch it change.
+    flush_gen: u64,
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+pub fn next_id() -> u64 {
+    NEXT_ID.fetch_add(1, Ordering::SeqCst)
+}
+
+pub struct Snap {
+    /// Orders lock taking across snapshots; never reused.
+    pub id: u64,
+    pub origin: Arc<Backing>,
+    pub cow: Arc<Backing>,
+    store_type: StoreType,
+    /// Chunk size in sectors (a power of two) and its log2.
+    chunk: u64,
+    shift: u32,
+    state: Mutex<StoreState>,
+    committed: Condvar,
+    /// Completed exceptions: origin chunk -> COW chunk.
+    exceptions: RwLock<HashMap<u64, u64>>,
+    locks: ChunkLocks,
+    valid: AtomicBool,
+    overflowed: AtomicBool,
+    merge_failed: AtomicBool,
+    /// Set once a table holding this snapshot went live: origin writes copy out only then.
+    active: AtomicBool,
+    /// A snapshot-merge target owns it: origin writes no longer copy out to it.
+    merging: AtomicBool,
+    /// The snapshot device's size: origin writes at or past it have nothing to save.
+    limit: AtomicU64,
+    /// The target instance that serves I/O (the newest to go live).
+    pub owner: AtomicU64,
+    /// Target instances holding this snapshot (at most two: during a handover).
+    pub targets: AtomicU32,
+}
+
+fn eio() -> io::Error {
+    io::Error::from_raw_os_error(libc::EIO)
+}
+
+/// Copies `sectors` from `src` at `from` to `dst` at `to`, a bounded piece at a time.
+fn copy(src: &Backing, from: u64, dst: &Backing, to: u64, sectors: u64) -> io::Result<()> {
+    let mut buf = vec![0u8; (sectors * SECTOR_SIZE).min(COPY_BYTES) as usize];
+    let mut done = 0;
+    while done < sectors {
+        let n = (sectors - done).min(COPY_BYTES / SECTOR_SIZE);
+        let piece = &mut buf[..(n * SECTOR_SIZE) as usize];
+        src.read_at(Sectors(from + done), piece)?;
+        dst.write_at(Sectors(to + done), piece)?;
+        done += n;
+    }
+    Ok(())
+}
+
+impl Snap {
+    /// Opens the exception store on `cow` and registers the snapshot with its origin (inactive
+    /// until a table holding it goes live). `chunk` 0 lets a persistent store take the size
+    /// from the COW header (or the kernel's default).
+    pub fn open(
+        origin: Arc<Backing>,
+        cow: Arc<Backing>,
+        store_type: StoreType,
+        chunk: u32,
+    ) -> DmResult<Arc<Snap>> {
+        let block_sizes = [cow.logical_block_size(), origin.logical_block_size()];
+        let (store, chunk, loaded, valid) = match store_type {
+            StoreType::Transient => {
+                if chunk == 0 {
+                    return Err(DmError::invalid("Chunk size not set"));
+                }
+                (
+                    Store::Transient { next_free: 0 },
+                    chunk as u64,
+                    Vec::new(),
+                    true,
+                )
+            }
+            StoreType::Persistent => {
+                let opened = Persistent::open(cow.clone(), chunk, &block_sizes)?;
+                let chunk = opened.store.chunk();
+                let valid = opened.store.valid;
+                if !valid {
+                    log::warn!("Snapshot is marked invalid.");
+                }
+                (
+                    Store::Persistent(opened.store),
+                    chunk,
+                    opened.exceptions,
+                    valid,
+                )
+            }
+        };
+        let snap = Arc::new(Snap {
+            id: next_id(),
+            origin,
+            cow,
+            store_type,
+            chunk,
+            shift: chunk.trailing_zeros(),
+            state: Mutex::new(StoreState {
+                store,
+                next_seq: 0,
+                commit_seq: 0,
+                pending: 0,
+                flush_gen: 0,
+            }),
+            committed: Condvar::new(),
+            exceptions: RwLock::new(loaded.into_iter().collect()),
+            locks: ChunkLocks::default(),
+            valid: AtomicBool::new(valid),
+            overflowed: AtomicBool::new(false),
+            merge_failed: AtomicBool::new(false),
+            active: AtomicBool::new(false),
+            merging: AtomicBool::new(false),
+            limit: AtomicU64::new(u64::MAX),
+            owner: AtomicU64::new(0),
+            targets: AtomicU32::new(0),
+        });
+        origins::register(&snap);
+        Ok(snap)
+    }
+
+    pub fn store_type(&self) -> StoreType {
+        self.store_type
+    }
+
+    pub fn chunk_size(&self) -> u64 {
+        self.chunk
+    }
+
+    pub fn is_valid(&self) -> bool {
+        self.valid.load(Ordering::SeqCst)
+    }
+
+    pub fn is_active(&self) -> bool {
+        self.active.load(Ordering::SeqCst)
+    }
+
+    pub fn is_merging(&self) -> bool {
+        self.merging.load(Ordering::SeqCst)
+    }
+
+    /// A table holding this snapshot went live, as a device of `size` sectors.
+    pub fn activate(&self, owner: u64, size: Sectors, merging: bool) {
+        self.owner.store(owner, Ordering::SeqCst);
+        self.limit.store(size.0, Ordering::SeqCst);
+        self.merging.store(merging, Ordering::SeqCst);
+        self.active.store(true, Ordering::SeqCst);
+    }
+
+    pub fn stop_merging(&self) {
+        self.merging.store(false, Ordering::SeqCst);
+    }
+
+    pub fn set_merge_failed(&self) {
+        self.merge_failed.store(true, Ordering::SeqCst);
+    }
+
+    fn chunk_of(&self, sector: u64) -> u64 {
+        sector >> self.shift
+    }
+
+    fn lookup(&self, chunk: u64) -> Option<u64> {
+        self.exceptions.read().get(&chunk).copied()
+    }
+
+    /// Where `sector` of origin chunk `chunk` lives on the COW device, through exception `new`.
+    fn cow_sector(&self, new: u64, sector: u64) -> Sectors {
+        Sectors((new << self.shift) + (sector & (self.chunk - 1)))
+    }
+
+    /// Calls `f(chunk, sector, byte range)` for each chunk-sized piece of an I/O.
+    fn for_each_chunk(
+        &self,
+        sector: u64,
+        bytes: usize,
+        mut f: impl FnMut(u64, u64, std::ops::Range<usize>) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let end = sector + bytes as u64 / SECTOR_SIZE;
+        let mut s = sector;
+        while s < end {
+            let chunk = self.chunk_of(s);
+            let piece_end = ((chunk + 1) << self.shift).min(end);
+            let from = ((s - sector) * SECTOR_SIZE) as usize;
+            let to = ((piece_end - sector) * SECTOR_SIZE) as usize;
+            f(chunk, s, from..to)?;
+            s = piece_end;
+        }
+        Ok(())
+    }
+
+    /// Reads the snapshot's view: remapped chunks from the COW device, the rest from the
+    /// origin (holding the chunk, so an origin write cannot land between lookup and read).
+    pub fn read(&self, sector: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.for_each_chunk(sector, buf.len(), |chunk, s, range| {
+            if !self.is_valid() {
+                return Err(eio());
+            }
+            let piece = &mut buf[range];
+            if let Some(new) = self.lookup(chunk) {
+                return self.cow.read_at(self.cow_sector(new, s), piece);
+            }
+            let _held = self.locks.lock(chunk..chunk + 1);
+            match self.lookup(chunk) {
+                Some(new) => self.cow.read_at(self.cow_sector(new, s), piece),
+                None => self.origin.read_at(Sectors(s), piece),
+            }
+        })
+    }
+
+    /// Writes to the snapshot: into its exception, made first (copying the origin chunk
+    /// unless the write covers all of it) and committed before the write is acknowledged.
+    pub fn write(&self, sector: u64, data: &[u8], overflow_ok: bool) -> io::Result<()> {
+        self.for_each_chunk(sector, data.len(), |chunk, s, range| {
+            if !self.is_valid() || self.overflowed.load(Ordering::SeqCst) {
+                return Err(eio());
+            }
+            let piece = &data[range];
+            if let Some(new) = self.lookup(chunk) {
+                return self.cow.write_at(self.cow_sector(new, s), piece);
+            }
+            let _held = self.locks.lock(chunk..chunk + 1);
+            if let Some(new) = self.lookup(chunk) {
+                return self.cow.write_at(self.cow_sector(new, s), piece);
+            }
+            let Some((seq, new)) = self.prepare() else {
+                if overflow_ok {
+                    if !self.overflowed.swap(true, Ordering::SeqCst) {
+                        log::error!("Snapshot overflowed: Unable to allocate exception.");
+                    }
+                } else {
+                    self.invalidate("Unable to allocate exception.");
+                }
+                return Err(eio());
+            };
+            let whole = piece.len() as u64 == self.chunk * SECTOR_SIZE;
+            let copied = if whole {
+                self.cow.write_at(self.cow_sector(new, s), piece)
+            } else {
+                self.copy_out_chunk(chunk, new)
+            };
+            if !self.commit(seq, chunk, new, copied.is_ok()) {
+                return Err(eio());
+            }
+            if whole {
+                Ok(())
+            } else {
+                self.cow.write_at(self.cow_sector(new, s), piece)
+            }
+        })
+    }
+
+    /// Saves the origin's chunks in `[start, end)` that this snapshot has not saved yet, and
+    /// returns them held: the caller's origin write lands before they are let go. None when
+    /// the snapshot takes no copies (inactive, invalid, merging, or the range is past its end).
+    pub fn copy_out(&self, start: u64, end: u64) -> Option<ChunkGuard<'_>> {
+        if !self.is_active() || !self.is_valid() || self.is_merging() {
+            return None;
+        }
+        let end = end.min(self.limit.load(Ordering::SeqCst));
+        if start >= end {
+            return None;
+        }
+        let chunks = self.chunk_of(start)..self.chunk_of(end - 1) + 1;
+        let held = self.locks.lock(chunks.clone());
+        for chunk in chunks {
+            if !self.is_valid() {
+                break;
+            }
+            if self.lookup(chunk).is_some() {
+                continue;
+            }
+            let Some((seq, new)) = self.prepare() else {
+                self.invalidate("Unable to allocate exception.");
+                break;
+            };
+            let copied = self.copy_out_chunk(chunk, new);
+            if !self.commit(seq, chunk, new, copied.is_ok()) {
+                break;
+            }
+        }
+        Some(held)
+    }
+
+    /// Copies origin chunk `old` into COW chunk `new` (only the part inside the origin, as the
+    /// kernel does for a last, partial chunk).
+    fn copy_out_chunk(&self, old: u64, new: u64) -> io::Result<()> {
+        let from = old << self.shift;
+        let size = self.origin.size().0;
+        if from >= size {
+            return Ok(());
+        }
+        copy(
+            &self.origin,
+            from,
+            &self.cow,
+            new << self.shift,
+            self.chunk.min(size - from),
+        )
+    }
+
+    /// Allocates a COW chunk, with its place in the commit order; None when the COW is full.
+    fn prepare(&self) -> Option<(u64, u64)> {
+        let mut st = self.state.lock();
+        let new = match &mut st.store {
+            Store::Transient { next_free } => {
+                if self.cow.size().0 < *next_free + self.chunk {
+                    return None;
+                }
+                let new = *next_free >> self.shift;
+                *next_free += self.chunk;
+                new
+            }
+            Store::Persistent(p) => p.prepare()?,
+        };
+        let seq = st.next_seq;
+        st.next_seq += 1;
+        st.pending += 1;
+        Some((seq, new))
+    }
+
+    /// Commits exception `old -> new` in allocation order and waits until it is durable; on
+    /// success it is in the table. False (and the snapshot invalidated) if the copy or the
+    /// metadata write failed.
+    fn commit(&self, seq: u64, old: u64, new: u64, copied: bool) -> bool {
+        let mut st = self.state.lock();
+        while st.commit_seq != seq {
+            self.committed.wait(&mut st);
+        }
+        st.commit_seq += 1;
+        st.pending -= 1;
+        let others_in_flight = st.pending > 0;
+        let st_ref = &mut *st;
+        let flushed = match &mut st_ref.store {
+            // The kernel's transient store acknowledges every exception as it is.
+            Store::Transient { .. } => Some(true),
+            Store::Persistent(p) => {
+                if !copied {
+                    p.valid = false;
+                }
+                p.add(old, new);
+                if others_in_flight && !p.area_full() {
+                    None
+                } else {
+                    p.commit_area();
+                    st_ref.flush_gen += 1;
+                    Some(p.valid)
+                }
+            }
+        };
+        let ok = match flushed {
+            Some(ok) => ok,
+            None => {
+                // The last of the exceptions in flight writes the area for all of them.
+                let generation = st.flush_gen;
+                self.committed.notify_all();
+                while st.flush_gen == generation {
+                    self.committed.wait(&mut st);
+                }
+                match &st.store {
+                    Store::Persistent(p) => p.valid,
+                    Store::Transient { .. } => true,
+                }
+            }
+        };
+        self.committed.notify_all();
+        drop(st);
+        if ok {
+            self.exceptions.write().insert(old, new);
+        } else {
+            self.invalidate("Error reading/writing.");
+        }
+        ok
+    }
+
+    /// The snapshot becomes unusable: every I/O fails and `status` says `Invalid`; a
+    /// persistent store records it in the COW header.
+    fn invalidate(&self, why: &str) {
+        if !self.valid.swap(false, Ordering::SeqCst) {
+            return;
+        }
+        log::error!("Invalidating snapshot {}: {why}", self.cow.name());
+        if let Store::Persistent(p) = &mut self.state.lock().store {
+            p.drop_snapshot();
+        }
+    }
+
+    /// What `dmsetup status` prints for the snapshot.
+    pub fn status(&self) -> String {
+        if !self.is_valid() {
+            return "Invalid".into();
+        }
+        if self.merge_failed.load(Ordering::SeqCst) {
+            return "Merge failed".into();
+        }
+        if self.overflowed.load(Ordering::SeqCst) {
+            return "Overflow".into();
+        }
+        let total = self.cow.size().0;
+        let (allocated, metadata) = match &self.state.lock().store {
+            Store::Transient { next_free } => (*next_free, 0),
+            Store::Persistent(p) => p.usage(),
+        };
+        format!("{allocated}/{total} {metadata}")
+    }
+
+    /// Writes through a merging snapshot: a chunk not merged yet is written in the COW device
+    /// (waiting while that chunk is being merged); everything else goes to the origin.
+    pub fn merging_write(&self, sector: u64, data: &[u8]) -> io::Result<()> {
+        self.for_each_chunk(sector, data.len(), |chunk, s, range| {
+            let piece = &data[range];
+            if self.is_valid() && self.lookup(chunk).is_some() {
+                let _held = self.locks.lock(chunk..chunk + 1);
+                if let Some(new) = self.lookup(chunk) {
+                    return self.cow.write_at(self.cow_sector(new, s), piece);
+                }
+            }
+            origins::origin_write(&self.origin, s, piece)
+        })
+    }
+
+    /// Reads through a merging snapshot: what the snapshot held, wherever it is now.
+    pub fn merging_read(&self, sector: u64, buf: &mut [u8]) -> io::Result<()> {
+        if !self.is_valid() {
+            return self.origin.read_at(Sectors(sector), buf);
+        }
+        self.read(sector, buf)
+    }
+
+    /// One step of a merge: copies the last run of consecutive exceptions back to the origin
+    /// and removes them. Ok(false) once nothing is left (or the snapshot cannot be merged).
+    pub fn merge_step(&self) -> Result<bool, String> {
+        if !self.is_valid() {
+            log::error!("Snapshot is invalid: can't merge");
+            return Ok(false);
+        }
+        let step = match &mut self.state.lock().store {
+            Store::Persistent(p) => p.prepare_merge(),
+            Store::Transient { .. } => return Ok(false),
+        };
+        let (last_old, last_new, n) = match step {
+            Ok(Some(s)) => s,
+            Ok(None) => return Ok(false),
+            Err(e) => {
+                return Err(format!(
+                    "Read error in exception store: shutting down merge ({e})"
+                ));
+            }
+        };
+        // A run read back from disk; a hostile COW device must not make this overflow.
+        let old = last_old.wrapping_add(1).wrapping_sub(n);
+        let new = last_new.wrapping_add(1).wrapping_sub(n);
+        let (Some(dest), Some(span)) = (old.checked_mul(self.chunk), n.checked_mul(self.chunk))
+        else {
+            return Err(format!(
+                "corrupt exception for chunk {last_old}: shutting down merge"
+            ));
+        };
+        if old.checked_add(n).is_none() || dest.checked_add(span).is_none() {
+            return Err(format!(
+                "corrupt exception for chunk {last_old}: shutting down merge"
+            ));
+        }
+        // Other snapshots of the origin save what the merge is about to overwrite.
+        for other in origins::snapshots_of(self.origin.key()) {
+            if other.id != self.id {
+                drop(other.copy_out(dest, dest + span));
+            }
+        }
+        let _held = self.locks.lock(old..old + n);
+        let size = self.origin.size().0;
+        if dest < size {
+            let count = span.min(size - dest);
+            copy(&self.cow, new << self.shift, &self.origin, dest, count)
+                .map_err(|e| format!("Read/write error: shutting down merge ({e})"))?;
+            self.origin
+                .flush()
+                .map_err(|e| format!("Flush after merge failed: shutting down merge ({e})"))?;
+        }
+        match &mut self.state.lock().store {
+            Store::Persistent(p) => p.commit_merge(n).map_err(|e| {
+                format!("Write error in exception store: shutting down merge ({e})")
+            })?,
+            Store::Transient { .. } => return Ok(false),
+        }
+        let mut table = self.exceptions.write();
+        for c in old..old + n {
+            table.remove(&c);
+        }
+        Ok(true)
+    }
+}
+
+impl Drop for Snap {
+    fn drop(&mut self) {
+        origins::unregister();
+    }
+}

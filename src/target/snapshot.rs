@@ -1,0 +1,304 @@
+//! `snapshot <origin> <COW device> <P|PO|N> <chunk size> [<#features> <feature>...]` and
+//! `snapshot-merge` with the same arguments (the kernel's dm-snap.c `snapshot_ctr`): a view of
+//! the origin as it was when the snapshot was taken, or, for snapshot-merge, that view while
+//! the COW device is merged back into the origin in the background.
+//!
+//! Device sectors map onto origin sectors one to one, counted from the start of the device
+//! (not of the line), as in the kernel.
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use parking_lot::Mutex;
+
+use super::{Ctor, Target, TargetType, check_area, parse_uint_arg};
+use crate::backing::Backing;
+use crate::error::{DmError, DmResult};
+use crate::snapshot::merge::Merge;
+use crate::snapshot::persistent::check_chunk_size;
+use crate::snapshot::{Snap, StoreType, next_id, origins};
+use crate::units::Sectors;
+
+pub const SNAPSHOT: TargetType = TargetType {
+    name: "snapshot",
+    version: [1, 16, 0],
+    construct: construct_snapshot,
+};
+
+pub const MERGE: TargetType = TargetType {
+    name: "snapshot-merge",
+    version: [1, 5, 0],
+    construct: construct_merge,
+};
+
+struct Snapshot {
+    /// This instance: the snapshot's I/O is served by the newest instance to go live.
+    id: u64,
+    merge: bool,
+    snap: Arc<Snap>,
+    begin: Sectors,
+    origin: Arc<Backing>,
+    cow: Arc<Backing>,
+    /// `PO`: a full COW device refuses snapshot writes instead of invalidating the snapshot.
+    overflow_ok: bool,
+    discard_zeroes_cow: bool,
+    discard_passdown_origin: bool,
+    merging: Mutex<Option<Merge>>,
+}
+
+fn construct_snapshot(ctor: &Ctor<'_>, args: &[String]) -> DmResult<Box<dyn Target>> {
+    construct(ctor, args, false)
+}
+
+fn construct_merge(ctor: &Ctor<'_>, args: &[String]) -> DmResult<Box<dyn Target>> {
+    construct(ctor, args, true)
+}
+
+/// The kernel's `dm_read_arg_group` for `sscanf("%u%c")`: the count must be a number in
+/// 0..=2 with that many arguments after it.
+fn parse_features(args: &[String]) -> DmResult<(bool, bool)> {
+    let Some((count, rest)) = args.split_first() else {
+        return Ok((false, false));
+    };
+    let n = count
+        .strip_prefix('+')
+        .unwrap_or(count)
+        .parse::<u32>()
+        .ok()
+        .filter(|&n| n <= 2 && n as usize <= rest.len())
+        .ok_or_else(|| DmError::invalid("Invalid number of feature arguments"))?;
+    let (mut zeroes, mut passdown) = (false, false);
+    for arg in &rest[..n as usize] {
+        if arg.eq_ignore_ascii_case("discard_zeroes_cow") {
+            zeroes = true;
+        } else if arg.eq_ignore_ascii_case("discard_passdown_origin") {
+            passdown = true;
+        } else {
+            return Err(DmError::invalid("Unrecognised feature requested"));
+        }
+    }
+    if passdown && !zeroes {
+        return Err(DmError::invalid(
+            "discard_passdown_origin feature depends on discard_zeroes_cow",
+        ));
+    }
+    Ok((zeroes, passdown))
+}
+
+/// The exception store arguments, checked in the kernel's order; every failure is reported
+/// as the kernel reports it, "Couldn't create exception store", with the reason after it.
+fn parse_store(ty: &str, chunk: &str, block_sizes: &[u32]) -> DmResult<(StoreType, u32, bool)> {
+    let fail = |why: String| DmError::invalid(format!("Couldn't create exception store: {why}"));
+    let store_type = match ty.bytes().next().map(|b| b.to_ascii_uppercase()) {
+        Some(b'P') => StoreType::Persistent,
+        Some(b'N') => StoreType::Transient,
+        _ => return Err(fail("Exception store type is not P or N".into())),
+    };
+    let chunk = parse_uint_arg(chunk).ok_or_else(|| fail("Invalid chunk size".into()))?;
+    if chunk != 0 {
+        check_chunk_size(chunk, block_sizes).map_err(|e| fail(e.into()))?;
+    }
+    // Only the persistent store takes options; the transient one ignores them.
+    let options = &ty[1..];
+    let overflow_ok = match store_type {
+        StoreType::Persistent if !options.is_empty() => {
+            if options.as_bytes()[0].eq_ignore_ascii_case(&b'O') {
+                true
+            } else {
+                return Err(fail(format!(
+                    "Unsupported persistent store option: {options}"
+                )));
+            }
+        }
+        _ => false,
+    };
+    Ok((store_type, chunk, overflow_ok))
+}
+
+fn construct(ctor: &Ctor<'_>, args: &[String], merge: bool) -> DmResult<Box<dyn Target>> {
+    if args.len() < 4 {
+        return Err(DmError::invalid("requires 4 or more arguments"));
+    }
+    let (discard_zeroes_cow, discard_passdown_origin) = parse_features(&args[4..])?;
+    let origin = ctor
+        .resolver
+        .open(&args[0])
+        .map_err(|e| e.context("Cannot get origin device"))?;
+    let cow = ctor
+        .resolver
+        .open(&args[1])
+        .map_err(|e| e.context("Cannot get COW device"))?;
+    if cow.same_device(&origin) {
+        return Err(DmError::invalid(
+            "COW device cannot be the same as origin device",
+        ));
+    }
+    let block_sizes = [cow.logical_block_size(), origin.logical_block_size()];
+    let (store_type, chunk, overflow_ok) = parse_store(&args[2], &args[3], &block_sizes)?;
+    // The kernel checks the origin's extent once the table is complete, after the store has
+    // been set up; checking first leaves a fresh COW device untouched by a refused table.
+    check_area(&origin, Sectors(0), ctor.len)?;
+    let snap = match origins::find_by_cow(cow.key()) {
+        Some(live) => take_over(live, &origin, merge)?,
+        None => {
+            if merge && store_type == StoreType::Transient {
+                return Err(DmError::invalid(
+                    "Snapshot exception store does not support snapshot-merge.",
+                ));
+            }
+            Snap::open(origin.clone(), cow.clone(), store_type, chunk)?
+        }
+    };
+    snap.targets.fetch_add(1, Ordering::SeqCst);
+    let id = next_id();
+    // A snapshot nobody serves yet is this instance's; a live one stays with its current
+    // instance until this one goes live (the kernel's handover at resume).
+    let _ = snap
+        .owner
+        .compare_exchange(0, id, Ordering::SeqCst, Ordering::SeqCst);
+    Ok(Box::new(Snapshot {
+        id,
+        merge,
+        snap,
+        begin: ctor.start,
+        origin,
+        cow,
+        overflow_ok,
+        discard_zeroes_cow,
+        discard_passdown_origin,
+        merging: Mutex::new(None),
+    }))
+}
+
+/// A table naming a COW device that a live snapshot uses takes that snapshot over (the
+/// kernel's exception handover), under the kernel's conditions.
+fn take_over(live: Arc<Snap>, origin: &Backing, merge: bool) -> DmResult<Arc<Snap>> {
+    if !live.origin.same_device(origin) {
+        return Err(DmError::busy(format!(
+            "COW device {} is in use by a snapshot of another origin ({})",
+            live.cow.name(),
+            live.origin.name()
+        )));
+    }
+    if live.targets.load(Ordering::SeqCst) >= 2 || !live.is_active() {
+        return Err(DmError::invalid(
+            "Snapshot cow pairing for exception table handover failed",
+        ));
+    }
+    if merge {
+        let merging = origins::snapshots_of(origin.key())
+            .iter()
+            .any(|s| s.is_merging());
+        if merging {
+            return Err(DmError::invalid("A snapshot is already merging."));
+        }
+        if live.store_type() == StoreType::Transient {
+            return Err(DmError::invalid(
+                "Snapshot exception store does not support snapshot-merge.",
+            ));
+        }
+    }
+    Ok(live)
+}
+
+fn eio() -> io::Error {
+    io::Error::from_raw_os_error(libc::EIO)
+}
+
+impl Snapshot {
+    /// Whether this instance serves the snapshot (an instance that handed it over to a newer
+    /// table answers like an invalid snapshot, as in the kernel).
+    fn serving(&self) -> bool {
+        self.snap.owner.load(Ordering::SeqCst) == self.id
+    }
+}
+
+impl Target for Snapshot {
+    fn read(&self, offset: Sectors, buf: &mut [u8]) -> io::Result<()> {
+        if !self.serving() {
+            return Err(eio());
+        }
+        let sector = (self.begin + offset).0;
+        if self.merge {
+            self.snap.merging_read(sector, buf)
+        } else {
+            self.snap.read(sector, buf)
+        }
+    }
+
+    fn write(&self, offset: Sectors, buf: &[u8]) -> io::Result<()> {
+        if !self.serving() {
+            return Err(eio());
+        }
+        let sector = (self.begin + offset).0;
+        if self.merge {
+            self.snap.merging_write(sector, buf)
+        } else {
+            self.snap.write(sector, buf, self.overflow_ok)
+        }
+    }
+
+    fn table_args(&self) -> String {
+        let store = match (self.snap.store_type(), self.overflow_ok) {
+            (StoreType::Transient, _) => "N",
+            (StoreType::Persistent, false) => "P",
+            (StoreType::Persistent, true) => "PO",
+        };
+        let mut out = format!(
+            "{} {} {} {}",
+            self.origin.name(),
+            self.cow.name(),
+            store,
+            self.snap.chunk_size()
+        );
+        let features: Vec<&str> = [
+            (self.discard_zeroes_cow, "discard_zeroes_cow"),
+            (self.discard_passdown_origin, "discard_passdown_origin"),
+        ]
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, name)| *name)
+        .collect();
+        if !features.is_empty() {
+            out.push_str(&format!(" {} {}", features.len(), features.join(" ")));
+        }
+        out
+    }
+
+    fn status(&self) -> String {
+        if !self.serving() {
+            return "Invalid".into();
+        }
+        self.snap.status()
+    }
+
+    fn devices(&self) -> Vec<Arc<Backing>> {
+        vec![self.origin.clone(), self.cow.clone()]
+    }
+
+    fn resume(&self, device_size: Sectors) {
+        self.snap.activate(self.id, device_size, self.merge);
+        if self.merge {
+            let mut merging = self.merging.lock();
+            if !merging.as_ref().is_some_and(Merge::is_running) {
+                *merging = Some(Merge::start(self.snap.clone()));
+            }
+        }
+    }
+
+    fn suspend(&self) {
+        // Stops the merge after its current step; resume starts it again.
+        drop(self.merging.lock().take());
+    }
+}
+
+impl Drop for Snapshot {
+    fn drop(&mut self) {
+        drop(self.merging.lock().take());
+        if self.merge && self.serving() {
+            self.snap.stop_merging();
+        }
+        self.snap.targets.fetch_sub(1, Ordering::SeqCst);
+    }
+}

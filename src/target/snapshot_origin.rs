@@ -1,0 +1,58 @@
+//! `snapshot-origin <origin>`: the origin's own sectors, with a hook on writes: each snapshot
+//! of the origin saves the chunks a write touches before the write lands (the kernel's
+//! `origin_map` / `do_origin`).
+
+use std::io;
+use std::sync::Arc;
+
+use super::{Ctor, Target, TargetType, check_area};
+use crate::backing::Backing;
+use crate::error::{DmError, DmResult};
+use crate::snapshot::origins;
+use crate::units::Sectors;
+
+pub const TYPE: TargetType = TargetType {
+    name: "snapshot-origin",
+    version: [1, 9, 0],
+    construct,
+};
+
+struct Origin {
+    dev: Arc<Backing>,
+    /// The kernel maps the device's own sector numbers onto the origin, not offsets into the
+    /// target: a line starting at sector S reads the origin from S.
+    begin: Sectors,
+}
+
+fn construct(ctor: &Ctor<'_>, args: &[String]) -> DmResult<Box<dyn Target>> {
+    if args.len() != 1 {
+        return Err(DmError::invalid("origin: incorrect number of arguments"));
+    }
+    let dev = ctor
+        .resolver
+        .open(&args[0])
+        .map_err(|e| e.context("Cannot get target device"))?;
+    check_area(&dev, Sectors(0), ctor.len)?;
+    Ok(Box::new(Origin {
+        dev,
+        begin: ctor.start,
+    }))
+}
+
+impl Target for Origin {
+    fn read(&self, offset: Sectors, buf: &mut [u8]) -> io::Result<()> {
+        self.dev.read_at(self.begin + offset, buf)
+    }
+
+    fn write(&self, offset: Sectors, buf: &[u8]) -> io::Result<()> {
+        origins::origin_write(&self.dev, (self.begin + offset).0, buf)
+    }
+
+    fn table_args(&self) -> String {
+        self.dev.name()
+    }
+
+    fn devices(&self) -> Vec<Arc<Backing>> {
+        vec![self.dev.clone()]
+    }
+}

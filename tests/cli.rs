@@ -103,8 +103,14 @@ fn failures_print_dmsetups_words_and_exit_1() {
     assert_eq!(targets, m.read("ctl/targets"));
     assert_eq!(m.ok("$DMFS --mount $MNT version"), m.read("ctl/version"));
     let err = m.fails("$DMFS --mount $MNT message z 0 some message");
-    assert!(err.contains("device-mapper: message ioctl on z  failed: Invalid argument"), "{err}");
-    assert!(err.contains("Target type does not support messages"), "{err}");
+    assert!(
+        err.contains("device-mapper: message ioctl on z  failed: Invalid argument"),
+        "{err}"
+    );
+    assert!(
+        err.contains("Target type does not support messages"),
+        "{err}"
+    );
 }
 
 /// The output lines of a `### command` section of fixtures/kernel/cli.out (the last one if the

@@ -38,6 +38,15 @@ pub fn find_mount(explicit: Option<PathBuf>) -> Result<PathBuf, Failed> {
     }
 }
 
+/// Sectors a merge still has to copy, from snapshot status `ALLOCATED/TOTAL METADATA`; None
+/// for `Invalid` / `Merge failed`.
+fn merge_left(info: &str) -> Option<u64> {
+    let (usage, metadata) = info.split_once(' ')?;
+    let allocated: u64 = usage.split_once('/')?.0.parse().ok()?;
+    let metadata: u64 = metadata.trim().parse().ok()?;
+    Some(allocated.saturating_sub(metadata))
+}
+
 /// Tables at least this long show progress, in steps of this many lines.
 const PROGRESS_LINES: usize = 1000;
 
@@ -179,6 +188,53 @@ impl Mount {
             self.command("ctl/resume", "resume", name, name)?;
         }
         self.command("ctl/remove", "remove", name, name)
+    }
+
+    /// `resume`; with progress on, a table that starts a snapshot merge is followed until the
+    /// merge is done, as lvconvert --merge does.
+    pub fn resume(&self, name: &str) -> CliResult {
+        self.simple("resume", name)?;
+        if self.progress {
+            self.follow_merge(name)?;
+        }
+        Ok(())
+    }
+
+    /// Polls a snapshot-merge device's status, reporting the share merged so far, until no
+    /// exception is left (allocated == metadata sectors), the merge fails, or the device is
+    /// suspended (which pauses the merge).
+    fn follow_merge(&self, name: &str) -> CliResult {
+        let mut first: Option<u64> = None;
+        loop {
+            let status = self.read(&format!("dm/{name}/status"))?;
+            let Some(info) = status.lines().find_map(|l| {
+                let mut f = l.splitn(4, ' ');
+                (f.nth(2) == Some("snapshot-merge")).then(|| f.next().unwrap_or("").to_string())
+            }) else {
+                return Ok(());
+            };
+            let Some(left) = merge_left(&info) else {
+                eprintln!();
+                return Err(Failed(format!("{name}: merge stopped: {info}")));
+            };
+            let total = *first.get_or_insert(left);
+            let done = if total == 0 {
+                100.0
+            } else {
+                100.0 * (total - left.min(total)) as f64 / total as f64
+            };
+            eprint!("\r{name}: merged {done:.1}% ({left} sectors left)");
+            if left == 0 {
+                eprintln!();
+                return Ok(());
+            }
+            if self.read(&format!("dm/{name}/suspended"))?.trim() == "1" {
+                eprintln!();
+                eprintln!("{name}: suspended, the merge is paused until resume");
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
     }
 
     pub fn simple(&self, verb: &str, name: &str) -> CliResult {

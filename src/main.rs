@@ -32,8 +32,8 @@ struct Cli {
     /// The dmfs mount the dmsetup-style verbs act on.
     #[arg(long, global = true, value_name = "MNT")]
     mount: Option<PathBuf>,
-    /// Show progress of long work (large tables) on stderr; the default when stderr is a
-    /// terminal.
+    /// Show progress of long work on stderr (large tables; a snapshot merge started by
+    /// resume is followed to its end); the default when stderr is a terminal.
     #[arg(long, global = true)]
     progress: bool,
     #[command(subcommand)]
@@ -97,7 +97,8 @@ enum Verb {
         #[arg(required = true)]
         names: Vec<String>,
     },
-    /// Resume devices, swapping in a reloaded table.
+    /// Resume devices, swapping in a reloaded table (with --progress, a snapshot merge it
+    /// starts is followed to its end).
     Resume {
         #[arg(required = true)]
         names: Vec<String>,
@@ -168,7 +169,7 @@ fn run_verb(mount: Option<PathBuf>, progress: bool, verb: Verb) {
             Verb::Reload { name, file, table } => m.reload(&name, &cli::read_table(table, file)?),
             Verb::Remove { force, names } => names.iter().try_for_each(|n| m.remove(n, force)),
             Verb::Suspend { names } => names.iter().try_for_each(|n| m.simple("suspend", n)),
-            Verb::Resume { names } => names.iter().try_for_each(|n| m.simple("resume", n)),
+            Verb::Resume { names } => names.iter().try_for_each(|n| m.resume(n)),
             Verb::Rename { old, new, setuuid } => match (new, setuuid) {
                 (_, Some(uuid)) => m.set_uuid(&old, &uuid),
                 (Some(new), None) => m.rename(&old, &new),

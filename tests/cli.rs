@@ -199,3 +199,34 @@ fn large_tables_show_progress_and_commit_whole() {
         2500 * 8 * 512
     );
 }
+
+#[test]
+fn resume_follows_a_snapshot_merge_to_its_end() {
+    let m = Mount::new();
+    // An origin of 2 MiB, 600 chunks of 1 sector written after the snapshot was taken.
+    let out = m.sh(
+        "set -e; python3 -c 'import sys; sys.stdout.buffer.write(bytes(range(256)) * 8192)' > o.img
+         truncate -s 2M c.img
+         $DMFS --mount $MNT create origin --table \"0 4096 snapshot-origin $PWD/o.img\"
+         $DMFS --mount $MNT create snap --table \"0 4096 snapshot $PWD/o.img $PWD/c.img P 1\"
+         cp o.img before.img
+         head -c 307200 /dev/urandom | dd of=$MNT/dev/origin bs=512 seek=100 conv=notrunc status=none
+         cmp $MNT/dev/snap before.img
+         $DMFS --mount $MNT remove snap
+         $DMFS --mount $MNT reload origin --table \"0 4096 snapshot-merge $PWD/o.img $PWD/c.img P 1\"
+         $DMFS --mount $MNT suspend origin
+         $DMFS --mount $MNT --progress resume origin",
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("origin: merged 100.0% (0 sectors left)"),
+        "{err}"
+    );
+    // Done means no exception left: allocated == metadata (header + one area, 2 chunks).
+    assert_eq!(
+        m.read("dm/origin/status"),
+        "0 4096 snapshot-merge 2/4096 2\n"
+    );
+    m.ok("cmp o.img before.img && cmp $MNT/dev/origin before.img");
+}

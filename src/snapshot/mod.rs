@@ -58,6 +58,15 @@ struct StoreState {
     flush_gen: u64,
 }
 
+/// An exception on its way to the store: origin chunk `old` saved in COW chunk `new`.
+struct Exception {
+    seq: u64,
+    old: u64,
+    new: u64,
+    /// Whether the data reached the COW device.
+    copied: bool,
+}
+
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 pub fn next_id() -> u64 {
@@ -267,45 +276,64 @@ impl Snap {
         })
     }
 
-    /// Writes to the snapshot: into its exception, made first (copying the origin chunk
-    /// unless the write covers all of it) and committed before the write is acknowledged.
+    /// Writes to the snapshot: into its exceptions, made first for the chunks that have none
+    /// (copying the origin chunk unless the write covers all of it) and committed before the
+    /// write is acknowledged.
     pub fn write(&self, sector: u64, data: &[u8], overflow_ok: bool) -> io::Result<()> {
-        self.for_each_chunk(sector, data.len(), |chunk, s, range| {
-            if !self.is_valid() || self.overflowed.load(Ordering::SeqCst) {
-                return Err(eio());
-            }
-            let piece = &data[range];
-            if let Some(new) = self.lookup(chunk) {
-                return self.cow.write_at(self.cow_sector(new, s), piece);
-            }
-            let _held = self.locks.lock(chunk..chunk + 1);
-            if let Some(new) = self.lookup(chunk) {
-                return self.cow.write_at(self.cow_sector(new, s), piece);
-            }
-            let Some((seq, new)) = self.prepare() else {
-                if overflow_ok {
-                    if !self.overflowed.swap(true, Ordering::SeqCst) {
-                        log::error!("Snapshot overflowed: Unable to allocate exception.");
-                    }
-                } else {
-                    self.invalidate("Unable to allocate exception.");
+        if data.is_empty() {
+            return Ok(());
+        }
+        if !self.is_valid() || self.overflowed.load(Ordering::SeqCst) {
+            return Err(eio());
+        }
+        let end = sector + data.len() as u64 / SECTOR_SIZE;
+        let chunks = self.chunk_of(sector)..self.chunk_of(end - 1) + 1;
+        let _held = self.locks.lock(chunks.clone());
+        let missing: Vec<u64> = chunks.filter(|&c| self.lookup(c).is_none()).collect();
+        let allocated = self.prepare(missing.len());
+        let full = allocated.len() < missing.len();
+        if full {
+            if overflow_ok {
+                if !self.overflowed.swap(true, Ordering::SeqCst) {
+                    log::error!("Snapshot overflowed: Unable to allocate exception.");
                 }
-                return Err(eio());
-            };
-            let whole = piece.len() as u64 == self.chunk * SECTOR_SIZE;
-            let copied = if whole {
-                self.cow.write_at(self.cow_sector(new, s), piece)
             } else {
-                self.copy_out_chunk(chunk, new)
-            };
-            if !self.commit(seq, chunk, new, copied.is_ok()) {
-                return Err(eio());
+                self.invalidate("Unable to allocate exception.");
             }
-            if whole {
-                Ok(())
-            } else {
-                self.cow.write_at(self.cow_sector(new, s), piece)
+        }
+        // Chunks the write covers entirely need no copy: the write itself fills them.
+        let covered = |c: u64| c << self.shift >= sector && (c + 1) << self.shift <= end;
+        let data_at = |c: u64| {
+            let from = (((c << self.shift) - sector) * SECTOR_SIZE) as usize;
+            &data[from..from + (self.chunk * SECTOR_SIZE) as usize]
+        };
+        let batch: Vec<Exception> = missing
+            .iter()
+            .zip(allocated)
+            .map(|(&old, (seq, new))| {
+                let copied = if covered(old) {
+                    self.cow.write_at(Sectors(new << self.shift), data_at(old))
+                } else {
+                    self.copy_out_chunk(old, new)
+                };
+                Exception {
+                    seq,
+                    old,
+                    new,
+                    copied: copied.is_ok(),
+                }
+            })
+            .collect();
+        if !self.commit(&batch) || full {
+            return Err(eio());
+        }
+        self.for_each_chunk(sector, data.len(), |chunk, s, range| {
+            let fresh = batch.iter().any(|e| e.old == chunk);
+            if fresh && covered(chunk) {
+                return Ok(());
             }
+            let new = self.lookup(chunk).ok_or_else(eio)?;
+            self.cow.write_at(self.cow_sector(new, s), &data[range])
         })
     }
 
@@ -322,22 +350,22 @@ impl Snap {
         }
         let chunks = self.chunk_of(start)..self.chunk_of(end - 1) + 1;
         let held = self.locks.lock(chunks.clone());
-        for chunk in chunks {
-            if !self.is_valid() {
-                break;
-            }
-            if self.lookup(chunk).is_some() {
-                continue;
-            }
-            let Some((seq, new)) = self.prepare() else {
-                self.invalidate("Unable to allocate exception.");
-                break;
-            };
-            let copied = self.copy_out_chunk(chunk, new);
-            if !self.commit(seq, chunk, new, copied.is_ok()) {
-                break;
-            }
+        let missing: Vec<u64> = chunks.filter(|&c| self.lookup(c).is_none()).collect();
+        let allocated = self.prepare(missing.len());
+        if allocated.len() < missing.len() {
+            self.invalidate("Unable to allocate exception.");
         }
+        let batch: Vec<Exception> = missing
+            .iter()
+            .zip(allocated)
+            .map(|(&old, (seq, new))| Exception {
+                seq,
+                old,
+                new,
+                copied: self.copy_out_chunk(old, new).is_ok(),
+            })
+            .collect();
+        self.commit(&batch);
         Some(held)
     }
 
@@ -358,74 +386,93 @@ impl Snap {
         )
     }
 
-    /// Allocates a COW chunk, with its place in the commit order; None when the COW is full.
-    fn prepare(&self) -> Option<(u64, u64)> {
+    /// Allocates up to `n` COW chunks, each with its place in the commit order; fewer when the
+    /// COW device fills up.
+    fn prepare(&self, n: usize) -> Vec<(u64, u64)> {
+        let mut out = Vec::with_capacity(n);
+        if n == 0 {
+            return out;
+        }
         let mut st = self.state.lock();
-        let new = match &mut st.store {
-            Store::Transient { next_free } => {
-                if self.cow.size().0 < *next_free + self.chunk {
-                    return None;
+        while out.len() < n {
+            let new = match &mut st.store {
+                Store::Transient { next_free } => {
+                    if self.cow.size().0 < *next_free + self.chunk {
+                        break;
+                    }
+                    let new = *next_free >> self.shift;
+                    *next_free += self.chunk;
+                    new
                 }
-                let new = *next_free >> self.shift;
-                *next_free += self.chunk;
-                new
-            }
-            Store::Persistent(p) => p.prepare()?,
-        };
-        let seq = st.next_seq;
-        st.next_seq += 1;
-        st.pending += 1;
-        Some((seq, new))
+                Store::Persistent(p) => match p.prepare() {
+                    Some(new) => new,
+                    None => break,
+                },
+            };
+            let seq = st.next_seq;
+            st.next_seq += 1;
+            st.pending += 1;
+            out.push((seq, new));
+        }
+        out
     }
 
-    /// Commits exception `old -> new` in allocation order and waits until it is durable; on
-    /// success it is in the table. False (and the snapshot invalidated) if the copy or the
-    /// metadata write failed.
-    fn commit(&self, seq: u64, old: u64, new: u64, copied: bool) -> bool {
+    /// Commits a batch of exceptions (allocated together, so consecutive in the commit
+    /// order) after those allocated before them, and waits until they are durable; then they
+    /// are in the table. The metadata area is written when no other exception is in flight or
+    /// the area fills, so one flush serves every exception committed meanwhile. False (and
+    /// the snapshot invalidated) if a copy or the metadata write failed.
+    fn commit(&self, batch: &[Exception]) -> bool {
+        let Some(first) = batch.first() else {
+            return true;
+        };
         let mut st = self.state.lock();
-        while st.commit_seq != seq {
+        while st.commit_seq != first.seq {
             self.committed.wait(&mut st);
         }
-        st.commit_seq += 1;
-        st.pending -= 1;
-        let others_in_flight = st.pending > 0;
-        let st_ref = &mut *st;
-        let flushed = match &mut st_ref.store {
-            // The kernel's transient store acknowledges every exception as it is.
-            Store::Transient { .. } => Some(true),
-            Store::Persistent(p) => {
-                if !copied {
-                    p.valid = false;
+        let mut flushed_after_last = false;
+        for e in batch {
+            st.commit_seq += 1;
+            st.pending -= 1;
+            let others_in_flight = st.pending > 0;
+            let st_ref = &mut *st;
+            flushed_after_last = match &mut st_ref.store {
+                // The kernel's transient store acknowledges every exception as it is.
+                Store::Transient { .. } => true,
+                Store::Persistent(p) => {
+                    if !e.copied {
+                        p.valid = false;
+                    }
+                    p.add(e.old, e.new);
+                    if others_in_flight && !p.area_full() {
+                        false
+                    } else {
+                        p.commit_area();
+                        st_ref.flush_gen += 1;
+                        true
+                    }
                 }
-                p.add(old, new);
-                if others_in_flight && !p.area_full() {
-                    None
-                } else {
-                    p.commit_area();
-                    st_ref.flush_gen += 1;
-                    Some(p.valid)
-                }
-            }
-        };
-        let ok = match flushed {
-            Some(ok) => ok,
-            None => {
-                // The last of the exceptions in flight writes the area for all of them.
-                let generation = st.flush_gen;
-                self.committed.notify_all();
-                while st.flush_gen == generation {
-                    self.committed.wait(&mut st);
-                }
-                match &st.store {
-                    Store::Persistent(p) => p.valid,
-                    Store::Transient { .. } => true,
-                }
-            }
-        };
+            };
+        }
         self.committed.notify_all();
+        if !flushed_after_last {
+            // Exceptions allocated after these are in flight: the last of them writes the
+            // area for all.
+            let generation = st.flush_gen;
+            while st.flush_gen == generation {
+                self.committed.wait(&mut st);
+            }
+        }
+        let ok = match &st.store {
+            Store::Persistent(p) => p.valid,
+            Store::Transient { .. } => true,
+        };
         drop(st);
         if ok {
-            self.exceptions.write().insert(old, new);
+            let mut table = self.exceptions.write();
+            for e in batch {
+                table.insert(e.old, e.new);
+            }
         } else {
             self.invalidate("Error reading/writing.");
         }

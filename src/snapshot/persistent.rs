@@ -356,3 +356,94 @@ impl Persistent {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cow_file(tag: &str, bytes: u64) -> (std::path::PathBuf, Arc<Backing>) {
+        let path = std::env::temp_dir().join(format!("dmfs-unit-{tag}-{}", std::process::id()));
+        let f = std::fs::File::create(&path).unwrap();
+        f.set_len(bytes).unwrap();
+        let b = Arc::new(Backing::open_path(&path, true).unwrap());
+        (path, b)
+    }
+
+    #[test]
+    fn exceptions_survive_reopen_across_areas() {
+        // Chunk 1 sector: 32 exceptions per area, so 100 exceptions span four areas.
+        let (path, cow) = cow_file("reopen", 1 << 20);
+        let mut s = Persistent::open(cow.clone(), 1, &[512]).unwrap().store;
+        let mut expect = Vec::new();
+        for old in 0..100u64 {
+            let new = s.prepare().unwrap();
+            s.add(old * 3, new);
+            s.commit_area();
+            expect.push((old * 3, new));
+        }
+        // Chunks 1, 34, 67, 100 hold metadata; data chunks skip them.
+        assert!(expect.iter().all(|&(_, n)| n % 33 != 1));
+        assert_eq!(expect.last().unwrap().1, 104);
+        let usage = s.usage();
+        let again = Persistent::open(cow, 0, &[512]).unwrap();
+        assert_eq!(again.exceptions, expect);
+        assert_eq!(again.store.usage(), usage);
+        assert_eq!(usage, (105, 5));
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn merge_walks_back_runs_of_consecutive_exceptions() {
+        let (path, cow) = cow_file("merge", 1 << 20);
+        let mut s = Persistent::open(cow, 1, &[512]).unwrap().store;
+        // 40 exceptions: old chunks 10..50 in order, so the new chunks run consecutively
+        // except across the metadata chunk at 34.
+        for old in 10..50u64 {
+            let new = s.prepare().unwrap();
+            s.add(old, new);
+            s.commit_area();
+        }
+        let mut merged = 0;
+        while let Some((last_old, last_new, n)) = s.prepare_merge().unwrap() {
+            assert!(n >= 1 && last_old + 1 >= n && last_new + 1 >= n);
+            s.commit_merge(n).unwrap();
+            merged += n;
+        }
+        assert_eq!(merged, 40);
+        assert_eq!(s.usage(), (2, 2));
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn hostile_headers_are_refused() {
+        let (path, cow) = cow_file("hostile", 64 << 10);
+        let mut header = [0u8; 512];
+        header[0..4].copy_from_slice(b"SnAp");
+        header[4..8].copy_from_slice(&1u32.to_le_bytes());
+        header[8..12].copy_from_slice(&1u32.to_le_bytes());
+        for (chunk, words) in [
+            (0u32, "power of 2"),
+            (3, "power of 2"),
+            (1 << 30, "too high"),
+        ] {
+            header[12..16].copy_from_slice(&chunk.to_le_bytes());
+            cow.write_at(Sectors(0), &header).unwrap();
+            let err = Persistent::open(cow.clone(), 8, &[512]).err().unwrap();
+            assert!(err.reason.contains(words), "{chunk}: {}", err.reason);
+        }
+        // An exception pointing past the end of the COW device.
+        header[12..16].copy_from_slice(&8u32.to_le_bytes());
+        cow.write_at(Sectors(0), &header).unwrap();
+        let mut area = [0u8; 512];
+        area[0..8].copy_from_slice(&5u64.to_le_bytes());
+        area[8..16].copy_from_slice(&1000u64.to_le_bytes());
+        cow.write_at(Sectors(8), &area).unwrap();
+        let err = Persistent::open(cow.clone(), 8, &[512]).err().unwrap();
+        assert!(err.reason.contains("past the end"), "{}", err.reason);
+        header[0] = b'X';
+        cow.write_at(Sectors(0), &header).unwrap();
+        let err = Persistent::open(cow, 8, &[512]).err().unwrap();
+        assert!(err.reason.contains("Invalid or corrupt snapshot"));
+        std::fs::remove_file(path).unwrap();
+    }
+}

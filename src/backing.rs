@@ -223,9 +223,17 @@ impl Backing {
         }
     }
 
+    /// Writes whole sectors. A write past the end fails with EIO, as on a block device: a
+    /// regular file must not grow because a table or a COW store computed a far position.
     pub fn write_at(&self, at: Sectors, buf: &[u8]) -> io::Result<()> {
         match &self.source {
-            Source::File { file, .. } => file.write_all_at(buf, at.bytes().0),
+            Source::File { file, size, .. } => {
+                let end = at.0.checked_add(buf.len() as u64 / 512);
+                if end.is_none_or(|end| end > size.0) {
+                    return Err(io::Error::from_raw_os_error(libc::EIO));
+                }
+                file.write_all_at(buf, at.bytes().0)
+            }
             Source::Mapped { device, .. } => device.write_sectors(at, buf),
         }
     }

@@ -54,12 +54,23 @@ fn io_errno(e: &std::io::Error) -> Errno {
     Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO))
 }
 
+thread_local! {
+    /// Each request thread reads into one buffer, grown to the largest request it has seen
+    /// (1 MiB at most): no allocation per read.
+    static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 fn read_device(device: &Device, offset: u64, size: u32, reply: ReplyData) {
-    let mut buf = vec![0u8; size as usize];
-    match device.read(Bytes(offset), &mut buf) {
-        Ok(n) => reply.data(&buf[..n]),
-        Err(e) => reply.error(io_errno(&e)),
-    }
+    READ_BUF.with_borrow_mut(|buf| {
+        if buf.len() < size as usize {
+            buf.resize(size as usize, 0);
+        }
+        let buf = &mut buf[..size as usize];
+        match device.read(Bytes(offset), buf) {
+            Ok(n) => reply.data(&buf[..n]),
+            Err(e) => reply.error(io_errno(&e)),
+        }
+    })
 }
 
 fn write_device(device: &Device, offset: u64, data: &[u8], reply: ReplyWrite) {

@@ -8,6 +8,8 @@ mod device;
 mod errlog;
 mod error;
 mod fs;
+#[cfg(test)]
+mod fuzz;
 mod registry;
 mod report;
 mod snapshot;

@@ -178,6 +178,12 @@ impl Device {
         let mut state = self.gate.state.lock();
         let was_suspended = state.suspended;
         state.suspended = true;
+        if !was_suspended {
+            // Targets let go of I/O they hold back before the drain waits for it.
+            drop(state);
+            self.table().presuspend_targets();
+            state = self.gate.state.lock();
+        }
         while state.in_flight > 0 {
             self.gate.changed.wait(&mut state);
         }

@@ -215,6 +215,13 @@ impl Table {
         }
     }
 
+    /// Tells the targets their device is about to suspend.
+    pub fn presuspend_targets(&self) {
+        for e in &self.entries {
+            e.target.presuspend();
+        }
+    }
+
     /// Tells the targets their device is suspended.
     pub fn suspend_targets(&self) {
         for e in &self.entries {

@@ -308,6 +308,9 @@ fn targets_info_and_deps_print_as_dmsetup_does() {
                 "snapshot",
                 "snapshot-origin",
                 "snapshot-merge",
+                "flakey",
+                "delay",
+                "unstriped",
             ]
             .contains(&l.split_whitespace().next().unwrap())
         })

@@ -10,11 +10,14 @@ use crate::backing::{Backing, DeviceResolver};
 use crate::error::{DmError, DmResult};
 use crate::units::Sectors;
 
+mod delay;
 mod error;
+mod flakey;
 mod linear;
 mod snapshot;
 mod snapshot_origin;
 mod striped;
+mod unstriped;
 mod zero;
 
 /// A constructed target, serving sector ranges relative to its own start.
@@ -47,6 +50,10 @@ pub trait Target: Send + Sync {
     /// The table holding this target went live on a device of `device_size` sectors (create,
     /// or resume after reload). May be called again for the same target.
     fn resume(&self, _device_size: Sectors) {}
+    /// The device holding this target is about to suspend: I/O the target is holding back
+    /// (a delay) must be let go now, or the suspend would wait for it (the kernel's
+    /// `presuspend`).
+    fn presuspend(&self) {}
     /// The device holding this target was suspended (its I/O has drained).
     fn suspend(&self) {}
 }
@@ -104,6 +111,9 @@ pub struct TargetType {
 /// Every target type dmfs implements, in the order `dmsetup targets` lists them on the
 /// oracle's kernel (most recently registered first).
 pub static TARGET_TYPES: &[TargetType] = &[
+    unstriped::TYPE,
+    delay::TYPE,
+    flakey::TYPE,
     zero::TYPE,
     snapshot::MERGE,
     snapshot_origin::TYPE,
@@ -130,12 +140,25 @@ pub fn targets_text() -> String {
         .collect()
 }
 
-/// The kernel's `sscanf(arg, "%llu%c", ...) == 1`: decimal digits only, nothing after them.
-pub fn parse_sector_arg(arg: &str) -> Option<Sectors> {
+/// The kernel's `sscanf(arg, "%llu%c", ...) == 1`: decimal digits only (no sign, nothing
+/// after them). Where the kernel wraps a number past 2^64-1 silently, dmfs refuses it (a
+/// documented departure: a table that names sector 0 by overflow is a mistake).
+pub fn scan_u64(arg: &str) -> Option<u64> {
     if arg.is_empty() || !arg.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    arg.parse::<u64>().ok().map(Sectors)
+    arg.parse::<u64>().ok()
+}
+
+/// The kernel's `sscanf(arg, "%u%c", ...) == 1` (`dm_read_arg` and friends): as `scan_u64`,
+/// and refused past 2^32-1, where the kernel would cut the number to 32 bits.
+pub fn scan_u32(arg: &str) -> Option<u32> {
+    scan_u64(arg).and_then(|n| u32::try_from(n).ok())
+}
+
+/// A sector argument, `sscanf("%llu%c")` as every target reads one.
+pub fn parse_sector_arg(arg: &str) -> Option<Sectors> {
+    scan_u64(arg).map(Sectors)
 }
 
 /// The kernel's `kstrtouint(arg, 10, ...)`: an optional '+', decimal digits, fits in 32 bits.
@@ -162,6 +185,10 @@ mod tests {
         assert_eq!(parse_sector_arg("123"), Some(Sectors(123)));
         for bad in ["", "-1", "+1", "0x10", "1a", " 1", "18446744073709551616"] {
             assert_eq!(parse_sector_arg(bad), None, "{bad}");
+        }
+        assert_eq!(scan_u32("4294967295"), Some(u32::MAX));
+        for bad in ["4294967296", "+1", "-1", ""] {
+            assert_eq!(scan_u32(bad), None, "{bad}");
         }
         assert_eq!(parse_uint_arg("+7"), Some(7));
         assert_eq!(parse_uint_arg("4294967296"), None);

@@ -165,6 +165,22 @@ impl Mount {
             .expect("run bash")
     }
 
+    /// Starts a bash script in the background (as `sh` runs one), for I/O that must be seen
+    /// in flight; the caller waits for it or kills it.
+    pub fn sh_spawn(&self, script: &str) -> Child {
+        Command::new("bash")
+            .arg("-c")
+            .arg(script)
+            .current_dir(&self.dir)
+            .env("MNT", &self.mnt)
+            .env("DMFS", DMFS)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start bash")
+    }
+
     /// Runs a script that must succeed; returns its stdout.
     pub fn ok(&self, script: &str) -> String {
         let out = self.sh(script);

@@ -98,6 +98,9 @@ DMFS_MOUNTED=1
 is_mounted "$MNT" || { echo "dmfs mount did not appear in /proc/mounts" >&2; exit 1; }
 
 echo "0 $SECTORS linear $BENCH_DIR/a.img 0" > "$MNT/ctl/create/whole"
+# The same map, read-only: dmfs hands its read-only opens to the kernel (FUSE passthrough).
+echo "0 $SECTORS linear $BENCH_DIR/a.img 0" > "$MNT/ctl/create/passthru"
+chmod a-w "$MNT/dev/passthru"
 echo "0 $((SECTORS - 2048)) linear $BENCH_DIR/a.img 2048" > "$MNT/ctl/create/offset"
 printf '%s\n' \
     "0 $Q linear $BENCH_DIR/a.img 0" \
@@ -105,7 +108,7 @@ printf '%s\n' \
     "$((2 * Q)) $Q linear $BENCH_DIR/a.img $((2 * Q))" \
     "$((3 * Q)) $Q linear $BENCH_DIR/b.img $((3 * Q))" > "$MNT/ctl/create/multi"
 echo "0 $SECTORS striped 2 128 $BENCH_DIR/a.img 0 $BENCH_DIR/b.img 0" > "$MNT/ctl/create/striped"
-for d in whole offset multi striped; do
+for d in whole passthru offset multi striped; do
     printf '   %-8s %s\n' "$d" "$(tr '\n' ';' < "$MNT/dm/$d/table")" >&2
 done
 
@@ -125,7 +128,7 @@ done
 is_mounted "$QSD_FILE" || { cat "$BENCH_DIR/qsd.log" >&2; echo "qsd export never mounted" >&2; exit 1; }
 
 # ---- 4. fio -----------------------------------------------------------------------------------
-TARGETS=(native whole offset multi striped qsd)
+TARGETS=(native passthru whole offset multi striped qsd)
 target_file() {
     case $1 in
         native) echo "$BENCH_DIR/a.img" ;;
@@ -180,14 +183,18 @@ for t in "${TARGETS[@]}"; do
     run_fio "$t" seqread read bw --rw=read --bs=1M --ioengine=psync
     run_fio "$t" randread read iops --rw=randread --bs=4k --ioengine="$RAND_ENGINE" \
         "${RAND_DEPTH[@]}" --numjobs=2 --group_reporting
-    run_fio "$t" seqwrite write bw --rw=write --bs=1M --ioengine=psync
+    if [[ $t == passthru ]]; then
+        printf '%s\t%s\tNA\n' "$t" seqwrite >> "$RAW"   # a read-only device
+    else
+        run_fio "$t" seqwrite write bw --rw=write --bs=1M --ioengine=psync
+    fi
 done
 
 # ---- 5. table ---------------------------------------------------------------------------------
 TABLE=$(python3 - "$RAW" "$RAND_ENGINE" <<'EOF'
 import sys
 raw, engine = sys.argv[1], sys.argv[2]
-order = ["native", "whole", "offset", "multi", "striped", "qsd"]
+order = ["native", "passthru", "whole", "offset", "multi", "striped", "qsd"]
 metrics = [("seqread", "seq read 1M MB/s"),
            ("randread", f"rand read 4K IOPS ({engine} QD16x2)" if engine == "io_uring"
                         else f"rand read 4K IOPS ({engine} 2 jobs)"),
@@ -195,10 +202,13 @@ metrics = [("seqread", "seq read 1M MB/s"),
 v = {}
 for line in open(raw):
     t, m, x = line.rstrip("\n").split("\t")
-    v[(t, m)] = None if x == "FAIL" else float(x)
+    v[(t, m)] = x if x == "NA" else None if x == "FAIL" else float(x)
 def ratio(a, b):
-    return "-" if a is None or not b else f"{a / b:.2f}"
+    ok = lambda x: isinstance(x, float) and x
+    return f"{a / b:.2f}" if ok(a) and ok(b) else "-"
 def num(a):
+    if a == "NA":
+        return "n/a"
     return "FAIL" if a is None else (f"{a:.0f}" if a >= 100 else f"{a:.1f}")
 head = ["target"]
 for _, name in metrics:
@@ -291,7 +301,9 @@ CPU=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
     echo "- $QSD_VERSION"
     echo "- $FIO_VERSION"
     echo "- command: \`benches/run.sh\` (RUNTIME=${RUNTIME}s per job, fio --size=$FIO_SIZE, buffered, --invalidate=0)"
-    echo "- targets: native = a.img (1 GiB, in page cache); whole = linear over a.img; offset = linear over"
+    echo "- targets: native = a.img (1 GiB, in page cache); passthru = linear over all of a.img, read-only,"
+    echo "  so its read-only opens are FUSE passthrough (the kernel reads a.img itself; no writes);"
+    echo "  whole = the same map, writable (every read through dmfs); offset = linear over"
     echo "  a.img from sector 2048; multi = 4 linear lines alternating a.img/b.img; striped = 2 stripes,"
     echo "  chunk 128 sectors, over a.img and b.img; qsd = qemu-storage-daemon FUSE export of a.img"
     echo "- seq read/write: psync, bs=1M, 1 job; rand read: bs=4k, $RAND_ENGINE ${RAND_DEPTH[*]}, numjobs=2"

@@ -208,6 +208,23 @@ impl Backing {
         }
     }
 
+    /// The open regular file behind this device, when it is one and holds exactly its sectors
+    /// (no partial sector at the end): what FUSE passthrough may hand to the kernel.
+    pub fn whole_regular_file(&self) -> Option<&File> {
+        match &self.source {
+            Source::File {
+                file,
+                size,
+                key: DeviceKey::File { .. },
+                ..
+            } => {
+                let meta = file.metadata().ok()?;
+                (meta.is_file() && meta.len() == size.bytes().0).then_some(file)
+            }
+            _ => None,
+        }
+    }
+
     /// The smallest unit of I/O the device accepts, in bytes.
     pub fn logical_block_size(&self) -> u32 {
         match &self.source {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use fuser::{Config, MountOption, Session, SessionACL};
 
-use crate::fs::DmFs;
+use crate::fs::{DmFs, PassthroughMode};
 use crate::registry::Registry;
 
 pub struct MountOptions {
@@ -19,6 +19,7 @@ pub struct MountOptions {
     pub log_level: log::LevelFilter,
     pub log_file: Option<PathBuf>,
     pub threads: usize,
+    pub passthrough: PassthroughMode,
 }
 
 fn die(msg: &str) -> ! {
@@ -147,7 +148,11 @@ pub fn mount(opts: MountOptions) {
     };
     config.n_threads = Some(opts.threads.max(1));
     config.clone_fd = true;
-    let mut session = match Session::new(DmFs::new(registry.clone()), &mountpoint, &config) {
+    let mut session = match Session::new(
+        DmFs::new(registry.clone(), opts.passthrough),
+        &mountpoint,
+        &config,
+    ) {
         Ok(s) => s,
         Err(e) => fail(format!("mount {}: {e}", mountpoint.display())),
     };

@@ -29,6 +29,8 @@ pub struct Device {
     event_nr: AtomicU32,
     /// Open handles on `dev/NAME`.
     pub open_count: AtomicU32,
+    /// Open handles the kernel serves itself (FUSE passthrough): suspend cannot hold them.
+    pub passthrough_opens: AtomicU32,
     /// References to this device from other devices' tables.
     pub holders: AtomicU32,
     /// Writes that do not cover whole sectors read their edge sectors first; they hold this
@@ -107,6 +109,7 @@ impl Device {
             read_only: AtomicBool::new(false),
             event_nr: AtomicU32::new(0),
             open_count: AtomicU32::new(0),
+            passthrough_opens: AtomicU32::new(0),
             holders: AtomicU32::new(0),
             edge_lock: RwLock::new(()),
         }
@@ -178,6 +181,13 @@ impl Device {
         let mut state = self.gate.state.lock();
         let was_suspended = state.suspended;
         state.suspended = true;
+        if !was_suspended && self.passthrough_opens.load(Ordering::SeqCst) > 0 {
+            log::warn!(
+                "suspend {}: {} passthrough handles are open; the kernel serves their reads, which the suspend cannot hold (they see a reloaded table at their next open)",
+                self.name(),
+                self.passthrough_opens.load(Ordering::SeqCst)
+            );
+        }
         if !was_suspended {
             // Targets let go of I/O they hold back before the drain waits for it.
             drop(state);

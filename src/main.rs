@@ -63,6 +63,11 @@ enum Verb {
         /// Request threads.
         #[arg(long, default_value_t = 4)]
         threads: usize,
+        /// FUSE passthrough (the kernel reads the backing file itself) for read-only opens of
+        /// devices that are one linear line over a whole file: auto for read-only devices,
+        /// on for every read-only open, off never.
+        #[arg(long, value_enum, default_value = "auto")]
+        passthrough: fs::PassthroughMode,
     },
     /// Unmount a dmfs mount (same as umount MNT).
     Umount { mountpoint: PathBuf },
@@ -221,6 +226,7 @@ fn main() {
             log_level,
             log_file,
             threads,
+            passthrough,
         } => {
             daemon::mount(daemon::MountOptions {
                 mountpoint,
@@ -229,6 +235,7 @@ fn main() {
                 log_level,
                 log_file,
                 threads,
+                passthrough,
             });
         }
         Verb::Umount { mountpoint } => {

@@ -3,6 +3,7 @@
 //! `table`, `report` and `target`.
 
 mod nodes;
+mod passthrough;
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -12,9 +13,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
-    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyWrite, Request, WriteFlags,
+    BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    InitFlags, KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyWrite, Request, WriteFlags,
 };
 use parking_lot::{Mutex, RwLock};
 
@@ -24,12 +25,16 @@ use crate::error::DmError;
 use crate::registry::Registry;
 use crate::units::Bytes;
 use nodes::{CtlFile, DmFile, Node};
+pub use passthrough::Mode as PassthroughMode;
+use passthrough::Passthrough;
 
 /// Nothing is cached by the kernel: devices come and go, and their texts change.
 const TTL: Duration = Duration::ZERO;
 
 enum Handle {
-    Dev(Arc<Device>),
+    /// An open device; a passthrough handle keeps its backing id alive (the kernel closes the
+    /// backing file when the last one is dropped).
+    Dev(Arc<Device>, Option<Arc<BackingId>>),
     /// A text file's content, taken at open so one reader sees one consistent text.
     Text(Vec<u8>),
     Table(Mutex<Option<TableSession>>),
@@ -44,6 +49,7 @@ pub struct DmFs {
     uid: u32,
     gid: u32,
     started: SystemTime,
+    passthrough: Passthrough,
 }
 
 fn errno(e: &DmError) -> Errno {
@@ -94,7 +100,7 @@ fn cwd_of(pid: u32) -> Option<PathBuf> {
 }
 
 impl DmFs {
-    pub fn new(registry: Arc<Registry>) -> DmFs {
+    pub fn new(registry: Arc<Registry>, passthrough: PassthroughMode) -> DmFs {
         // SAFETY: getuid and getgid cannot fail.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
         DmFs {
@@ -104,6 +110,7 @@ impl DmFs {
             uid,
             gid,
             started: SystemTime::now(),
+            passthrough: Passthrough::new(passthrough),
         }
     }
 
@@ -280,6 +287,11 @@ impl Filesystem for DmFs {
         ] {
             let _ = config.add_capabilities(flag);
         }
+        // Backing files live on ordinary filesystems: one level of stacking is enough.
+        let offered = self.passthrough.wanted()
+            && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(1).is_ok();
+        self.passthrough.negotiated(offered);
         Ok(())
     }
 
@@ -399,8 +411,14 @@ impl Filesystem for DmFs {
                     if writing && device.is_read_only() {
                         return reply.error(Errno::EROFS);
                     }
+                    let backing = self.passthrough.for_open(&device, writing, &reply);
                     device.open_count.fetch_add(1, Ordering::SeqCst);
-                    Handle::Dev(device)
+                    if let Some(id) = backing {
+                        device.passthrough_opens.fetch_add(1, Ordering::SeqCst);
+                        let fh = self.add_handle(Handle::Dev(device, Some(id.clone())));
+                        return reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
+                    }
+                    Handle::Dev(device, None)
                 }
                 Node::Ctl(CtlFile::Command(c)) => Handle::Command(Mutex::new(CommandInput::new(c))),
                 Node::DmFile(id, DmFile::Uuid) if writing => {
@@ -493,7 +511,7 @@ impl Filesystem for DmFs {
                 return reply.error(Errno::EBADF);
             };
             match &*handle {
-                Handle::Dev(device) => {
+                Handle::Dev(device, _) => {
                     let mut slot = Some(reply);
                     let parked = device.defer_if_suspended(|| {
                         let (device, reply) = (device.clone(), slot.take().expect("reply"));
@@ -532,7 +550,7 @@ impl Filesystem for DmFs {
                 return reply.error(Errno::EBADF);
             };
             let result = match &*handle {
-                Handle::Dev(device) => {
+                Handle::Dev(device, _) => {
                     let mut slot = Some(reply);
                     let parked = device.defer_if_suspended(|| {
                         let (device, reply, data) =
@@ -578,7 +596,7 @@ impl Filesystem for DmFs {
                 },
                 Handle::Command(input) => input.lock().flush(&self.registry),
                 Handle::Uuid(input) => input.lock().flush(&self.registry),
-                Handle::Dev(_) | Handle::Text(_) => Ok(()),
+                Handle::Dev(..) | Handle::Text(_) => Ok(()),
             };
             match result {
                 Ok(()) => reply.ok(),
@@ -601,8 +619,11 @@ impl Filesystem for DmFs {
             let handle = self.handles.write().remove(&fh.0);
             if let Some(handle) = handle {
                 match &*handle {
-                    Handle::Dev(device) => {
+                    Handle::Dev(device, backing) => {
                         device.open_count.fetch_sub(1, Ordering::SeqCst);
+                        if backing.is_some() {
+                            device.passthrough_opens.fetch_sub(1, Ordering::SeqCst);
+                        }
                     }
                     Handle::Table(session) => {
                         if let Some(s) = session.lock().take() {
@@ -635,7 +656,7 @@ impl Filesystem for DmFs {
                 return reply.error(Errno::EBADF);
             };
             match &*handle {
-                Handle::Dev(device) => match device.flush() {
+                Handle::Dev(device, _) => match device.flush() {
                     Ok(()) => reply.ok(),
                     Err(e) => reply.error(io_errno(&e)),
                 },

@@ -45,6 +45,10 @@ impl Target for Linear {
         format!("{} {}", self.dev.name(), self.start)
     }
 
+    fn identity_map(&self) -> Option<&Arc<Backing>> {
+        (self.start.0 == 0).then_some(&self.dev)
+    }
+
     fn devices(&self) -> Vec<Arc<Backing>> {
         vec![self.dev.clone()]
     }

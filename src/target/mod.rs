@@ -43,6 +43,11 @@ pub trait Target: Send + Sync {
     fn message(&self, _args: &[&str]) -> DmResult<String> {
         Err(DmError::invalid("Target type does not support messages"))
     }
+    /// The device this target maps one to one from its own sector 0 onto the device's sector
+    /// 0, if it does (linear at offset 0): the only shape FUSE passthrough can serve.
+    fn identity_map(&self) -> Option<&Arc<Backing>> {
+        None
+    }
     /// The devices this target maps onto (what `dmsetup deps` lists).
     fn devices(&self) -> Vec<Arc<Backing>> {
         Vec::new()

@@ -82,6 +82,12 @@ const SEED_TABLES: &[&str] = &[
     "0 2048 snapshot A C N 4",
     "0 2048 snapshot A C PO 16 1 discard_zeroes_cow",
     "0 2048 snapshot-merge A C P 8",
+    "0 100 flakey A 0 0 5 5 corrupt_bio_byte 32 r 1 0",
+    "0 100 flakey A 8 1 1 1 drop_writes",
+    "0 100 flakey A 0 0 1 2 error_writes corrupt_bio_byte",
+    "0 100 delay A 0 0 B 0 0 A 8 0",
+    "0 64 unstriped 2 8 1 A 0",
+    "0 60 unstriped 3 5 2 B 100",
 ];
 
 const TOKENS: &[&str] = &[
@@ -115,6 +121,17 @@ const TOKENS: &[&str] = &[
     "\u{0}",
     "discard_zeroes_cow",
     "2",
+    "5",
+    "6",
+    "4294967295",
+    "flakey",
+    "delay",
+    "unstriped",
+    "drop_writes",
+    "error_writes",
+    "corrupt_bio_byte",
+    "r",
+    "w",
 ];
 
 fn mutate_line(rng: &mut Rng, line: &str) -> String {
@@ -186,6 +203,9 @@ fn table_lines_never_panic() {
             Ok(()) => {
                 if let Ok(table) = builder.table() {
                     table.resume_targets();
+                    // As a suspend would: a delay target stops holding I/O back, so a
+                    // mutated delay of days cannot stall the campaign.
+                    table.presuspend_targets();
                     let _ = table.table_text();
                     let _ = table.status_text();
                     let mut buf = vec![0u8; 4096];

@@ -285,10 +285,69 @@ for name, v, base, q in rows:
 EOF2
 )
 
+# ---- 5c. scale ------------------------------------------------------------------------------
+# Cost per request as tables and exception stores grow: the same 4K random reads over the same
+# bytes, through a 10-line and a 10,000-line table, and through a snapshot with 1,000 and one
+# with 1,000,000 exceptions (COW files written in the kernel's format by make-cow.py, chunk 1
+# sector, every other origin sector remapped; the reads stay in the first MiB, where both
+# stores remap the same sectors, so only the size of the store differs).
+log "scale rows"
+lines_table() {   # lines_table N: N linear lines over a.img, in order
+    local n=$1 per=$((SECTORS / $1))
+    awk -v n="$n" -v per="$per" -v f="$BENCH_DIR/a.img" \
+        'BEGIN { for (i = 0; i < n; i++) printf "%d %d linear %s %d\n", i * per, per, f, i * per }'
+}
+lines_table 10 > "$MNT/ctl/create/lines10"
+lines_table 10000 > "$MNT/ctl/create/lines10000"
+python3 "$ROOT/benches/make-cow.py" 1000 "$BENCH_DIR/cow-1k.img"
+python3 "$ROOT/benches/make-cow.py" 1000000 "$BENCH_DIR/cow-1m.img"
+echo "0 $SECTORS snapshot $BENCH_DIR/a.img $BENCH_DIR/cow-1k.img P 1" > "$MNT/ctl/create/exc1k"
+LOAD_START=$(date +%s%N)
+echo "0 $SECTORS snapshot $BENCH_DIR/a.img $BENCH_DIR/cow-1m.img P 1" > "$MNT/ctl/create/exc1m"
+LOAD_MS=$(( ($(date +%s%N) - LOAD_START) / 1000000 ))
+echo "   exc1m status: $(cat "$MNT/dm/exc1m/status") (loaded in ${LOAD_MS} ms)" >&2
+SCALERAW=$BENCH_DIR/fio-scale.tsv
+: > "$SCALERAW"
+scale_fio() {   # scale_fio DEVICE SIZE
+    local out=$BENCH_DIR/fio-scale-$1.json
+    if fio --name="$1" --filename="$MNT/dev/$1" --size="$2" --runtime="$RUNTIME" --time_based \
+           --invalidate=0 --allow_file_create=0 --output-format=json --rw=randread --bs=4k \
+           --ioengine="$RAND_ENGINE" "${RAND_DEPTH[@]}" --numjobs=2 --group_reporting \
+           > "$out" 2> "$out.err"; then
+        parse "$1" x read iops < "$out" | cut -f1,3 | tee -a "$SCALERAW" >&2
+    else
+        log "fio failed: $1: $(head -3 "$out.err" | tr '\n' ' ')"
+        printf '%s\tFAIL\n' "$1" >> "$SCALERAW"
+    fi
+}
+scale_fio lines10 1000M
+scale_fio lines10000 1000M
+scale_fio exc1k 1M
+scale_fio exc1m 1M
+SCALE_TABLE=$(python3 - "$SCALERAW" "$LOAD_MS" <<'EOF3'
+import sys
+v = dict(l.rstrip("\n").split("\t") for l in open(sys.argv[1]))
+f = lambda x: None if x in (None, "FAIL") else float(x)
+def ratio(a, b):
+    return "-" if a is None or not b else f"{a / b:.2f}"
+print("| scale: rand read 4K IOPS | small | large | large / small |")
+print("| --- | --- | --- | --- |")
+for name, small, large in [("table: 10 lines vs 10,000 lines", "lines10", "lines10000"),
+                           ("snapshot: 1,000 vs 1,000,000 exceptions", "exc1k", "exc1m")]:
+    a, b = f(v.get(small)), f(v.get(large))
+    show = lambda x: "FAIL" if x is None else f"{x:.0f}"
+    print(f"| {name} | {show(a)} | {show(b)} | {ratio(b, a)} |")
+print()
+print(f"Loading the snapshot with 1,000,000 exceptions (creating its device) took {sys.argv[2]} ms.")
+EOF3
+)
+
 echo
 echo "$TABLE"
 echo
 echo "$SNAP_TABLE"
+echo
+echo "$SCALE_TABLE"
 
 CPU=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
 {
@@ -314,5 +373,7 @@ CPU=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
     echo "$TABLE"
     echo
     echo "$SNAP_TABLE"
+    echo
+    echo "$SCALE_TABLE"
 } > "$RESULTS"
 log "results written to $RESULTS"

@@ -16,6 +16,9 @@ pub struct Device {
     /// Unique for the life of the mount, never reused: the dm minor number and the base of the
     /// device's inode numbers.
     pub id: u64,
+    /// The uid that created the device and may manage it (the daemon's own uid when root or
+    /// the daemon's user created it); `dev/NAME` shows it as the file's owner.
+    pub owner: u32,
     name: RwLock<String>,
     uuid: RwLock<Option<String>>,
     table: RwLock<Arc<Table>>,
@@ -99,6 +102,7 @@ impl Device {
     pub fn new(id: u64, name: String, table: Table) -> Device {
         Device {
             id,
+            owner: 0,
             name: RwLock::new(name),
             uuid: RwLock::new(None),
             table: RwLock::new(Arc::new(table)),

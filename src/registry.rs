@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::RwLock;
 
+use crate::access::{Caller, Policy};
 use crate::backing::{Backing, Resolver};
 use crate::device::Device;
 use crate::errlog::ErrorLog;
@@ -33,6 +34,8 @@ pub struct Registry {
     devices: RwLock<Devices>,
     next_id: AtomicU64,
     pub errors: ErrorLog,
+    /// Who owns what, and who may manage which device.
+    pub policy: Policy,
 }
 
 /// Checks a device name against the kernel's rules (non-empty, shorter than DM_NAME_LEN, no
@@ -93,6 +96,22 @@ impl Registry {
             devices: RwLock::new(Devices::default()),
             next_id: AtomicU64::new(0),
             errors: ErrorLog::default(),
+            policy: Policy::default(),
+        }
+    }
+
+    /// The same registry with another ownership policy (`--ctl-group`).
+    pub fn with_policy(mut self, policy: Policy) -> Registry {
+        self.policy = policy;
+        self
+    }
+
+    /// EPERM unless `caller` may manage `device`: root, the daemon's user, or its creator.
+    pub fn check_manager(&self, caller: &Caller, device: &Device) -> DmResult<()> {
+        if self.policy.may_manage(caller, device.owner) {
+            Ok(())
+        } else {
+            Err(self.policy.not_manager(caller, &device.name()))
         }
     }
 
@@ -119,14 +138,22 @@ impl Registry {
         self.devices.write().reserved.remove(name);
     }
 
-    /// Makes a device of a reserved name live with `table`.
-    pub fn create(&self, name: &str, table: Table, read_only: bool) -> DmResult<Arc<Device>> {
+    /// Makes a device of a reserved name live with `table`, owned by `owner`.
+    pub fn create(
+        &self,
+        name: &str,
+        table: Table,
+        read_only: bool,
+        owner: u32,
+    ) -> DmResult<Arc<Device>> {
         let mut d = self.devices.write();
         if !d.reserved.remove(name) {
             return Err(DmError::busy(format!("Device {name} already exists")));
         }
         let id = self.next_id.fetch_add(1, Ordering::SeqCst);
-        let device = Arc::new(Device::new(id, name.to_string(), table));
+        let mut device = Device::new(id, name.to_string(), table);
+        device.owner = owner;
+        let device = Arc::new(device);
         device.set_read_only(read_only);
         device.table().resume_targets();
         d.by_name.insert(name.to_string(), device.clone());
@@ -135,8 +162,9 @@ impl Registry {
         Ok(device)
     }
 
-    /// Removes a device: refused while it is open or another device's table uses it.
-    pub fn remove(&self, name: &str) -> DmResult<()> {
+    /// Removes a device for `caller`: refused while it is open or another device's table uses
+    /// it, and to a caller that may not manage it.
+    pub fn remove(&self, name: &str, caller: &Caller) -> DmResult<()> {
         // The kernel sends FUSE RELEASE after close(2) has returned: a device its user has just
         // closed may still count as open for a moment. Give such releases a short grace.
         if let Some(device) = self.get(name) {
@@ -153,6 +181,7 @@ impl Registry {
             .get(name)
             .cloned()
             .ok_or_else(|| not_found(name))?;
+        self.check_manager(caller, &device)?;
         if device.in_use() {
             return Err(DmError::busy(format!(
                 "Device {name} is in use by another device"
@@ -174,10 +203,11 @@ impl Registry {
     }
 
     /// Renames a device, keeping its open files, its tables and the devices stacked on it.
-    pub fn rename(&self, old: &str, new: &str) -> DmResult<()> {
+    pub fn rename(&self, old: &str, new: &str, caller: &Caller) -> DmResult<()> {
         check_name(new)?;
         let mut d = self.devices.write();
         let device = d.by_name.get(old).cloned().ok_or_else(|| not_found(old))?;
+        self.check_manager(caller, &device)?;
         if d.by_name.contains_key(new) || d.reserved.contains(new) {
             return Err(DmError::busy(format!(
                 "Unable to change name on mapped device {old} to one that already exists: {new}"
@@ -246,12 +276,14 @@ impl Registry {
         self.devices.read().by_name.values().cloned().collect()
     }
 
-    /// Runs `f` with a resolver for references written by a process whose working directory is
-    /// `cwd`; backing files are opened read-write unless `writable` is false.
+    /// Runs `f` with a resolver for references written by `caller`, whose working directory is
+    /// `cwd`; backing files are opened read-write unless `writable` is false. A caller that is
+    /// neither root nor the daemon's user may only name files it could open itself.
     pub fn with_resolver<T>(
         &self,
         cwd: Option<PathBuf>,
         writable: bool,
+        caller: &Caller,
         f: impl FnOnce(&Resolver<'_>) -> T,
     ) -> T {
         let lookup = |name: &str| self.get(name);
@@ -260,6 +292,8 @@ impl Registry {
             writable,
             mountpoint: self.mountpoint.clone(),
             lookup: &lookup,
+            unprivileged: (!self.policy.is_privileged(caller)).then_some(caller),
+            policy: &self.policy,
         };
         f(&resolver)
     }

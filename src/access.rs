@@ -193,8 +193,8 @@ impl Policy {
         DmError::new(
             libc::EPERM,
             format!(
-                "{name}: permission denied (uid {} did not create it; only its creator, uid {} \
-                 and root may change it)",
+                "{name}: permission denied (uid {} did not create it; only its creator, the \
+                 mount's owner (uid {}) or root may change it)",
                 caller.uid, self.uid
             ),
         )

@@ -322,6 +322,21 @@ mod tests {
         }
     }
 
+    /// The devices limit counts names being created too (65,536 creates through a mount take
+    /// too long for a test).
+    #[test]
+    fn at_most_max_devices() {
+        let r = Registry::new(PathBuf::from("/nonexistent"));
+        for i in 0..MAX_DEVICES {
+            r.reserve(&format!("d{i}")).unwrap();
+        }
+        let e = r.reserve("one-more").unwrap_err();
+        assert_eq!(e.errno, libc::ENOSPC);
+        assert_eq!(e.reason, "too many devices (limit 65536)");
+        r.unreserve("d0");
+        r.reserve("one-more").unwrap();
+    }
+
     #[test]
     fn reserve_is_exclusive() {
         let r = Registry::new(PathBuf::from("/nonexistent"));

@@ -92,18 +92,11 @@ fn denied(reference: &str, why: String) -> DmError {
     )
 }
 
-/// Checks that `caller` could open `path` itself, read-write or read-only, and that it is a
-/// regular file or a block device. The path is first opened with `O_PATH`, which pins the file
-/// without opening it (no device driver sees an open, a FIFO does not block); the checks are made
-/// on that file and on the directories of its real path (`/proc/self/fd/N`), and the daemon then
-/// opens it through `/proc/self/fd/N` (see `reopen_path`): a path swapped after the check cannot
-/// make the daemon open anything else.
-pub fn check_path(
-    caller: &Caller,
-    reference: &str,
-    path: &Path,
-    write: bool,
-) -> DmResult<std::fs::File> {
+/// Pins the file `path` names with `O_PATH`, which does not open it (no device driver sees an
+/// open, a FIFO does not block), and checks that it is a regular file or a block device. The
+/// daemon then opens it through `/proc/self/fd/N` (`reopen_path`): nothing else is ever opened,
+/// and a path swapped after the checks cannot make the daemon open something else.
+pub fn pin(reference: &str, path: &Path) -> DmResult<(std::fs::File, std::fs::Metadata)> {
     use std::os::unix::fs::OpenOptionsExt;
     let pinned = std::fs::OpenOptions::new()
         .read(true)
@@ -111,7 +104,25 @@ pub fn check_path(
         .open(path)
         .map_err(|e| DmError::io(reference, &e))?;
     let meta = pinned.metadata().map_err(|e| DmError::io(reference, &e))?;
-    let real = std::fs::read_link(reopen_path(&pinned)).map_err(|e| DmError::io(reference, &e))?;
+    let ft = meta.file_type();
+    if !(ft.is_file() || ft.is_block_device()) {
+        return Err(DmError::invalid(format!(
+            "{reference}: not a block device or regular file"
+        )));
+    }
+    Ok((pinned, meta))
+}
+
+/// Checks that `caller` could open the pinned file (`pin`) itself, read-write or read-only:
+/// search permission on every directory of its real path, then the file's own bits.
+pub fn check_pinned(
+    caller: &Caller,
+    reference: &str,
+    pinned: &std::fs::File,
+    meta: &std::fs::Metadata,
+    write: bool,
+) -> DmResult<()> {
+    let real = std::fs::read_link(reopen_path(pinned)).map_err(|e| DmError::io(reference, &e))?;
     let mut dir = PathBuf::new();
     for part in real.parent().into_iter().flat_map(Path::iter) {
         dir.push(part);
@@ -123,12 +134,6 @@ pub fn check_path(
             ));
         }
     }
-    let ft = meta.file_type();
-    if !(ft.is_file() || ft.is_block_device()) {
-        return Err(DmError::invalid(format!(
-            "{reference}: not a block device or regular file"
-        )));
-    }
     let want = if write { READ | WRITE } else { READ };
     if !permits(caller, meta.uid(), meta.gid(), meta.mode(), want) {
         return Err(denied(
@@ -136,7 +141,7 @@ pub fn check_path(
             format!("uid {} cannot open it {}", caller.uid, access_words(write)),
         ));
     }
-    Ok(pinned)
+    Ok(())
 }
 
 /// The path that opens exactly the file behind `file` (a magic link of procfs).

@@ -105,6 +105,8 @@ fn block_device_bytes(file: &File) -> io::Result<u64> {
 
 impl Backing {
     /// Opens a regular file or block device by path, read-write unless `writable` is false.
+    /// Tables go through `Resolver`, which pins the file first; tests and fuzzing open directly.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub fn open_path(path: &Path, writable: bool) -> DmResult<Backing> {
         Backing::open_path_as(path, path, writable)
     }
@@ -269,11 +271,13 @@ pub struct Resolver<'a> {
 
 impl Resolver<'_> {
     /// Opens a file or block device by path, checking the writer's rights first if it must.
+    /// Only a regular file or a block device is ever opened: a FIFO would block the request
+    /// thread, a character device could act on being opened.
     fn open_file(&self, reference: &str, path: &Path) -> DmResult<Arc<Backing>> {
-        let Some(caller) = self.unprivileged else {
-            return Backing::open_path(path, self.writable).map(Arc::new);
-        };
-        let pinned = access::check_path(caller, reference, path, self.writable)?;
+        let (pinned, meta) = access::pin(reference, path)?;
+        if let Some(caller) = self.unprivileged {
+            access::check_pinned(caller, reference, &pinned, &meta, self.writable)?;
+        }
         Backing::open_path_as(&access::reopen_path(&pinned), path, self.writable).map(Arc::new)
     }
 }

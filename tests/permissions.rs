@@ -323,6 +323,36 @@ fn a_member_may_not_name_a_block_device_it_cannot_open() {
     }
 }
 
+/// Only regular files and block devices are opened, for the mount's owner too: a FIFO named by
+/// a read-only table used to block the request thread in open(2), a character device would be
+/// opened (with whatever that does) before being refused.
+#[test]
+fn fifos_and_character_devices_are_refused_without_being_opened() {
+    let m = mount(&[]);
+    m.ok("mkfifo fifo");
+    // Should the daemon block in open(2) again, the writer would hang with it: after 10 s the
+    // script opens the FIFO itself to let the daemon go on, and fails.
+    let err = m.fails(
+        "umask 222; (echo \"0 8 linear $PWD/fifo 0\" > $MNT/ctl/create/f) 2>err & pid=$!
+         for i in $(seq 100); do kill -0 $pid 2>/dev/null || break; sleep 0.1; done
+         if kill -0 $pid 2>/dev/null; then exec 3<>fifo; wait $pid; echo hung >&2; exit 2; fi
+         wait $pid; s=$?; cat err >&2; exit $s",
+    );
+    assert_contains(&err, "Invalid argument");
+    for (reference, name) in [("/dev/null", "n"), ("/dev/zero", "z")] {
+        let err = m.fails(&format!(
+            "umask 222; echo \"0 8 linear {reference} 0\" > $MNT/ctl/create/{name}"
+        ));
+        assert_contains(&err, "Invalid argument");
+    }
+    assert_contains(
+        &m.read("ctl/errors"),
+        "create z: line 1: linear: Device lookup failed: /dev/zero: not a block device or regular \
+         file (EINVAL)",
+    );
+    assert!(m.devices().is_empty());
+}
+
 #[test]
 fn a_table_line_of_exactly_64_kib_is_taken_and_one_byte_more_is_not() {
     let m = mount(&[]);

@@ -161,6 +161,15 @@ impl TableSession {
         }
     }
 
+    /// The device whose table this session replaces or extends, once there is one: others
+    /// may already be stacked on it.
+    fn live_device(&self) -> Option<&Device> {
+        match &self.target {
+            TableTarget::Reload { device } => Some(device),
+            TableTarget::Create { device } => device.as_deref(),
+        }
+    }
+
     fn fail(&mut self, registry: &Registry, err: DmError) -> DmError {
         registry.errors.record(self.operation(), &self.name, &err);
         self.failed = Some(err.clone());
@@ -173,9 +182,12 @@ impl TableSession {
         registry.with_resolver(cwd, !self.read_only, &self.caller, |r| {
             self.builder.add_line(line, r)
         })?;
-        if let TableTarget::Reload { device } = &self.target {
-            crate::registry::check_no_loop(&self.name, device, &self.builder.last_line_devices())?;
+        let references = self.builder.last_line_devices();
+        let live = self.live_device();
+        if let Some(device) = live {
+            crate::registry::check_no_loop(&self.name, device, &references)?;
         }
+        registry.check_depth(&self.name, live, &references)?;
         self.pending |= self.builder.lines() > before;
         Ok(())
     }
@@ -213,6 +225,10 @@ impl TableSession {
             Ok(t) => t,
             Err(e) => return Err(self.fail(registry, e)),
         };
+        // Again as a whole: a device named by an earlier line may have been reloaded deeper.
+        if let Err(e) = registry.check_depth(&self.name, self.live_device(), &table.devices()) {
+            return Err(self.fail(registry, e));
+        }
         let result = match &mut self.target {
             TableTarget::Create {
                 device: Some(device),

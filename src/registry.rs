@@ -20,6 +20,10 @@ pub const MAX_NAME_BYTES: usize = 127;
 pub const MAX_UUID_BYTES: usize = 128;
 /// Most devices one mount holds.
 pub const MAX_DEVICES: usize = 65_536;
+/// Most devices stacked on each other, counting the top one (a device over files only is one
+/// level). I/O through a stack recurses once per level on a request thread's stack: a stack of
+/// 3,000 overflowed it and took the whole mount down.
+pub const MAX_STACK_DEPTH: usize = 16;
 
 #[derive(Default)]
 struct Devices {
@@ -83,6 +87,57 @@ pub fn check_no_loop(name: &str, device: &Device, references: &[Arc<Backing>]) -
         }
     }
     Ok(())
+}
+
+/// The devices of this mount that `device`'s tables (live and inactive) map onto.
+fn mapped_below(device: &Device) -> Vec<Arc<Device>> {
+    let mut out: Vec<Arc<Device>> = Vec::new();
+    for table in std::iter::once(device.table()).chain(device.inactive_table()) {
+        for b in table.devices() {
+            if let Some(d) = b.mapped_device()
+                && !out.iter().any(|o| o.id == d.id)
+            {
+                out.push(d.clone());
+            }
+        }
+    }
+    out
+}
+
+/// Levels of the stack under and including `device` (1 over files only), remembering each
+/// device's so that shared lower devices are walked once.
+fn stack_depth(device: &Device, memo: &mut HashMap<u64, usize>) -> usize {
+    if let Some(&d) = memo.get(&device.id) {
+        return d;
+    }
+    let below = mapped_below(device)
+        .iter()
+        .map(|d| stack_depth(d, memo))
+        .max()
+        .unwrap_or(0);
+    memo.insert(device.id, below + 1);
+    below + 1
+}
+
+/// How many levels `top` stands above `target` (0 for `target` itself), if it stands on it.
+fn levels_above(
+    top: &Device,
+    target: &Device,
+    memo: &mut HashMap<u64, Option<usize>>,
+) -> Option<usize> {
+    if top.id == target.id {
+        return Some(0);
+    }
+    if let Some(&d) = memo.get(&top.id) {
+        return d;
+    }
+    let d = mapped_below(top)
+        .iter()
+        .filter_map(|d| levels_above(d, target, memo))
+        .max()
+        .map(|n| n + 1);
+    memo.insert(top.id, d);
+    d
 }
 
 fn not_found(name: &str) -> DmError {
@@ -255,6 +310,44 @@ impl Registry {
         }
         check_no_loop(name, device, &table.devices())?;
         device.load(table);
+        Ok(())
+    }
+
+    /// Refuses a table for device `name` (`reloading` it, or creating it when None) whose
+    /// `references` would stack devices deeper than MAX_STACK_DEPTH, counting the devices
+    /// already stacked on a reloaded device.
+    pub fn check_depth(
+        &self,
+        name: &str,
+        reloading: Option<&Device>,
+        references: &[Arc<Backing>],
+    ) -> DmResult<()> {
+        let mut memo = HashMap::new();
+        let Some((deepest, below)) = references
+            .iter()
+            .filter_map(|b| Some((b, stack_depth(b.mapped_device()?, &mut memo))))
+            .max_by_key(|&(_, depth)| depth)
+        else {
+            return Ok(());
+        };
+        let above = match reloading {
+            Some(device) => {
+                let mut memo = HashMap::new();
+                self.list()
+                    .iter()
+                    .filter_map(|top| levels_above(top, device, &mut memo))
+                    .max()
+                    .unwrap_or(0)
+            }
+            None => 0,
+        };
+        let total = above + 1 + below;
+        if total > MAX_STACK_DEPTH {
+            return Err(DmError::invalid(format!(
+                "{}: {name} over it would stack {total} devices (limit {MAX_STACK_DEPTH})",
+                deepest.name()
+            )));
+        }
         Ok(())
     }
 

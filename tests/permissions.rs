@@ -372,3 +372,43 @@ fn a_table_line_of_exactly_64_kib_is_taken_and_one_byte_more_is_not() {
     );
     assert_eq!(m.devices(), vec!["max"]);
 }
+
+/// I/O through stacked devices recurses once per level: a stack of 3,000 devices overflowed a
+/// request thread's stack and killed the mount. Stacks are limited to 16 levels, at create and
+/// at reload (counting what is stacked on the reloaded device), and the mount survives.
+#[test]
+fn devices_stack_at_most_16_deep() {
+    let m = mount(&[]);
+    m.ok(
+        "echo '0 8 zero' > $MNT/ctl/create/d1
+         for i in $(seq 2 16); do echo \"0 8 linear $MNT/dev/d$((i-1)) 0\" > $MNT/ctl/create/d$i; done
+         dd if=$MNT/dev/d16 of=/dev/null bs=512 count=1 iflag=direct status=none",
+    );
+    assert_contains(
+        &m.fails("echo \"0 8 linear $MNT/dev/d16 0\" > $MNT/ctl/create/d17"),
+        "Invalid argument",
+    );
+    assert_contains(
+        &m.read("ctl/errors"),
+        &format!(
+            "create d17: {}/dev/d16: d17 over it would stack 17 devices (limit 16) (EINVAL)",
+            m.mnt.display()
+        ),
+    );
+    // Reloading the bottom device over another device would make d16 17 deep.
+    m.ok("echo '0 8 zero' > $MNT/ctl/create/e");
+    assert_contains(
+        &m.fails("echo \"0 8 linear $MNT/dev/e 0\" > $MNT/ctl/reload/d1"),
+        "Invalid argument",
+    );
+    assert_contains(&m.read("ctl/errors"), "reload d1: ");
+    assert_contains(
+        &m.read("ctl/errors"),
+        "/dev/e: d1 over it would stack 17 devices (limit 16)",
+    );
+    assert_eq!(m.read("dm/d1/inactive-table"), "");
+    // One level lower it fits.
+    m.ok("echo \"0 8 linear $MNT/dev/e 0\" > $MNT/ctl/reload/d2 && echo d2 > $MNT/ctl/resume");
+    assert_eq!(m.devices().len(), 17);
+    m.ok("dd if=$MNT/dev/d16 of=/dev/null bs=512 count=1 iflag=direct status=none");
+}

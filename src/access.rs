@@ -96,18 +96,25 @@ fn denied(reference: &str, why: String) -> DmError {
 /// open, a FIFO does not block), and checks that it is a regular file or a block device. The
 /// daemon then opens it through `/proc/self/fd/N` (`reopen_path`): nothing else is ever opened,
 /// and a path swapped after the checks cannot make the daemon open something else.
-pub fn pin(reference: &str, path: &Path) -> DmResult<(std::fs::File, std::fs::Metadata)> {
+/// Errors name the file by `path`, as opening it did before.
+pub fn pin(path: &Path) -> DmResult<(std::fs::File, std::fs::Metadata)> {
     use std::os::unix::fs::OpenOptionsExt;
+    let shown = path.display();
     let pinned = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
         .open(path)
-        .map_err(|e| DmError::io(reference, &e))?;
-    let meta = pinned.metadata().map_err(|e| DmError::io(reference, &e))?;
+        .map_err(|e| DmError::io(&shown, &e))?;
+    let meta = pinned.metadata().map_err(|e| DmError::io(&shown, &e))?;
     let ft = meta.file_type();
+    if ft.is_dir() {
+        // What opening it would have answered.
+        let e = std::io::Error::from_raw_os_error(libc::EISDIR);
+        return Err(DmError::io(&shown, &e));
+    }
     if !(ft.is_file() || ft.is_block_device()) {
         return Err(DmError::invalid(format!(
-            "{reference}: not a block device or regular file"
+            "{shown}: not a block device or regular file"
         )));
     }
     Ok((pinned, meta))

@@ -274,7 +274,7 @@ impl Resolver<'_> {
     /// Only a regular file or a block device is ever opened: a FIFO would block the request
     /// thread, a character device could act on being opened.
     fn open_file(&self, reference: &str, path: &Path) -> DmResult<Arc<Backing>> {
-        let (pinned, meta) = access::pin(reference, path)?;
+        let (pinned, meta) = access::pin(path)?;
         if let Some(caller) = self.unprivileged {
             access::check_pinned(caller, reference, &pinned, &meta, self.writable)?;
         }

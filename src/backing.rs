@@ -12,6 +12,7 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use crate::access::{self, Caller, Policy};
 use crate::device::Device;
 use crate::error::{DmError, DmResult};
 use crate::units::{Bytes, Sectors};
@@ -104,13 +105,20 @@ fn block_device_bytes(file: &File) -> io::Result<u64> {
 
 impl Backing {
     /// Opens a regular file or block device by path, read-write unless `writable` is false.
+    /// Tables go through `Resolver`, which pins the file first; tests and fuzzing open directly.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub fn open_path(path: &Path, writable: bool) -> DmResult<Backing> {
+        Backing::open_path_as(path, path, writable)
+    }
+
+    /// Opens `open` (a `/proc/self/fd/N` link to a file already checked) and names it `path`.
+    pub fn open_path_as(open: &Path, path: &Path, writable: bool) -> DmResult<Backing> {
         let shown = path.display().to_string();
         let file = OpenOptions::new()
             .read(true)
             .write(writable)
             .custom_flags(libc::O_CLOEXEC)
-            .open(path)
+            .open(open)
             .map_err(|e| DmError::io(&shown, &e))?;
         let meta = file.metadata().map_err(|e| DmError::io(&shown, &e))?;
         let ft = meta.file_type();
@@ -272,6 +280,23 @@ pub struct Resolver<'a> {
     pub writable: bool,
     pub mountpoint: Arc<Path>,
     pub lookup: &'a dyn Fn(&str) -> Option<Arc<Device>>,
+    /// The writer of the table, when it is neither root nor the daemon's user: every reference
+    /// must then be one it could open itself with the access the device needs.
+    pub unprivileged: Option<&'a Caller>,
+    pub policy: &'a Policy,
+}
+
+impl Resolver<'_> {
+    /// Opens a file or block device by path, checking the writer's rights first if it must.
+    /// Only a regular file or a block device is ever opened: a FIFO would block the request
+    /// thread, a character device could act on being opened.
+    fn open_file(&self, reference: &str, path: &Path) -> DmResult<Arc<Backing>> {
+        let (pinned, meta) = access::pin(path)?;
+        if let Some(caller) = self.unprivileged {
+            access::check_pinned(caller, reference, &pinned, &meta, self.writable)?;
+        }
+        Backing::open_path_as(&access::reopen_path(&pinned), path, self.writable).map(Arc::new)
+    }
 }
 
 /// Resolves `.` and `..` without touching the filesystem (a path into this mount must not be
@@ -316,8 +341,7 @@ fn block_device_path(major: u32, minor: u32) -> DmResult<PathBuf> {
 impl DeviceResolver for Resolver<'_> {
     fn open(&self, reference: &str) -> DmResult<Arc<Backing>> {
         if let Some((major, minor)) = parse_major_minor(reference) {
-            return Backing::open_path(&block_device_path(major, minor)?, self.writable)
-                .map(Arc::new);
+            return self.open_file(reference, &block_device_path(major, minor)?);
         }
         let path = Path::new(reference);
         let full = if path.is_absolute() {
@@ -338,6 +362,15 @@ impl DeviceResolver for Resolver<'_> {
                     let device = (self.lookup)(&name).ok_or_else(|| {
                         DmError::not_found(format!("{reference}: no such device"))
                     })?;
+                    if let Some(caller) = self.unprivileged {
+                        self.policy.check_mapped(
+                            caller,
+                            reference,
+                            device.owner,
+                            device.is_read_only(),
+                            self.writable,
+                        )?;
+                    }
                     Ok(Arc::new(Backing::mapped(device, self.mountpoint.clone())))
                 }
                 _ => Err(DmError::invalid(format!(
@@ -346,7 +379,7 @@ impl DeviceResolver for Resolver<'_> {
                 ))),
             };
         }
-        Backing::open_path(&full, self.writable).map(Arc::new)
+        self.open_file(reference, &full)
     }
 }
 

@@ -8,6 +8,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::access::Caller;
 use crate::device::Device;
 use crate::error::{DmError, DmResult};
 use crate::registry::Registry;
@@ -77,6 +78,8 @@ pub struct TableSession {
     name: String,
     target: TableTarget,
     cwd: Option<PathBuf>,
+    /// Who writes the table: what it may name, and who will own the device.
+    caller: Caller,
     input: LineBuffer,
     builder: TableBuilder,
     /// Lines accepted since the table last went live.
@@ -87,11 +90,18 @@ pub struct TableSession {
 }
 
 impl TableSession {
-    fn new(name: &str, target: TableTarget, cwd: Option<PathBuf>, read_only: bool) -> TableSession {
+    fn new(
+        name: &str,
+        target: TableTarget,
+        cwd: Option<PathBuf>,
+        caller: Caller,
+        read_only: bool,
+    ) -> TableSession {
         TableSession {
             name: name.to_string(),
             target,
             cwd,
+            caller,
             input: LineBuffer::default(),
             builder: TableBuilder::new(),
             pending: false,
@@ -107,6 +117,7 @@ impl TableSession {
         registry: &Registry,
         name: &str,
         cwd: Option<PathBuf>,
+        caller: Caller,
         read_only: bool,
     ) -> DmResult<TableSession> {
         registry
@@ -116,20 +127,29 @@ impl TableSession {
             name,
             TableTarget::Create { device: None },
             cwd,
+            caller,
             read_only,
         ))
     }
 
-    /// Starts a table to load into an existing device's inactive slot (ENOENT if none).
-    pub fn reload(registry: &Registry, name: &str, cwd: Option<PathBuf>) -> DmResult<TableSession> {
+    /// Starts a table to load into an existing device's inactive slot (ENOENT if none, EPERM
+    /// if `caller` may not manage it).
+    pub fn reload(
+        registry: &Registry,
+        name: &str,
+        cwd: Option<PathBuf>,
+        caller: Caller,
+    ) -> DmResult<TableSession> {
         let device = registry
             .find(name)
+            .and_then(|d| registry.check_manager(&caller, &d).map(|()| d))
             .inspect_err(|e| registry.errors.record("reload", name, e))?;
         let read_only = device.is_read_only();
         Ok(TableSession::new(
             name,
             TableTarget::Reload { device },
             cwd,
+            caller,
             read_only,
         ))
     }
@@ -138,6 +158,15 @@ impl TableSession {
         match self.target {
             TableTarget::Create { .. } => "create",
             TableTarget::Reload { .. } => "reload",
+        }
+    }
+
+    /// The device whose table this session replaces or extends, once there is one: others
+    /// may already be stacked on it.
+    fn live_device(&self) -> Option<&Device> {
+        match &self.target {
+            TableTarget::Reload { device } => Some(device),
+            TableTarget::Create { device } => device.as_deref(),
         }
     }
 
@@ -150,10 +179,15 @@ impl TableSession {
     fn add_line(&mut self, registry: &Registry, line: &str) -> DmResult<()> {
         let cwd = self.cwd.clone();
         let before = self.builder.lines();
-        registry.with_resolver(cwd, !self.read_only, |r| self.builder.add_line(line, r))?;
-        if let TableTarget::Reload { device } = &self.target {
-            crate::registry::check_no_loop(&self.name, device, &self.builder.last_line_devices())?;
+        registry.with_resolver(cwd, !self.read_only, &self.caller, |r| {
+            self.builder.add_line(line, r)
+        })?;
+        let references = self.builder.last_line_devices();
+        let live = self.live_device();
+        if let Some(device) = live {
+            crate::registry::check_no_loop(&self.name, device, &references)?;
         }
+        registry.check_depth(&self.name, live, &references)?;
         self.pending |= self.builder.lines() > before;
         Ok(())
     }
@@ -191,6 +225,10 @@ impl TableSession {
             Ok(t) => t,
             Err(e) => return Err(self.fail(registry, e)),
         };
+        // Again as a whole: a device named by an earlier line may have been reloaded deeper.
+        if let Err(e) = registry.check_depth(&self.name, self.live_device(), &table.devices()) {
+            return Err(self.fail(registry, e));
+        }
         let result = match &mut self.target {
             TableTarget::Create {
                 device: Some(device),
@@ -199,9 +237,12 @@ impl TableSession {
                 Ok(())
             }
             TableTarget::Create { device } => {
-                registry.create(&self.name, table, self.read_only).map(|d| {
-                    *device = Some(d);
-                })
+                let owner = registry.policy.owner_for(&self.caller);
+                registry
+                    .create(&self.name, table, self.read_only, owner)
+                    .map(|d| {
+                        *device = Some(d);
+                    })
             }
             TableTarget::Reload { device } => registry.load(&self.name, device, table),
         };
@@ -276,19 +317,24 @@ impl Command {
         }
     }
 
-    /// Runs one written line. Blank lines do nothing.
-    pub fn run(self, registry: &Registry, line: &str) -> DmResult<()> {
+    /// Runs one line written by `caller`. Blank lines do nothing.
+    pub fn run(self, registry: &Registry, caller: &Caller, line: &str) -> DmResult<()> {
         let words: Vec<&str> = line.split_whitespace().collect();
         let Some(&name) = words.first() else {
             return Ok(());
         };
-        let result = match (self, &words[..]) {
-            (Command::Remove, [name]) => registry.remove(name),
-            (Command::Suspend, [name]) => registry.find(name).map(|d| d.suspend()),
-            (Command::Resume, [name]) => registry.find(name).map(|d| d.resume()),
-            (Command::Rename, [old, new]) => registry.rename(old, new),
-            (Command::Message, [name, sector, message @ ..]) if !message.is_empty() => registry
+        // A device `caller` may manage.
+        let find = |name: &str| {
+            registry
                 .find(name)
+                .and_then(|d| registry.check_manager(caller, &d).map(|()| d))
+        };
+        let result = match (self, &words[..]) {
+            (Command::Remove, [name]) => registry.remove(name, caller),
+            (Command::Suspend, [name]) => find(name).map(|d| d.suspend()),
+            (Command::Resume, [name]) => find(name).map(|d| d.resume()),
+            (Command::Rename, [old, new]) => registry.rename(old, new, caller),
+            (Command::Message, [name, sector, message @ ..]) if !message.is_empty() => find(name)
                 .and_then(|d| d.message(sector, message))
                 .map(|reply| {
                     if !reply.is_empty() {
@@ -305,16 +351,19 @@ impl Command {
     }
 }
 
-/// Input to a command file: lines run as they complete.
+/// Input to a command file: lines run as they complete, with the rights of the process that
+/// opened the file.
 pub struct CommandInput {
     command: Command,
+    caller: Caller,
     input: LineBuffer,
 }
 
 impl CommandInput {
-    pub fn new(command: Command) -> CommandInput {
+    pub fn new(command: Command, caller: Caller) -> CommandInput {
         CommandInput {
             command,
+            caller,
             input: LineBuffer::default(),
         }
     }
@@ -324,13 +373,15 @@ impl CommandInput {
             .input
             .push(data)
             .inspect_err(|e| registry.errors.record(self.command.operation(), "", e))?;
-        lines.iter().try_for_each(|l| self.command.run(registry, l))
+        lines
+            .iter()
+            .try_for_each(|l| self.command.run(registry, &self.caller, l))
     }
 
     /// Runs an unfinished last line (`echo -n NAME > ctl/remove`).
     pub fn flush(&mut self, registry: &Registry) -> DmResult<()> {
         match self.input.take_rest() {
-            Ok(Some(line)) => self.command.run(registry, &line),
+            Ok(Some(line)) => self.command.run(registry, &self.caller, &line),
             Ok(None) => Ok(()),
             Err(e) => {
                 registry.errors.record(self.command.operation(), "", &e);
@@ -359,13 +410,15 @@ mod tests {
 /// Input to `dm/NAME/uuid`: the uuid is set, once, when the writer flushes.
 pub struct UuidInput {
     device: Arc<Device>,
+    caller: Caller,
     input: LineBuffer,
 }
 
 impl UuidInput {
-    pub fn new(device: Arc<Device>) -> UuidInput {
+    pub fn new(device: Arc<Device>, caller: Caller) -> UuidInput {
         UuidInput {
             device,
+            caller,
             input: LineBuffer::default(),
         }
     }
@@ -401,7 +454,8 @@ impl UuidInput {
         }
         let name = self.device.name();
         registry
-            .set_uuid(&name, uuid)
+            .check_manager(&self.caller, &self.device)
+            .and_then(|()| registry.set_uuid(&name, uuid))
             .inspect_err(|e| registry.errors.record("uuid", &name, e))
     }
 }

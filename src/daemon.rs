@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use fuser::{Config, MountOption, Session, SessionACL};
 
+use crate::access::Policy;
 use crate::fs::{DmFs, PassthroughMode};
 use crate::registry::Registry;
 
@@ -16,6 +17,8 @@ pub struct MountOptions {
     pub mountpoint: PathBuf,
     pub foreground: bool,
     pub allow_other: bool,
+    /// The group whose members may write `ctl/` (with `allow_other`).
+    pub ctl_group: Option<u32>,
     pub log_level: log::LevelFilter,
     pub log_file: Option<PathBuf>,
     pub threads: usize,
@@ -132,7 +135,11 @@ pub fn mount(opts: MountOptions) {
     // SAFETY: blocks the exit signals in this thread; threads spawned later inherit the mask.
     unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &signals, std::ptr::null_mut()) };
 
-    let registry = Arc::new(Registry::new(mountpoint.clone()));
+    let policy = Policy {
+        ctl_gid: opts.ctl_group,
+        ..Policy::default()
+    };
+    let registry = Arc::new(Registry::new(mountpoint.clone()).with_policy(policy));
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::FSName("dmfs".into()),

@@ -16,6 +16,9 @@ pub struct Device {
     /// Unique for the life of the mount, never reused: the dm minor number and the base of the
     /// device's inode numbers.
     pub id: u64,
+    /// The uid that created the device and may manage it (the daemon's own uid when root or
+    /// the daemon's user created it); `dev/NAME` shows it as the file's owner.
+    pub owner: u32,
     name: RwLock<String>,
     uuid: RwLock<Option<String>>,
     table: RwLock<Arc<Table>>,
@@ -101,6 +104,7 @@ impl Device {
     pub fn new(id: u64, name: String, table: Table) -> Device {
         Device {
             id,
+            owner: 0,
             name: RwLock::new(name),
             uuid: RwLock::new(None),
             table: RwLock::new(Arc::new(table)),
@@ -344,13 +348,23 @@ impl Device {
     /// Whether this device's tables (live or inactive) reach `other`, directly or through
     /// devices stacked in between: a table that did would make a loop.
     pub fn depends_on(&self, other: &Device) -> bool {
+        self.depends_on_unseen(other, &mut std::collections::HashSet::new())
+    }
+
+    /// `depends_on`, skipping devices already walked: devices shared lower in the stack (a
+    /// diamond) are walked once, not once per path to them.
+    fn depends_on_unseen(&self, other: &Device, seen: &mut std::collections::HashSet<u64>) -> bool {
         if std::ptr::eq(self, other) {
             return true;
         }
+        if !seen.insert(self.id) {
+            return false;
+        }
         let tables = std::iter::once(self.table()).chain(self.inactive_table());
-        tables
-            .flat_map(|t| t.devices())
-            .any(|b| b.mapped_device().is_some_and(|d| d.depends_on(other)))
+        tables.flat_map(|t| t.devices()).any(|b| {
+            b.mapped_device()
+                .is_some_and(|d| d.depends_on_unseen(other, seen))
+        })
     }
 }
 

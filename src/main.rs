@@ -1,5 +1,6 @@
 //! dmfs: the Linux device mapper, in user space, behind a filesystem.
 
+mod access;
 mod backing;
 mod cli;
 mod control;
@@ -54,6 +55,11 @@ enum Verb {
         /// Let other users use the mount (needs user_allow_other in /etc/fuse.conf for non-root).
         #[arg(long)]
         allow_other: bool,
+        /// Let this group (a name or a gid) create devices and write ctl/ (needs --allow-other).
+        /// Its members manage the devices they create; their tables may only name files they
+        /// could open themselves.
+        #[arg(long, value_name = "GROUP", requires = "allow_other", value_parser = access::parse_group)]
+        ctl_group: Option<u32>,
         /// Log level: error, warn, info, debug, trace.
         #[arg(long, default_value = "info")]
         log_level: log::LevelFilter,
@@ -223,6 +229,7 @@ fn main() {
             mountpoint,
             foreground,
             allow_other,
+            ctl_group,
             log_level,
             log_file,
             threads,
@@ -232,6 +239,7 @@ fn main() {
                 mountpoint,
                 foreground,
                 allow_other,
+                ctl_group,
                 log_level,
                 log_file,
                 threads,

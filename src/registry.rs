@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::RwLock;
 
+use crate::access::{Caller, Policy};
 use crate::backing::{Backing, Resolver};
 use crate::device::Device;
 use crate::errlog::ErrorLog;
@@ -19,6 +20,10 @@ pub const MAX_NAME_BYTES: usize = 127;
 pub const MAX_UUID_BYTES: usize = 128;
 /// Most devices one mount holds.
 pub const MAX_DEVICES: usize = 65_536;
+/// Most devices stacked on each other, counting the top one (a device over files only is one
+/// level). I/O through a stack recurses once per level on a request thread's stack: a stack of
+/// 3,000 overflowed it and took the whole mount down.
+pub const MAX_STACK_DEPTH: usize = 16;
 
 #[derive(Default)]
 struct Devices {
@@ -33,6 +38,8 @@ pub struct Registry {
     devices: RwLock<Devices>,
     next_id: AtomicU64,
     pub errors: ErrorLog,
+    /// Who owns what, and who may manage which device.
+    pub policy: Policy,
 }
 
 /// Checks a device name against the kernel's rules (non-empty, shorter than DM_NAME_LEN, no
@@ -82,6 +89,57 @@ pub fn check_no_loop(name: &str, device: &Device, references: &[Arc<Backing>]) -
     Ok(())
 }
 
+/// The devices of this mount that `device`'s tables (live and inactive) map onto.
+fn mapped_below(device: &Device) -> Vec<Arc<Device>> {
+    let mut out: Vec<Arc<Device>> = Vec::new();
+    for table in std::iter::once(device.table()).chain(device.inactive_table()) {
+        for b in table.devices() {
+            if let Some(d) = b.mapped_device()
+                && !out.iter().any(|o| o.id == d.id)
+            {
+                out.push(d.clone());
+            }
+        }
+    }
+    out
+}
+
+/// Levels of the stack under and including `device` (1 over files only), remembering each
+/// device's so that shared lower devices are walked once.
+fn stack_depth(device: &Device, memo: &mut HashMap<u64, usize>) -> usize {
+    if let Some(&d) = memo.get(&device.id) {
+        return d;
+    }
+    let below = mapped_below(device)
+        .iter()
+        .map(|d| stack_depth(d, memo))
+        .max()
+        .unwrap_or(0);
+    memo.insert(device.id, below + 1);
+    below + 1
+}
+
+/// How many levels `top` stands above `target` (0 for `target` itself), if it stands on it.
+fn levels_above(
+    top: &Device,
+    target: &Device,
+    memo: &mut HashMap<u64, Option<usize>>,
+) -> Option<usize> {
+    if top.id == target.id {
+        return Some(0);
+    }
+    if let Some(&d) = memo.get(&top.id) {
+        return d;
+    }
+    let d = mapped_below(top)
+        .iter()
+        .filter_map(|d| levels_above(d, target, memo))
+        .max()
+        .map(|n| n + 1);
+    memo.insert(top.id, d);
+    d
+}
+
 fn not_found(name: &str) -> DmError {
     DmError::not_found(format!("Device {name} not found"))
 }
@@ -93,6 +151,22 @@ impl Registry {
             devices: RwLock::new(Devices::default()),
             next_id: AtomicU64::new(0),
             errors: ErrorLog::default(),
+            policy: Policy::default(),
+        }
+    }
+
+    /// The same registry with another ownership policy (`--ctl-group`).
+    pub fn with_policy(mut self, policy: Policy) -> Registry {
+        self.policy = policy;
+        self
+    }
+
+    /// EPERM unless `caller` may manage `device`: root, the daemon's user, or its creator.
+    pub fn check_manager(&self, caller: &Caller, device: &Device) -> DmResult<()> {
+        if self.policy.may_manage(caller, device.owner) {
+            Ok(())
+        } else {
+            Err(self.policy.not_manager(caller, &device.name()))
         }
     }
 
@@ -119,14 +193,22 @@ impl Registry {
         self.devices.write().reserved.remove(name);
     }
 
-    /// Makes a device of a reserved name live with `table`.
-    pub fn create(&self, name: &str, table: Table, read_only: bool) -> DmResult<Arc<Device>> {
+    /// Makes a device of a reserved name live with `table`, owned by `owner`.
+    pub fn create(
+        &self,
+        name: &str,
+        table: Table,
+        read_only: bool,
+        owner: u32,
+    ) -> DmResult<Arc<Device>> {
         let mut d = self.devices.write();
         if !d.reserved.remove(name) {
             return Err(DmError::busy(format!("Device {name} already exists")));
         }
         let id = self.next_id.fetch_add(1, Ordering::SeqCst);
-        let device = Arc::new(Device::new(id, name.to_string(), table));
+        let mut device = Device::new(id, name.to_string(), table);
+        device.owner = owner;
+        let device = Arc::new(device);
         device.set_read_only(read_only);
         device.table().resume_targets();
         d.by_name.insert(name.to_string(), device.clone());
@@ -135,8 +217,9 @@ impl Registry {
         Ok(device)
     }
 
-    /// Removes a device: refused while it is open or another device's table uses it.
-    pub fn remove(&self, name: &str) -> DmResult<()> {
+    /// Removes a device for `caller`: refused while it is open or another device's table uses
+    /// it, and to a caller that may not manage it.
+    pub fn remove(&self, name: &str, caller: &Caller) -> DmResult<()> {
         // The kernel sends FUSE RELEASE after close(2) has returned: a device its user has just
         // closed may still count as open for a moment. Give such releases a short grace.
         if let Some(device) = self.get(name) {
@@ -153,6 +236,7 @@ impl Registry {
             .get(name)
             .cloned()
             .ok_or_else(|| not_found(name))?;
+        self.check_manager(caller, &device)?;
         if device.in_use() {
             return Err(DmError::busy(format!(
                 "Device {name} is in use by another device"
@@ -174,10 +258,11 @@ impl Registry {
     }
 
     /// Renames a device, keeping its open files, its tables and the devices stacked on it.
-    pub fn rename(&self, old: &str, new: &str) -> DmResult<()> {
+    pub fn rename(&self, old: &str, new: &str, caller: &Caller) -> DmResult<()> {
         check_name(new)?;
         let mut d = self.devices.write();
         let device = d.by_name.get(old).cloned().ok_or_else(|| not_found(old))?;
+        self.check_manager(caller, &device)?;
         if d.by_name.contains_key(new) || d.reserved.contains(new) {
             return Err(DmError::busy(format!(
                 "Unable to change name on mapped device {old} to one that already exists: {new}"
@@ -228,6 +313,44 @@ impl Registry {
         Ok(())
     }
 
+    /// Refuses a table for device `name` (`reloading` it, or creating it when None) whose
+    /// `references` would stack devices deeper than MAX_STACK_DEPTH, counting the devices
+    /// already stacked on a reloaded device.
+    pub fn check_depth(
+        &self,
+        name: &str,
+        reloading: Option<&Device>,
+        references: &[Arc<Backing>],
+    ) -> DmResult<()> {
+        let mut memo = HashMap::new();
+        let Some((deepest, below)) = references
+            .iter()
+            .filter_map(|b| Some((b, stack_depth(b.mapped_device()?, &mut memo))))
+            .max_by_key(|&(_, depth)| depth)
+        else {
+            return Ok(());
+        };
+        let above = match reloading {
+            Some(device) => {
+                let mut memo = HashMap::new();
+                self.list()
+                    .iter()
+                    .filter_map(|top| levels_above(top, device, &mut memo))
+                    .max()
+                    .unwrap_or(0)
+            }
+            None => 0,
+        };
+        let total = above + 1 + below;
+        if total > MAX_STACK_DEPTH {
+            return Err(DmError::invalid(format!(
+                "{}: {name} over it would stack {total} devices (limit {MAX_STACK_DEPTH})",
+                deepest.name()
+            )));
+        }
+        Ok(())
+    }
+
     /// Looks a device up, ENOENT if there is none.
     pub fn find(&self, name: &str) -> DmResult<Arc<Device>> {
         self.get(name).ok_or_else(|| not_found(name))
@@ -246,12 +369,14 @@ impl Registry {
         self.devices.read().by_name.values().cloned().collect()
     }
 
-    /// Runs `f` with a resolver for references written by a process whose working directory is
-    /// `cwd`; backing files are opened read-write unless `writable` is false.
+    /// Runs `f` with a resolver for references written by `caller`, whose working directory is
+    /// `cwd`; backing files are opened read-write unless `writable` is false. A caller that is
+    /// neither root nor the daemon's user may only name files it could open itself.
     pub fn with_resolver<T>(
         &self,
         cwd: Option<PathBuf>,
         writable: bool,
+        caller: &Caller,
         f: impl FnOnce(&Resolver<'_>) -> T,
     ) -> T {
         let lookup = |name: &str| self.get(name);
@@ -260,6 +385,8 @@ impl Registry {
             writable,
             mountpoint: self.mountpoint.clone(),
             lookup: &lookup,
+            unprivileged: (!self.policy.is_privileged(caller)).then_some(caller),
+            policy: &self.policy,
         };
         f(&resolver)
     }
@@ -286,6 +413,21 @@ mod tests {
         for bad in ["", ".", "..", "a/b"] {
             assert_eq!(check_name(bad).unwrap_err().errno, libc::EINVAL, "{bad:?}");
         }
+    }
+
+    /// The devices limit counts names being created too (65,536 creates through a mount take
+    /// too long for a test).
+    #[test]
+    fn at_most_max_devices() {
+        let r = Registry::new(PathBuf::from("/nonexistent"));
+        for i in 0..MAX_DEVICES {
+            r.reserve(&format!("d{i}")).unwrap();
+        }
+        let e = r.reserve("one-more").unwrap_err();
+        assert_eq!(e.errno, libc::ENOSPC);
+        assert_eq!(e.reason, "too many devices (limit 65536)");
+        r.unreserve("d0");
+        r.reserve("one-more").unwrap();
     }
 
     #[test]

@@ -435,6 +435,33 @@ mod tests {
         }
     }
 
+    /// The lines limit, with the errno and words the write gets (too slow to hit through a
+    /// mount in a debug build: a million lines take several seconds there).
+    #[test]
+    fn a_table_takes_at_most_max_table_lines() {
+        struct NoDevices;
+        impl DeviceResolver for NoDevices {
+            fn open(&self, reference: &str) -> DmResult<Arc<Backing>> {
+                Err(DmError::not_found(reference.to_string()))
+            }
+        }
+        let mut b = TableBuilder::new();
+        for i in 0..MAX_TABLE_LINES {
+            b.add_line(&format!("{i} 1 zero"), &NoDevices).unwrap();
+        }
+        let e = b
+            .add_line(&format!("{MAX_TABLE_LINES} 1 zero"), &NoDevices)
+            .unwrap_err();
+        assert_eq!(e.errno, libc::EINVAL);
+        assert_eq!(
+            e.reason,
+            "line 1000001: zero: too many targets (limit 1000000)"
+        );
+        assert_eq!(b.lines(), MAX_TABLE_LINES);
+        // Comments and blank lines do not count.
+        b.add_line("# a comment", &NoDevices).unwrap();
+    }
+
     #[test]
     fn split_args_escapes() {
         assert_eq!(split_args("a  b\\ c \\\\d"), vec!["a", "b c", "\\d"]);

@@ -19,6 +19,7 @@ use fuser::{
 };
 use parking_lot::{Mutex, RwLock};
 
+use crate::access::Caller;
 use crate::control::{CommandInput, TableSession, UuidInput};
 use crate::device::Device;
 use crate::error::DmError;
@@ -46,8 +47,6 @@ pub struct DmFs {
     registry: Arc<Registry>,
     handles: RwLock<HashMap<u64, Arc<Handle>>>,
     next_fh: AtomicU64,
-    uid: u32,
-    gid: u32,
     started: SystemTime,
     passthrough: Passthrough,
 }
@@ -94,6 +93,11 @@ fn guard(op: &str, handler: impl FnOnce()) {
     }
 }
 
+/// The process behind a request, for what it may do.
+fn caller(req: &Request) -> Caller {
+    Caller::of_request(req.uid(), req.gid(), req.pid())
+}
+
 /// The working directory of the process behind a request, for relative paths in tables.
 fn cwd_of(pid: u32) -> Option<PathBuf> {
     std::fs::read_link(format!("/proc/{pid}/cwd")).ok()
@@ -101,14 +105,10 @@ fn cwd_of(pid: u32) -> Option<PathBuf> {
 
 impl DmFs {
     pub fn new(registry: Arc<Registry>, passthrough: PassthroughMode) -> DmFs {
-        // SAFETY: getuid and getgid cannot fail.
-        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
         DmFs {
             registry,
             handles: RwLock::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
-            uid,
-            gid,
             started: SystemTime::now(),
             passthrough: Passthrough::new(passthrough),
         }
@@ -143,27 +143,43 @@ impl DmFs {
         })
     }
 
-    /// Attributes of a node, or None if it no longer exists.
+    /// Attributes of a node, or None if it no longer exists. Owners and modes are what the
+    /// kernel checks (`default_permissions`): `ctl/` is the daemon user's (and the ctl group's),
+    /// a device's files are its owner's.
     fn attr(&self, node: Node) -> Option<FileAttr> {
-        let (perm, size) = match node {
+        let policy = &self.registry.policy;
+        let (daemon, gid) = (policy.uid, policy.gid);
+        let owner = |id| self.device(id).map(|d| d.owner);
+        let (uid, gid, perm, size) = match node {
             Node::DevFile(id) => {
                 let device = self.device(id)?;
-                (
-                    if device.is_read_only() { 0o444 } else { 0o644 },
-                    device.size().bytes().0,
-                )
+                let (uid, gid, mode) = policy.dev_file(device.owner, device.is_read_only());
+                (uid, gid, mode, device.size().bytes().0)
             }
-            Node::DmDevDir(id) => {
-                self.device(id)?;
-                (0o755, 0)
+            Node::DmDevDir(id) => (owner(id)?, gid, 0o755, 0),
+            Node::DmFile(id, DmFile::Uuid) => {
+                (owner(id)?, gid, 0o644, self.text(node)?.len() as u64)
             }
-            Node::DmFile(_, DmFile::Uuid) => (0o644, self.text(node)?.len() as u64),
-            Node::DmFile(..) | Node::Ctl(CtlFile::Targets | CtlFile::Version | CtlFile::Errors) => {
-                (0o444, self.text(node)?.len() as u64)
+            Node::DmFile(id, _) => (owner(id)?, gid, 0o444, self.text(node)?.len() as u64),
+            Node::Ctl(CtlFile::Targets | CtlFile::Version | CtlFile::Errors) => {
+                (daemon, gid, 0o444, self.text(node)?.len() as u64)
             }
-            Node::Ctl(CtlFile::Command(_)) => (0o200, 0),
-            Node::Pending(_) => (0o200, 0),
-            _ => (0o755, 0),
+            Node::Ctl(CtlFile::Command(_)) => {
+                let (gid, mode) = policy.ctl_file();
+                (daemon, gid, mode, 0)
+            }
+            Node::Pending(_) => (daemon, gid, 0o200, 0),
+            Node::CreateDir | Node::ReloadDir => {
+                let (gid, mode) = policy.ctl_dir();
+                (daemon, gid, mode, 0)
+            }
+            // With a ctl group, its members may remove their own devices with rm; the sticky bit
+            // keeps them from removing the others' (dmfs checks that too).
+            Node::DevDir if policy.ctl_gid.is_some() => {
+                let (gid, mode) = policy.ctl_dir();
+                (daemon, gid, mode | 0o1000, 0)
+            }
+            _ => (daemon, gid, 0o755, 0),
         };
         let kind = node.kind();
         Some(FileAttr {
@@ -175,10 +191,10 @@ impl DmFs {
             ctime: self.started,
             crtime: self.started,
             kind,
-            perm,
+            perm: perm as u16,
             nlink: if kind == FileType::Directory { 2 } else { 1 },
-            uid: self.uid,
-            gid: self.gid,
+            uid,
+            gid,
             rdev: 0,
             blksize: 4096,
             flags: 0,
@@ -322,7 +338,7 @@ impl Filesystem for DmFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         _uid: Option<u32>,
@@ -345,6 +361,11 @@ impl Filesystem for DmFs {
             if let (Node::DevFile(id), Some(mode)) = (node, mode) {
                 // chmod a-w makes the device read-only, as `blockdev --setro` does; u+w undoes it.
                 if let Some(device) = self.device(id) {
+                    let caller = caller(req);
+                    if let Err(e) = self.registry.check_manager(&caller, &device) {
+                        self.registry.errors.record("chmod", &device.name(), &e);
+                        return reply.error(errno(&e));
+                    }
                     device.set_read_only(mode & 0o222 == 0);
                 }
             }
@@ -382,12 +403,12 @@ impl Filesystem for DmFs {
         })
     }
 
-    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         guard("unlink", || {
             let (Some(Node::DevDir), Some(name)) = (Node::from_ino(parent), name.to_str()) else {
                 return reply.error(Errno::EACCES);
             };
-            match self.registry.remove(name) {
+            match self.registry.remove(name, &caller(req)) {
                 Ok(()) => reply.ok(),
                 Err(e) => {
                     self.registry.errors.record("remove", name, &e);
@@ -397,7 +418,7 @@ impl Filesystem for DmFs {
         })
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         guard("open", || {
             let Some(node) = Node::from_ino(ino) else {
                 return reply.error(Errno::ENOENT);
@@ -420,12 +441,14 @@ impl Filesystem for DmFs {
                     }
                     Handle::Dev(device, None)
                 }
-                Node::Ctl(CtlFile::Command(c)) => Handle::Command(Mutex::new(CommandInput::new(c))),
+                Node::Ctl(CtlFile::Command(c)) => {
+                    Handle::Command(Mutex::new(CommandInput::new(c, caller(req))))
+                }
                 Node::DmFile(id, DmFile::Uuid) if writing => {
                     let Some(device) = self.device(id) else {
                         return reply.error(Errno::ENOENT);
                     };
-                    Handle::Uuid(Mutex::new(UuidInput::new(device)))
+                    Handle::Uuid(Mutex::new(UuidInput::new(device, caller(req))))
                 }
                 Node::Ctl(_) | Node::DmFile(..) => {
                     if writing {
@@ -470,11 +493,12 @@ impl Filesystem for DmFs {
                 return reply.error(errno(&err));
             };
             let cwd = cwd_of(req.pid());
+            let caller = caller(req);
             let session = if parent == Some(Node::CreateDir) {
                 // A table file created without write permission makes a read-only device.
-                TableSession::create(&self.registry, name, cwd, mode & 0o222 == 0)
+                TableSession::create(&self.registry, name, cwd, caller, mode & 0o222 == 0)
             } else {
-                TableSession::reload(&self.registry, name, cwd)
+                TableSession::reload(&self.registry, name, cwd, caller)
             };
             match session {
                 Ok(session) => {

@@ -10,7 +10,7 @@
 #   SOAK_DIR=/some/dir INTERVAL=10 SIZE_MIB=32 scripts/soak.sh
 #
 # A fifth job, the canary, runs the same fio over a flakey device that corrupts one byte of
-# every read: its verification must fail, which proves the soak would see a corruption.
+# every write: its verification must fail, which proves the soak would see a corruption.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -67,7 +67,7 @@ echo "0 $sectors linear $DIR/lin.img 0" > "$MNT/ctl/create/lin"
 echo "0 $((sectors * 2)) striped 2 16 $DIR/s1.img 0 $DIR/s2.img 0" > "$MNT/ctl/create/str"
 echo "0 $sectors snapshot-origin $DIR/origin.img" > "$MNT/ctl/create/orig"
 echo "0 $sectors snapshot $DIR/origin.img $DIR/cow.img P 16" > "$MNT/ctl/create/snap"
-echo "0 $sectors flakey $DIR/canary.img 0 0 1 5 corrupt_bio_byte 100 r 7 0" > "$MNT/ctl/create/canary"
+echo "0 $sectors flakey $DIR/canary.img 0 0 1 5 corrupt_bio_byte 100 w 7 0" > "$MNT/ctl/create/canary"
 
 # Each job writes its own device with checksummed blocks and verifies them as it goes
 # (verify_backlog) and at the end.
@@ -152,7 +152,7 @@ for job, t in totals.items():
     if job != "canary":
         bad += t["verify failures"]
 canary = totals["canary"]["verify failures"]
-print(f"canary (a device that corrupts every read): {canary} verify failures seen"
+print(f"canary (a device that corrupts every write): {canary} verify failures seen"
       + ("" if canary else " -- NONE: the soak cannot see corruption"))
 n, fail = open(os.path.join(d, "churn.count")).read().split()
 print(f"churn: {n} operations, {fail} failed")

@@ -249,7 +249,9 @@ impl Registry {
         d.by_id.remove(&device.id);
         drop(d);
         // The table goes with the device: references it held to other devices are released
-        // once the last reader drops its Arc.
+        // once the last reader drops its Arc. As the kernel's destroy does, targets first let
+        // go of what they hold back (a delay's flush would otherwise wait out its delay).
+        device.table().presuspend_targets();
         if let Err(e) = device.flush() {
             log::warn!("remove {name}: flush failed: {e}");
         }
@@ -391,9 +393,11 @@ impl Registry {
         f(&resolver)
     }
 
-    /// Flushes every device (unmount, fsync of the whole mount).
+    /// Flushes every device as the mount ends: targets let go of held I/O first, as at a
+    /// suspend, so the end of the mount never waits out a delay target's delay.
     pub fn flush_all(&self) {
         for device in self.list() {
+            device.table().presuspend_targets();
             if let Err(e) = device.flush() {
                 log::warn!("flush {}: {e}", device.name());
             }

@@ -200,12 +200,19 @@ impl Table {
         })
     }
 
-    /// Writes whole sectors; `buf.len()` must be a multiple of 512.
+    /// Writes whole sectors; `buf.len()` must be a multiple of 512. As in the kernel, where
+    /// a write is split into one clone per target, every piece is written even when an
+    /// earlier one fails; the first error is the answer.
     pub fn write(&self, start: Sectors, buf: &[u8]) -> std::io::Result<()> {
         let count = Sectors(buf.len() as u64 / crate::units::SECTOR_SIZE);
+        let mut first_error = None;
         self.for_each_piece(start, count, |e, off, range| {
-            e.target.write(off, &buf[range])
-        })
+            if let Err(err) = e.target.write(off, &buf[range]) {
+                first_error.get_or_insert(err);
+            }
+            Ok(())
+        })?;
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Tells the targets the table is live (see `Target::resume`).

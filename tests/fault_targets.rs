@@ -78,12 +78,11 @@ fn flakey_drop_writes_and_error_writes_keep_reads_working() {
 #[test]
 fn flakey_corrupts_the_nth_byte_of_each_request() {
     let m = mount_with_disks();
-    // Reads: byte 5 of every request becomes 0xee; the disk is untouched.
+    // Reads: the 6.1 kernel's read corruption never changes a byte (fixtures/kernel/faults.out),
+    // so neither does dmfs's: reads come back clean while down, and the disk is untouched.
     m.ok("echo \"0 100 flakey $PWD/a.img 0 0 5 5 corrupt_bio_byte 5 r 238 0\" > $MNT/ctl/create/r");
     let out = m.ok("dd if=$MNT/dev/r bs=512 skip=7 count=1 iflag=direct status=none | od -An -v -tx1 | tr -d ' \\n'");
-    let mut want = sector(0, 7);
-    want[4] = 0xee;
-    let hex: String = want.iter().map(|b| format!("{b:02x}")).collect();
+    let hex: String = sector(0, 7).iter().map(|b| format!("{b:02x}")).collect();
     assert_eq!(out, hex);
     assert_eq!(
         std::fs::read(m.path("a.img")).unwrap(),
@@ -150,6 +149,8 @@ fn flakey_refuses_bad_features_with_the_kernels_words() {
         ),
         ("x 0 5", "Invalid device sector"),
         ("0 x 5", "Invalid up interval"),
+        // The kernel words a bad down interval the same way.
+        ("0 5 x", "Invalid up interval"),
         ("0 0", "Invalid argument count"),
     ] {
         let err = m.fails(&format!(

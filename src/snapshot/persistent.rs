@@ -116,7 +116,11 @@ impl Persistent {
             });
         }
         if magic != SNAP_MAGIC {
-            return Err(fail("Invalid or corrupt snapshot (bad magic)".into()));
+            // The kernel's read_header fails with -ENXIO here, not -EINVAL.
+            return Err(DmError::new(
+                libc::ENXIO,
+                "Failed to read snapshot metadata: Invalid or corrupt snapshot (bad magic)",
+            ));
         }
         let valid = read_u32(&header, 4);
         let version = read_u32(&header, 8);

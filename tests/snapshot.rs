@@ -14,7 +14,7 @@ use std::os::fd::IntoRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 // ---------------------------------------------------------------------------------------------
@@ -913,12 +913,17 @@ fn kill9_keeps_fsynced_writes_and_the_snapshot() {
             );
             std::thread::sleep(Duration::from_millis(1));
         }
-        std::thread::sleep(Duration::from_millis(rng.below(250)));
+        std::thread::sleep(Duration::from_millis(rng.below(120)));
         m.kill9();
         stop.store(true, Ordering::SeqCst);
         writer.join().unwrap();
         let done = done.load(Ordering::SeqCst);
         let started = started.load(Ordering::SeqCst);
+        eprintln!(
+            "cycle {cycle}: {} records completed, {} in flight at the kill",
+            done - next,
+            started - done
+        );
         assert!(
             done > next,
             "cycle {cycle}: no record completed before the kill"
@@ -984,8 +989,8 @@ fn kill9_keeps_fsynced_writes_and_the_snapshot() {
 
 /// Four writers on the origin device at once, each on its own 4 KiB blocks of the first half
 /// (a whole-block write, then a partial overwrite) and all of them on random blocks of the
-/// second half, while two readers keep reading the snapshots whole: the snapshots always read
-/// the original bytes. Afterwards the first half is exactly what its writers wrote, each block
+/// second half, while two readers keep reading the snapshots whole and four more chase the
+/// blocks being written: the snapshots always read the original bytes. Afterwards the first half is exactly what its writers wrote, each block
 /// of the second half is one of the writes made to it, and `status` counts every chunk
 /// touched.
 #[test]
@@ -1056,15 +1061,36 @@ fn concurrent_origin_writers_never_show_through_the_snapshot() {
             passes
         }));
     }
+    // Chasers: each keeps reading, from one snapshot, the block a writer is about to write,
+    // where a read racing the copy-out would see the new bytes.
+    let hot = Arc::new(AtomicU64::new(0));
+    for name in ["sp", "sn", "sp", "sn"] {
+        let (writing, saved, hot) = (writing.clone(), saved.clone(), hot.clone());
+        let path = m.mnt.join("dev").join(name);
+        readers.push(std::thread::spawn(move || {
+            let f = File::open(path).unwrap();
+            let mut buf = vec![0u8; 4096];
+            let mut reads = 0;
+            while writing.load(Ordering::SeqCst) > 0 || reads < 3 {
+                let b = hot.load(Ordering::SeqCst) as usize;
+                f.read_exact_at(&mut buf, b as u64 * 4096).unwrap();
+                let want = &saved[b * 4096..(b + 1) * 4096];
+                assert_same(&format!("block {b} of dev/{name}"), &buf, want);
+                reads += 1;
+            }
+            reads
+        }));
+    }
     let writers: Vec<_> = plans
         .iter()
         .cloned()
         .map(|plan| {
-            let writing = writing.clone();
+            let (writing, hot) = (writing.clone(), hot.clone());
             let path = m.mnt.join("dev/origin");
             std::thread::spawn(move || {
                 let f = OpenOptions::new().write(true).open(path).unwrap();
                 for (b, from, data) in plan {
+                    hot.store(b, Ordering::SeqCst);
                     f.write_all_at(&data, b * 4096 + from as u64).unwrap();
                 }
                 writing.fetch_sub(1, Ordering::SeqCst);

@@ -240,6 +240,79 @@ fn errno_of(r: &io::Result<Vec<u8>>) -> Option<i32> {
     r.as_ref().err().and_then(io::Error::raw_os_error)
 }
 
+/// A persistent COW file read back in the kernel's on-disk format (dm-snap-persistent.c),
+/// independently of dmfs: chunk 0 holds the header (magic "SnAp", valid, version 1, chunk
+/// size, little-endian u32s); metadata areas sit at chunk `1 + (epa + 1) * i`, each with up to
+/// `epa = chunk bytes / 16` (old chunk, new chunk) u64 pairs; a pair whose new chunk is 0 ends
+/// the list, and only a full area is followed by another.
+struct Cow {
+    valid: bool,
+    chunk: u64,
+    exceptions: Vec<(u64, u64)>,
+}
+
+fn parse_cow(bytes: &[u8]) -> Cow {
+    let word = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
+    assert_eq!(&bytes[..4], b"SnAp", "COW magic");
+    assert_eq!(word(8), 1, "COW version");
+    let chunk = word(12) as u64;
+    let chunk_bytes = chunk as usize * 512;
+    let epa = chunk_bytes / 16;
+    let mut exceptions = Vec::new();
+    let mut area = 0;
+    'areas: loop {
+        let at = (1 + (epa + 1) * area) * chunk_bytes;
+        for i in 0..epa {
+            let e = at + i * 16;
+            let old = u64::from_le_bytes(bytes[e..e + 8].try_into().unwrap());
+            let new = u64::from_le_bytes(bytes[e + 8..e + 16].try_into().unwrap());
+            if new == 0 {
+                break 'areas;
+            }
+            exceptions.push((old, new));
+        }
+        area += 1;
+    }
+    Cow {
+        valid: word(4) == 1,
+        chunk,
+        exceptions,
+    }
+}
+
+/// Checks a persistent COW file against what the snapshot must hold: exactly the origin
+/// chunks `excepted`, each new chunk a data chunk (not the header, not a metadata area, used
+/// once), holding `image`'s bytes for that chunk (the snapshot's image: the original data, or
+/// what was written to the snapshot).
+fn check_cow(what: &str, cow: &[u8], image: &[u8], excepted: &BTreeSet<u64>) {
+    let parsed = parse_cow(cow);
+    assert!(parsed.valid, "{what}: COW marked invalid");
+    let chunk_bytes = parsed.chunk as usize * 512;
+    let epa = parsed.chunk * 512 / 16;
+    let olds: BTreeSet<u64> = parsed.exceptions.iter().map(|e| e.0).collect();
+    assert_eq!(
+        olds.len(),
+        parsed.exceptions.len(),
+        "{what}: an origin chunk saved twice"
+    );
+    assert_eq!(&olds, excepted, "{what}: the chunks in the COW metadata");
+    let mut news = BTreeSet::new();
+    for &(old, new) in &parsed.exceptions {
+        assert!(
+            new >= 2 && new % (epa + 1) != 1 && news.insert(new),
+            "{what}: chunk {old} saved in chunk {new}, a header, metadata or reused chunk"
+        );
+        let from = old as usize * chunk_bytes;
+        let len = chunk_bytes.min(image.len() - from);
+        let got = &cow[new as usize * chunk_bytes..][..len];
+        assert_same(
+            &format!("{what}: COW chunk {new} (origin chunk {old})"),
+            got,
+            &image[from..from + len],
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // 1. The classic tables
 // ---------------------------------------------------------------------------------------------
@@ -323,6 +396,10 @@ fn classic(ty: &str, direct: bool) {
         }
     }
     m.ok("cmp $MNT/dev/snap saved.img");
+    if store == Store::Persistent {
+        let cow = std::fs::read(m.path("cow.img")).unwrap();
+        check_cow("cow.img", &cow, &saved, &excepted);
+    }
     assert_same("dev/snap", &read_dev(&m, "snap").unwrap(), &saved);
     assert_same("dev/origin", &read_dev(&m, "origin").unwrap(), &model);
     assert_same(
@@ -787,9 +864,18 @@ fn persistent_snapshot_survives_a_remount_and_transient_starts_afresh() {
     assert!(!m.is_mounted());
     m.start(&[]);
     create(&m, "origin", &origin_table);
-    create(&m, "sp", &p_table);
+    // The chunk size in the COW header overrides the table's (persistent_read_metadata), and
+    // the table then shows the header's.
+    create(&m, "sp", &p_table.replace(" P 2", " P 16"));
+    assert_eq!(m.read("dm/sp/table"), format!("{p_table}\n"));
     create(&m, "sn", &n_table);
     assert_eq!(status(&m, "sp"), p_status);
+    check_cow(
+        "p.cow after remount",
+        &std::fs::read(m.path("p.cow")).unwrap(),
+        &p_model,
+        &p_excepted,
+    );
     assert_same(
         "dev/sp after remount",
         &read_dev(&m, "sp").unwrap(),
@@ -848,13 +934,15 @@ fn persistent_snapshot_survives_a_remount_and_transient_starts_afresh() {
 /// A P snapshot; a writer that writes 4 KiB records through the origin device, each followed
 /// by fsync, counting the records that completed; the daemon killed with SIGKILL at a seeded
 /// random moment; restarted, the tables created again: every completed record is on the
-/// origin, the snapshot still reads the origin as it was when it was taken, and its `status`
-/// counts the chunks the completed records touched (plus at most the chunks of the record in
-/// flight). Five cycles.
+/// origin, the snapshot still reads the origin as it was when it was taken, the COW file (read
+/// in the kernel's format) saves every chunk the completed records touched (and at most the
+/// record in flight's), each holding the original data, and `status` counts them. Chunks of
+/// one sector: 32 exceptions per metadata area, so the kills land around area boundaries too.
+/// Five cycles.
 #[test]
 fn kill9_keeps_fsynced_writes_and_the_snapshot() {
     const SECTORS: u64 = 8192;
-    const CHUNK: u64 = 8;
+    const CHUNK: u64 = 1;
     let mut m = Mount::new();
     write_pattern_image(&m.path("origin.img"), 6, SECTORS);
     zero_file(&m.path("c.cow"), 8 << 20);
@@ -956,29 +1044,39 @@ fn kill9_keeps_fsynced_writes_and_the_snapshot() {
             &read_dev(&m, "origin").unwrap(),
             &model,
         );
-        let got = status(&m, "snap");
-        let allowed: Vec<String> = (excepted.len()..=maybe.len())
-            .map(|n| {
-                snap_status(
-                    "snapshot",
-                    SECTORS,
-                    Store::Persistent,
-                    CHUNK,
-                    16384,
-                    n as u64,
-                )
-            })
+        // The exceptions of the record in flight may or may not have reached the store
+        // (partly, too, when they filled a metadata area): the COW file says which.
+        let on_disk: BTreeSet<u64> = parse_cow(&std::fs::read(m.path("c.cow")).unwrap())
+            .exceptions
+            .iter()
+            .map(|e| e.0)
             .collect();
         assert!(
-            allowed.contains(&got),
-            "cycle {cycle}: status {got:?}, expected one of {allowed:?}"
+            on_disk.is_superset(&excepted) && on_disk.is_subset(&maybe),
+            "cycle {cycle}: the COW holds {} exceptions; {} were committed, {} at most",
+            on_disk.len(),
+            excepted.len(),
+            maybe.len()
         );
-        // dmfs commits the exceptions of one write together: all of the in-flight record's
-        // chunks are in the store or none.
-        if got != allowed[0] {
-            excepted = maybe;
-            assert_eq!(got, *allowed.last().unwrap(), "cycle {cycle}");
-        }
+        excepted = on_disk;
+        check_cow(
+            &format!("cycle {cycle}: c.cow"),
+            &std::fs::read(m.path("c.cow")).unwrap(),
+            &saved,
+            &excepted,
+        );
+        assert_eq!(
+            status(&m, "snap"),
+            snap_status(
+                "snapshot",
+                SECTORS,
+                Store::Persistent,
+                CHUNK,
+                16384,
+                excepted.len() as u64
+            ),
+            "cycle {cycle}"
+        );
         next = started;
     }
 }
@@ -1141,6 +1239,12 @@ fn concurrent_origin_writers_never_show_through_the_snapshot() {
     }
     assert_same("dev/sp", &read_dev(&m, "sp").unwrap(), &saved);
     assert_same("dev/sn", &read_dev(&m, "sn").unwrap(), &saved);
+    check_cow(
+        "p.cow",
+        &std::fs::read(m.path("p.cow")).unwrap(),
+        &saved,
+        &touched,
+    );
     let p_chunks = touched.len() as u64;
     let n_chunks = touched.iter().map(|b| b / 4).collect::<BTreeSet<_>>().len() as u64;
     assert_eq!(

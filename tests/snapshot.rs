@@ -1575,3 +1575,329 @@ fn bad_snapshot_tables_are_refused_and_change_nothing() {
     );
     assert_eq!(status(&m, "zero"), "0 1024 snapshot 64/2048 64");
 }
+
+// ---------------------------------------------------------------------------------------------
+// 9. Sizes, handover, merging beside another snapshot
+// ---------------------------------------------------------------------------------------------
+
+/// An origin of 1000 sectors: with chunk 16 its last chunk is half outside it. `a` (P 16) saves
+/// only the part inside (the kernel copies `min(chunk, origin size - start)`), `c` (P 16) is
+/// written through itself in that last chunk first, `b` (N 8) is a snapshot of only the first
+/// 512 sectors: origin writes past its end save nothing (`__origin_write`: "Nothing to do if
+/// writing beyond end of snapshot"), a write across its end saves the chunks inside.
+#[test]
+fn partial_last_chunk_and_a_snapshot_shorter_than_its_origin() {
+    const SECTORS: u64 = 1000;
+    let m = Mount::new();
+    write_pattern_image(&m.path("origin.img"), 10, SECTORS);
+    for cow in ["a.cow", "b.cow", "c.cow"] {
+        zero_file(&m.path(cow), 1 << 20);
+    }
+    let o = abs(&m, "origin.img");
+    create(&m, "origin", &format!("0 {SECTORS} snapshot-origin {o}"));
+    create(
+        &m,
+        "a",
+        &format!("0 {SECTORS} snapshot {o} {} P 16", abs(&m, "a.cow")),
+    );
+    create(
+        &m,
+        "b",
+        &format!("0 512 snapshot {o} {} N 8", abs(&m, "b.cow")),
+    );
+    create(
+        &m,
+        "c",
+        &format!("0 {SECTORS} snapshot {o} {} P 16", abs(&m, "c.cow")),
+    );
+    let mut origin = pattern_image(10, SECTORS);
+    let mut a = origin.clone();
+    let b = origin[..512 * 512].to_vec();
+    let mut c = origin.clone();
+    let (mut ax, mut bx, mut cx) = (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
+    let end = SECTORS * 512;
+    // c first: a write of its own into the last, partial chunk (62: sectors 992..1008).
+    let data = pseudo_random(1100, 1500);
+    open_dev(&m, "c").write_all_at(&data, end - 3000).unwrap();
+    c[(end - 3000) as usize..(end - 1500) as usize].copy_from_slice(&data);
+    cx.extend(chunks_of(end - 3000, 1500, 16));
+    let writes: [(u64, u64); 4] = [
+        (end - 2048, 2048),
+        (500 * 512, 20 * 512),
+        (0, 700),
+        (end - 1, 1),
+    ];
+    for (i, &(off, len)) in writes.iter().enumerate() {
+        let data = pseudo_random(1101 + i as u64, len as usize);
+        open_dev(&m, "origin").write_all_at(&data, off).unwrap();
+        origin[off as usize..(off + len) as usize].copy_from_slice(&data);
+        ax.extend(chunks_of(off, len, 16));
+        cx.extend(chunks_of(off, len, 16));
+        if off < 512 * 512 {
+            bx.extend(chunks_of(off, len.min(512 * 512 - off), 8));
+        }
+    }
+    // a's own write into its (already saved) last chunk.
+    let data = pseudo_random(1110, 4096);
+    open_dev(&m, "a").write_all_at(&data, end - 4096).unwrap();
+    a[(end - 4096) as usize..].copy_from_slice(&data);
+    assert_same("dev/origin", &read_dev(&m, "origin").unwrap(), &origin);
+    assert_same("dev/a", &read_dev(&m, "a").unwrap(), &a);
+    assert_same("dev/b", &read_dev(&m, "b").unwrap(), &b);
+    assert_same("dev/c", &read_dev(&m, "c").unwrap(), &c);
+    assert_eq!(
+        status(&m, "a"),
+        snap_status(
+            "snapshot",
+            SECTORS,
+            Store::Persistent,
+            16,
+            2048,
+            ax.len() as u64
+        )
+    );
+    assert_eq!(
+        status(&m, "b"),
+        snap_status("snapshot", 512, Store::Transient, 8, 2048, bx.len() as u64)
+    );
+    assert_eq!(bx, BTreeSet::from([0, 62, 63]));
+    assert_eq!(
+        status(&m, "c"),
+        snap_status(
+            "snapshot",
+            SECTORS,
+            Store::Persistent,
+            16,
+            2048,
+            cx.len() as u64
+        )
+    );
+    check_cow("a.cow", &std::fs::read(m.path("a.cow")).unwrap(), &a, &ax);
+    check_cow("c.cow", &std::fs::read(m.path("c.cow")).unwrap(), &c, &cx);
+}
+
+/// Reloading a snapshot device with the same COW file hands the exceptions over to the new
+/// table at resume (dm-snap.c `snapshot_resume` / `__handover_exceptions`); origin writes made
+/// while the snapshot device is suspended are still saved (suspending a snapshot does not
+/// deactivate it). Reloading it with a new COW file makes a new snapshot, of the origin as it
+/// is at resume: origin writes between the reload and the resume are not saved in it
+/// (`snapshot->active` is set at resume).
+#[test]
+fn reload_hands_exceptions_over_and_a_new_cow_starts_at_resume() {
+    const SECTORS: u64 = 2048;
+    let m = Mount::new();
+    write_pattern_image(&m.path("origin.img"), 11, SECTORS);
+    zero_file(&m.path("c1.cow"), 2 << 20);
+    zero_file(&m.path("c2.cow"), 2 << 20);
+    let o = abs(&m, "origin.img");
+    let t1 = format!("0 {SECTORS} snapshot {o} {} P 8", abs(&m, "c1.cow"));
+    let t2 = format!("0 {SECTORS} snapshot {o} {} P 8", abs(&m, "c2.cow"));
+    create(&m, "origin", &format!("0 {SECTORS} snapshot-origin {o}"));
+    create(&m, "snap", &t1);
+    let mut origin = pattern_image(11, SECTORS);
+    let mut snap = origin.clone();
+    let mut x1 = BTreeSet::new();
+    let write = |dev: &str, image: &mut Vec<u8>, seed: u64, off: u64, len: u64| {
+        let data = pseudo_random(seed, len as usize);
+        open_dev(&m, dev).write_all_at(&data, off).unwrap();
+        image[off as usize..(off + len) as usize].copy_from_slice(&data);
+    };
+    write("origin", &mut origin, 1200, 0, 10000);
+    x1.extend(chunks_of(0, 10000, 8));
+    write("snap", &mut snap, 1201, 300_000, 5000);
+    x1.extend(chunks_of(300_000, 5000, 8));
+    // Handover: the same COW file.
+    must(
+        &m,
+        "reload snap",
+        write_table(&m, "reload", "snap", &format!("{t1}\n")),
+    );
+    must(&m, "suspend snap", ctl(&m, "suspend", "snap"));
+    write("origin", &mut origin, 1202, 600_000, 9000);
+    x1.extend(chunks_of(600_000, 9000, 8));
+    must(&m, "resume snap", ctl(&m, "resume", "snap"));
+    assert_same(
+        "dev/snap after the handover",
+        &read_dev(&m, "snap").unwrap(),
+        &snap,
+    );
+    let s1 = snap_status(
+        "snapshot",
+        SECTORS,
+        Store::Persistent,
+        8,
+        4096,
+        x1.len() as u64,
+    );
+    assert_eq!(status(&m, "snap"), s1);
+    write("snap", &mut snap, 1203, 700_000, 3000);
+    x1.extend(chunks_of(700_000, 3000, 8));
+    write("origin", &mut origin, 1204, 800_000, 3000);
+    x1.extend(chunks_of(800_000, 3000, 8));
+    assert_same(
+        "dev/snap after more writes",
+        &read_dev(&m, "snap").unwrap(),
+        &snap,
+    );
+    check_cow(
+        "c1.cow",
+        &std::fs::read(m.path("c1.cow")).unwrap(),
+        &snap,
+        &x1,
+    );
+    // A new COW file: a new snapshot, taken at resume.
+    must(
+        &m,
+        "reload snap",
+        write_table(&m, "reload", "snap", &format!("{t2}\n")),
+    );
+    write("origin", &mut origin, 1205, 900_000, 4000);
+    x1.extend(chunks_of(900_000, 4000, 8));
+    must(&m, "suspend snap", ctl(&m, "suspend", "snap"));
+    write("origin", &mut origin, 1206, 950_000, 4000);
+    x1.extend(chunks_of(950_000, 4000, 8));
+    must(&m, "resume snap", ctl(&m, "resume", "snap"));
+    let mut snap2 = origin.clone();
+    assert_same("dev/snap on c2", &read_dev(&m, "snap").unwrap(), &snap2);
+    assert_eq!(
+        status(&m, "snap"),
+        snap_status("snapshot", SECTORS, Store::Persistent, 8, 4096, 0)
+    );
+    write("origin", &mut origin, 1207, 100_000, 4096);
+    let x2: BTreeSet<u64> = chunks_of(100_000, 4096, 8).collect();
+    write("snap", &mut snap2, 1208, 0, 512);
+    let mut x2 = x2;
+    x2.extend(chunks_of(0, 512, 8));
+    assert_same(
+        "dev/snap on c2 later",
+        &read_dev(&m, "snap").unwrap(),
+        &snap2,
+    );
+    assert_same("dev/origin", &read_dev(&m, "origin").unwrap(), &origin);
+    check_cow(
+        "c2.cow",
+        &std::fs::read(m.path("c2.cow")).unwrap(),
+        &snap2,
+        &x2,
+    );
+    // c1 went out of use with the old table: what it saved before stays as it was, and the
+    // writes after the second reload (the old table still live until resume) are in it too.
+    check_cow(
+        "c1.cow at the end",
+        &std::fs::read(m.path("c1.cow")).unwrap(),
+        &snap,
+        &x1,
+    );
+}
+
+/// Merging one snapshot while another snapshot of the same origin exists: before the merge
+/// overwrites origin chunks, the other snapshot saves them (`snapshot_merge_next_chunks` ->
+/// `origin_write_extent`), so it keeps reading the original image. Writes to the origin
+/// during the merge land in the merged image: to the COW file for chunks not merged yet, to
+/// the origin (saving chunks for the other snapshot) otherwise.
+#[test]
+fn merge_beside_another_snapshot_with_writes_during_the_merge() {
+    const SECTORS: u64 = 4096;
+    let m = Mount::new();
+    write_pattern_image(&m.path("origin.img"), 12, SECTORS);
+    zero_file(&m.path("m.cow"), 2 << 20);
+    zero_file(&m.path("k.cow"), 4 << 20);
+    let o = abs(&m, "origin.img");
+    let mc = abs(&m, "m.cow");
+    create(&m, "origin", &format!("0 {SECTORS} snapshot-origin {o}"));
+    create(&m, "merged", &format!("0 {SECTORS} snapshot {o} {mc} P 1"));
+    create(
+        &m,
+        "kept",
+        &format!("0 {SECTORS} snapshot {o} {} N 8", abs(&m, "k.cow")),
+    );
+    let saved = pattern_image(12, SECTORS);
+    let mut origin = saved.clone();
+    let mut merged = saved.clone();
+    let (mut mx, mut kx) = (BTreeSet::new(), BTreeSet::new());
+    let mut rng = Rng::new(13);
+    {
+        let of = open_dev(&m, "origin");
+        let mf = open_dev(&m, "merged");
+        for i in 0..80u64 {
+            let len = 1 + rng.below(6000);
+            let off = rng.below(SECTORS * 512 - len);
+            let data = pseudo_random(1300 + i, len as usize);
+            let range = off as usize..(off + len) as usize;
+            if i % 2 == 0 {
+                of.write_all_at(&data, off).unwrap();
+                origin[range].copy_from_slice(&data);
+                kx.extend(chunks_of(off, len, 8));
+            } else {
+                mf.write_all_at(&data, off).unwrap();
+                merged[range].copy_from_slice(&data);
+            }
+            mx.extend(chunks_of(off, len, 1));
+        }
+        assert_same("dev/merged", &read_at(&mf, merged.len()), &merged);
+    }
+    assert_same("dev/kept", &read_dev(&m, "kept").unwrap(), &saved);
+    remove(&m, "merged");
+    replace_table(
+        &m,
+        "origin",
+        &format!("0 {SECTORS} snapshot-merge {o} {mc} P 1"),
+    );
+    // Writes while the merge runs (some of them, at least: it may be quick).
+    let mut expect = merged.clone();
+    {
+        let of = open_dev(&m, "origin");
+        for i in 0..20u64 {
+            let len = 1 + rng.below(3000);
+            let off = rng.below(SECTORS * 512 - len);
+            let data = pseudo_random(1400 + i, len as usize);
+            of.write_all_at(&data, off).unwrap();
+            expect[off as usize..(off + len) as usize].copy_from_slice(&data);
+            kx.extend(chunks_of(off, len, 8));
+        }
+        assert_same(
+            "dev/origin while merging",
+            &read_at(&of, expect.len()),
+            &expect,
+        );
+    }
+    let done = format!("0 {SECTORS} snapshot-merge 2/4096 2");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while status(&m, "origin") != done {
+        assert!(
+            Instant::now() < deadline,
+            "merge did not finish: {}",
+            status(&m, "origin")
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_same(
+        "dev/origin merged",
+        &read_dev(&m, "origin").unwrap(),
+        &expect,
+    );
+    assert_same(
+        "origin.img merged",
+        &std::fs::read(m.path("origin.img")).unwrap(),
+        &expect,
+    );
+    assert_same(
+        "dev/kept after the merge",
+        &read_dev(&m, "kept").unwrap(),
+        &saved,
+    );
+    // The kept snapshot saved every chunk the merge wrote (all the merged snapshot's
+    // exceptions) and every chunk written through the origin.
+    kx.extend(mx.iter().map(|s| s / 8));
+    assert_eq!(
+        status(&m, "kept"),
+        snap_status(
+            "snapshot",
+            SECTORS,
+            Store::Transient,
+            8,
+            8192,
+            kx.len() as u64
+        )
+    );
+}

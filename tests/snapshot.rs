@@ -1088,7 +1088,9 @@ fn kill9_keeps_fsynced_writes_and_the_snapshot() {
 /// Four writers on the origin device at once, each on its own 4 KiB blocks of the first half
 /// (a whole-block write, then a partial overwrite) and all of them on random blocks of the
 /// second half, while two readers keep reading the snapshots whole and four more chase the
-/// blocks being written: the snapshots always read the original bytes. Afterwards the first half is exactly what its writers wrote, each block
+/// blocks being written: the snapshots always read the original bytes. Meanwhile two writers
+/// write into a third snapshot, on their own blocks: it ends up as the original image plus
+/// exactly their writes. Afterwards the first half is exactly what its writers wrote, each block
 /// of the second half is one of the writes made to it, and `status` counts every chunk
 /// touched.
 #[test]
@@ -1113,6 +1115,31 @@ fn concurrent_origin_writers_never_show_through_the_snapshot() {
         "sn",
         &format!("0 {SECTORS} snapshot {o} {} N 32", abs(&m, "n.cow")),
     );
+    zero_file(&m.path("w.cow"), 4 << 20);
+    create(
+        &m,
+        "sw",
+        &format!("0 {SECTORS} snapshot {o} {} P 16", abs(&m, "w.cow")),
+    );
+    // Two more writers write into the snapshot sw, each on its own blocks (by parity), at
+    // the same time as the origin writers: sw must end up as the original image plus exactly
+    // their writes.
+    let mut sw_model = saved.to_vec();
+    let mut sw_plans: Vec<Vec<(u64, usize, Vec<u8>)>> = Vec::new();
+    let mut sw_rng = Rng::new(17);
+    for u in 0..2u64 {
+        let mut plan = Vec::new();
+        for i in 0..150u64 {
+            let b = sw_rng.below(BLOCKS / 2) * 2 + u;
+            let from = sw_rng.below(4096) as usize;
+            let len = 1 + sw_rng.below((4096 - from) as u64) as usize;
+            let data = pseudo_random(u << 56 | i, len);
+            let at = (b * 4096) as usize + from;
+            sw_model[at..at + len].copy_from_slice(&data);
+            plan.push((b, from, data));
+        }
+        sw_plans.push(plan);
+    }
     // (block, byte offset in it, data) per writer, planned here.
     let mut plans: Vec<Vec<(u64, usize, Vec<u8>)>> = Vec::new();
     let mut rng = Rng::new(5);
@@ -1195,7 +1222,20 @@ fn concurrent_origin_writers_never_show_through_the_snapshot() {
             })
         })
         .collect();
-    for w in writers {
+    let sw_writers: Vec<_> = sw_plans
+        .iter()
+        .cloned()
+        .map(|plan| {
+            let path = m.mnt.join("dev/sw");
+            std::thread::spawn(move || {
+                let f = OpenOptions::new().write(true).open(path).unwrap();
+                for (b, from, data) in plan {
+                    f.write_all_at(&data, b * 4096 + from as u64).unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in writers.into_iter().chain(sw_writers) {
         w.join().unwrap();
     }
     for r in readers {
@@ -1244,6 +1284,26 @@ fn concurrent_origin_writers_never_show_through_the_snapshot() {
         &std::fs::read(m.path("p.cow")).unwrap(),
         &saved,
         &touched,
+    );
+    assert_same("dev/sw", &read_dev(&m, "sw").unwrap(), &sw_model);
+    let mut w_chunks: BTreeSet<u64> = touched.iter().map(|b| b / 2).collect();
+    w_chunks.extend(sw_plans.iter().flatten().map(|(b, _, _)| b / 2));
+    check_cow(
+        "w.cow",
+        &std::fs::read(m.path("w.cow")).unwrap(),
+        &sw_model,
+        &w_chunks,
+    );
+    assert_eq!(
+        status(&m, "sw"),
+        snap_status(
+            "snapshot",
+            SECTORS,
+            Store::Persistent,
+            16,
+            8192,
+            w_chunks.len() as u64
+        )
     );
     let p_chunks = touched.len() as u64;
     let n_chunks = touched.iter().map(|b| b / 4).collect::<BTreeSet<_>>().len() as u64;

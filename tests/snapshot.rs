@@ -1961,3 +1961,67 @@ fn merge_beside_another_snapshot_with_writes_during_the_merge() {
         )
     );
 }
+
+/// `snapshot-merge` loaded while the snapshot device still exists takes its exceptions over at
+/// resume (`__validate_exception_handover` allows a merging destination; the handover sets the
+/// source invalid so it gets no more I/O): the old snapshot device then fails I/O with EIO and
+/// says `Invalid`, the origin reads the snapshot's image and the merge runs to the end.
+#[test]
+fn merge_takes_a_live_snapshot_over() {
+    const SECTORS: u64 = 2048;
+    let m = Mount::new();
+    write_pattern_image(&m.path("origin.img"), 14, SECTORS);
+    zero_file(&m.path("c.cow"), 1 << 20);
+    let (o, c) = (abs(&m, "origin.img"), abs(&m, "c.cow"));
+    create(&m, "origin", &format!("0 {SECTORS} snapshot-origin {o}"));
+    create(&m, "snap", &format!("0 {SECTORS} snapshot {o} {c} P 8"));
+    let mut image = pattern_image(14, SECTORS);
+    {
+        let of = open_dev(&m, "origin");
+        let sf = open_dev(&m, "snap");
+        for i in 0..10u64 {
+            of.write_all_at(&pseudo_random(1500 + i, 7000), i * 90_000)
+                .unwrap();
+            let data = pseudo_random(1600 + i, 3000);
+            let off = i * 90_000 + 50_000;
+            sf.write_all_at(&data, off).unwrap();
+            image[off as usize..off as usize + 3000].copy_from_slice(&data);
+        }
+    }
+    // A second table on the COW of a live snapshot that is not merging: refused, as the
+    // kernel refuses two destinations.
+    let t = format!("0 {SECTORS} snapshot {o} {c} P 8\n");
+    must(&m, "reload snap", write_table(&m, "reload", "snap", &t));
+    let second = write_table(&m, "create", "other", &t);
+    assert_eq!(
+        second.err().and_then(|e| e.raw_os_error()),
+        Some(libc::EINVAL),
+        "a second destination for the same COW"
+    );
+    assert!(m.read("ctl/errors").contains("handover failed"));
+    assert!(!m.mnt.join("dev/other").exists());
+    // Drop the pending reload again: resume swaps it in (a handover to itself).
+    must(&m, "suspend snap", ctl(&m, "suspend", "snap"));
+    must(&m, "resume snap", ctl(&m, "resume", "snap"));
+    assert_same("dev/snap", &read_dev(&m, "snap").unwrap(), &image);
+    replace_table(
+        &m,
+        "origin",
+        &format!("0 {SECTORS} snapshot-merge {o} {c} P 8"),
+    );
+    assert_same("dev/origin", &read_dev(&m, "origin").unwrap(), &image);
+    assert_eq!(errno_of(&read_dev(&m, "snap")), Some(libc::EIO));
+    assert_eq!(status(&m, "snap"), format!("0 {SECTORS} snapshot Invalid"));
+    let done = format!("0 {SECTORS} snapshot-merge 16/2048 16");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while status(&m, "origin") != done {
+        assert!(Instant::now() < deadline, "{}", status(&m, "origin"));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    remove(&m, "snap");
+    assert_same(
+        "origin.img merged",
+        &std::fs::read(m.path("origin.img")).unwrap(),
+        &image,
+    );
+}

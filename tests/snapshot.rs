@@ -1649,6 +1649,17 @@ fn bad_snapshot_tables_are_refused_and_change_nothing() {
         format!("0 {SECTORS} snapshot {o} {f} P 32\n")
     );
     assert_eq!(status(&m, "zero"), "0 1024 snapshot 64/2048 64");
+    // The store type's first letter is taken in either case, `O` too; a transient store
+    // ignores what follows its letter (dm-exception-store.c, dm-snap-transient.c).
+    for (name, ty, shown) in [("lp", "po", "PO"), ("ln", "nfoo", "N")] {
+        let cow = abs(&m, &format!("{name}.cow"));
+        zero_file(Path::new(&cow), 1 << 20);
+        create(&m, name, &format!("0 {SECTORS} snapshot {o} {cow} {ty} 8"));
+        assert_eq!(
+            m.read(&format!("dm/{name}/table")),
+            format!("0 {SECTORS} snapshot {o} {cow} {shown} 8\n")
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -2215,3 +2215,108 @@ fn kill9_keeps_fsynced_snapshot_writes() {
         next = started;
     }
 }
+
+/// lvm's activation of a new snapshot, step by step, with every device of this mount: the LV
+/// `base` (linear over the disk) becomes a `snapshot-origin` over `base-real` (the same
+/// sectors) by reload, and the snapshot's COW is `snap-cow`, a linear device over part of
+/// another file, named as MNT/dev/snap-cow. The COW format lands in that file at the device's
+/// offset.
+#[test]
+fn lvm_snapshot_activation_with_a_mapped_cow() {
+    const SECTORS: u64 = 2048;
+    let m = Mount::new();
+    write_pattern_image(&m.path("disk.img"), 17, SECTORS);
+    zero_file(&m.path("vg.img"), 3 << 20);
+    let disk = abs(&m, "disk.img");
+    let dev = |n: &str| format!("{}/dev/{n}", m.mnt.display());
+    create(&m, "base", &format!("0 {SECTORS} linear {disk} 0"));
+    let saved = pattern_image(17, SECTORS);
+    let mut origin = saved.clone();
+    // Written before the snapshot: part of what it must keep.
+    let data = pseudo_random(1800, 10_000);
+    open_dev(&m, "base").write_all_at(&data, 5000).unwrap();
+    origin[5000..15_000].copy_from_slice(&data);
+    let at_snapshot = origin.clone();
+    create(&m, "base-real", &format!("0 {SECTORS} linear {disk} 0"));
+    // The COW: 2 MiB of vg.img from 512 KiB on.
+    create(
+        &m,
+        "snap-cow",
+        &format!("0 4096 linear {} 1024", abs(&m, "vg.img")),
+    );
+    must(
+        &m,
+        "reload base",
+        write_table(
+            &m,
+            "reload",
+            "base",
+            &format!("0 {SECTORS} snapshot-origin {}\n", dev("base-real")),
+        ),
+    );
+    must(&m, "suspend base", ctl(&m, "suspend", "base"));
+    create(
+        &m,
+        "snap",
+        &format!(
+            "0 {SECTORS} snapshot {} {} P 8",
+            dev("base-real"),
+            dev("snap-cow")
+        ),
+    );
+    must(&m, "resume base", ctl(&m, "resume", "base"));
+    assert_eq!(
+        status(&m, "snap"),
+        snap_status("snapshot", SECTORS, Store::Persistent, 8, 4096, 0)
+    );
+    let mut excepted = BTreeSet::new();
+    let base = open_dev(&m, "base");
+    for (i, (off, len)) in [(0u64, 4096u64), (7000, 20_000), (900_000, 100_000)]
+        .into_iter()
+        .enumerate()
+    {
+        let data = pseudo_random(1801 + i as u64, len as usize);
+        base.write_all_at(&data, off).unwrap();
+        origin[off as usize..(off + len) as usize].copy_from_slice(&data);
+        excepted.extend(chunks_of(off, len, 8));
+    }
+    assert_same("dev/snap", &read_dev(&m, "snap").unwrap(), &at_snapshot);
+    assert_same("dev/base", &read_at(&base, origin.len()), &origin);
+    assert_same(
+        "disk.img",
+        &std::fs::read(m.path("disk.img")).unwrap(),
+        &origin,
+    );
+    assert_eq!(
+        status(&m, "snap"),
+        snap_status(
+            "snapshot",
+            SECTORS,
+            Store::Persistent,
+            8,
+            4096,
+            excepted.len() as u64
+        )
+    );
+    let vg = std::fs::read(m.path("vg.img")).unwrap();
+    assert!(
+        vg[..512 * 1024].iter().all(|&b| b == 0),
+        "vg.img before the COW"
+    );
+    check_cow(
+        "the COW in vg.img",
+        &vg[512 * 1024..(512 + 2048) * 1024],
+        &at_snapshot,
+        &excepted,
+    );
+    // The devices under the snapshot are in use.
+    drop(base);
+    for busy in ["base-real", "snap-cow"] {
+        let r = ctl(&m, "remove", busy);
+        assert_eq!(
+            r.err().and_then(|e| e.raw_os_error()),
+            Some(libc::EBUSY),
+            "{busy}"
+        );
+    }
+}

@@ -715,6 +715,39 @@ fn overflow_invalidates_persistent_and_transient_snapshots() {
         snap_status("snapshot", SECTORS, Store::Transient, 8, 64, 0)
     );
     assert_same("re-created dev/sn", &read_dev(&m, "sn").unwrap(), &model);
+    // An invalid snapshot cannot be merged: snapshot-merge on its COW says `Invalid` and
+    // passes all I/O to the origin (snapshot_merge_map: "Full merging snapshots are
+    // redirected to the origin").
+    remove(&m, "sp");
+    replace_table(
+        &m,
+        "origin",
+        &format!("0 {SECTORS} snapshot-merge {o} {p} P 8"),
+    );
+    assert_eq!(
+        status(&m, "origin"),
+        format!("0 {SECTORS} snapshot-merge Invalid")
+    );
+    assert_same(
+        "dev/origin merging an invalid snapshot",
+        &read_dev(&m, "origin").unwrap(),
+        &model,
+    );
+    let data = pseudo_random(320, 3000);
+    open_dev(&m, "origin").write_all_at(&data, 100).unwrap();
+    model[100..3100].copy_from_slice(&data);
+    assert_same(
+        "origin.img after a write through the merge target",
+        &std::fs::read(m.path("origin.img")).unwrap(),
+        &model,
+    );
+    // The N snapshot still saves what origin writes overwrite.
+    assert_same(
+        "dev/sn at the end",
+        &read_dev(&m, "sn").unwrap()[3100..],
+        &model[3100..],
+    );
+    assert_ne!(read_dev(&m, "sn").unwrap()[100..3100], model[100..3100]);
 }
 
 /// PO: a snapshot write that finds the COW device full fails with EIO and marks the snapshot
@@ -2318,5 +2351,73 @@ fn lvm_snapshot_activation_with_a_mapped_cow() {
             Some(libc::EBUSY),
             "{busy}"
         );
+    }
+}
+
+/// A snapshot of a snapshot: `snap` is a writable snapshot of `origin.img`; `origin2` is a
+/// `snapshot-origin` over MNT/dev/snap and `snap2` a snapshot of that. Writes through `origin2`
+/// change `snap` (exceptions in its COW) after `snap2` saved the old data; writes through
+/// `origin` change neither snapshot's image.
+#[test]
+fn snapshot_of_a_snapshot() {
+    const SECTORS: u64 = 2048;
+    let m = Mount::new();
+    write_pattern_image(&m.path("origin.img"), 18, SECTORS);
+    zero_file(&m.path("c1.cow"), 2 << 20);
+    zero_file(&m.path("c2.cow"), 2 << 20);
+    let o = abs(&m, "origin.img");
+    let snap = format!("{}/dev/snap", m.mnt.display());
+    create(&m, "origin", &format!("0 {SECTORS} snapshot-origin {o}"));
+    create(
+        &m,
+        "snap",
+        &format!("0 {SECTORS} snapshot {o} {} P 8", abs(&m, "c1.cow")),
+    );
+    create(
+        &m,
+        "origin2",
+        &format!("0 {SECTORS} snapshot-origin {snap}"),
+    );
+    create(
+        &m,
+        "snap2",
+        &format!("0 {SECTORS} snapshot {snap} {} N 16", abs(&m, "c2.cow")),
+    );
+    let saved = pattern_image(18, SECTORS);
+    let mut images: HashMap<&str, Vec<u8>> = ["origin", "snap", "snap2"]
+        .into_iter()
+        .map(|n| (n, saved.clone()))
+        .collect();
+    let files: HashMap<&str, File> = ["origin", "origin2", "snap2"]
+        .into_iter()
+        .map(|n| (n, open_dev(&m, n)))
+        .collect();
+    let mut rng = Rng::new(29);
+    for i in 0..90u64 {
+        let len = 1 + rng.below(12_000);
+        let off = rng.below(SECTORS * 512 - len);
+        let data = pseudo_random(1900 + i, len as usize);
+        let range = off as usize..(off + len) as usize;
+        let (dev, changes) = match i % 3 {
+            0 => ("origin", "origin"),
+            1 => ("origin2", "snap"),
+            _ => ("snap2", "snap2"),
+        };
+        files[dev].write_all_at(&data, off).unwrap();
+        images.get_mut(changes).unwrap()[range].copy_from_slice(&data);
+        if i % 15 == 14 {
+            for (name, want) in [
+                ("origin", &images["origin"]),
+                ("snap", &images["snap"]),
+                ("origin2", &images["snap"]),
+                ("snap2", &images["snap2"]),
+            ] {
+                assert_same(
+                    &format!("after {i}: dev/{name}"),
+                    &read_dev(&m, name).unwrap(),
+                    want,
+                );
+            }
+        }
     }
 }

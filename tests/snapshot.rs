@@ -64,7 +64,11 @@ fn checked_close(f: File) -> io::Result<()> {
 /// Writes `text` into ctl/DIR/NAME (one write(2)) and closes it, returning the first failure.
 fn write_table(m: &Mount, dir: &str, name: &str, text: &str) -> io::Result<()> {
     let path = m.mnt.join("ctl").join(dir).join(name);
-    let mut f = OpenOptions::new().write(true).create(true).open(path)?;
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)?;
     f.write_all(text.as_bytes())?;
     checked_close(f)
 }

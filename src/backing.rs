@@ -19,6 +19,13 @@ use crate::units::{Bytes, Sectors};
 /// Opens the device references that table lines name.
 pub trait DeviceResolver {
     fn open(&self, reference: &str) -> DmResult<Arc<Backing>>;
+
+    /// Opens a device that a target writes for its own bookkeeping whatever the table's mode
+    /// (a snapshot's COW device, a merging snapshot's origin): read-write where it can be
+    /// written, else as `open` does.
+    fn open_for_target_writes(&self, reference: &str) -> DmResult<Arc<Backing>> {
+        self.open(reference)
+    }
 }
 
 enum Source {
@@ -330,6 +337,22 @@ impl DeviceResolver for Resolver<'_> {
             };
         }
         Backing::open_path(&full, self.writable).map(Arc::new)
+    }
+
+    fn open_for_target_writes(&self, reference: &str) -> DmResult<Arc<Backing>> {
+        if !self.writable {
+            let writable = Resolver {
+                cwd: self.cwd.clone(),
+                writable: true,
+                mountpoint: self.mountpoint.clone(),
+                lookup: self.lookup,
+            };
+            match writable.open(reference) {
+                Err(e) if matches!(e.errno, libc::EACCES | libc::EPERM | libc::EROFS) => {}
+                opened => return opened,
+            }
+        }
+        self.open(reference)
     }
 }
 

@@ -121,13 +121,18 @@ fn construct(ctor: &Ctor<'_>, args: &[String], merge: bool) -> DmResult<Box<dyn 
         return Err(DmError::invalid("requires 4 or more arguments"));
     }
     let (discard_zeroes_cow, discard_passdown_origin) = parse_features(&args[4..])?;
-    let origin = ctor
-        .resolver
-        .open(&args[0])
-        .map_err(|e| e.context("Cannot get origin device"))?;
+    // The kernel opens the COW device with the table's mode and a merging origin for writing,
+    // but the exception store's own I/O (header, copy-outs, metadata, merge) is never refused
+    // for a read-only table: a read-only snapshot still saves what origin writes overwrite.
+    let origin = if merge {
+        ctor.resolver.open_for_target_writes(&args[0])
+    } else {
+        ctor.resolver.open(&args[0])
+    }
+    .map_err(|e| e.context("Cannot get origin device"))?;
     let cow = ctor
         .resolver
-        .open(&args[1])
+        .open_for_target_writes(&args[1])
         .map_err(|e| e.context("Cannot get COW device"))?;
     if cow.same_device(&origin) {
         return Err(DmError::invalid(

@@ -2425,3 +2425,99 @@ fn snapshot_of_a_snapshot() {
         }
     }
 }
+
+/// Creates device NAME read-only: its table file is created without write permission.
+fn create_read_only(m: &Mount, name: &str, table: &str) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = m.mnt.join("ctl/create").join(name);
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o444)
+        .open(path)?;
+    f.write_all(format!("{table}\n").as_bytes())?;
+    checked_close(f)
+}
+
+/// A read-only snapshot (lvm's `lvchange -p r` on a snapshot LV) is read-only to its users,
+/// not to its exception store: the kernel opens the COW device with the table's mode, but the
+/// store's own I/O (the header of a new COW device, the copy-outs that origin writes trigger,
+/// their metadata) is not refused for that. So the snapshot stays valid as the origin is
+/// written, keeps the original data, and still has it when created again read-write.
+#[test]
+fn read_only_snapshot_keeps_saving_origin_writes() {
+    const SECTORS: u64 = 2048;
+    let m = Mount::new();
+    write_pattern_image(&m.path("origin.img"), 19, SECTORS);
+    zero_file(&m.path("c.cow"), 1 << 20);
+    zero_file(&m.path("fresh.cow"), 1 << 20);
+    let o = abs(&m, "origin.img");
+    let table = format!("0 {SECTORS} snapshot {o} {} P 8", abs(&m, "c.cow"));
+    let saved = pattern_image(19, SECTORS);
+    let mut origin = saved.clone();
+    create(&m, "origin", &format!("0 {SECTORS} snapshot-origin {o}"));
+    create(&m, "snap", &table);
+    let of = open_dev(&m, "origin");
+    let data = pseudo_random(2000, 4096);
+    of.write_all_at(&data, 0).unwrap();
+    origin[..4096].copy_from_slice(&data);
+    remove(&m, "snap");
+    must(
+        &m,
+        "create snap read-only",
+        create_read_only(&m, "snap", &table),
+    );
+    let w = OpenOptions::new()
+        .write(true)
+        .open(m.mnt.join("dev/snap"))
+        .and_then(|f| f.write_all_at(&[0u8; 512], 0));
+    assert!(w.is_err(), "a read-only snapshot took a write");
+    // Origin writes into chunks the snapshot has not saved yet.
+    for (i, off) in [40_960u64, 500_000].into_iter().enumerate() {
+        let data = pseudo_random(2001 + i as u64, 4096);
+        of.write_all_at(&data, off).unwrap();
+        origin[off as usize..off as usize + 4096].copy_from_slice(&data);
+    }
+    let excepted: BTreeSet<u64> = [0, 10]
+        .into_iter()
+        .chain(chunks_of(500_000, 4096, 8))
+        .collect();
+    let want = snap_status(
+        "snapshot",
+        SECTORS,
+        Store::Persistent,
+        8,
+        2048,
+        excepted.len() as u64,
+    );
+    assert_eq!(status(&m, "snap"), want, "the read-only snapshot");
+    assert_same("read-only dev/snap", &read_dev(&m, "snap").unwrap(), &saved);
+    assert_same("dev/origin", &read_at(&of, origin.len()), &origin);
+    remove(&m, "snap");
+    create(&m, "snap", &table);
+    assert_eq!(status(&m, "snap"), want, "created again");
+    assert_same(
+        "dev/snap created again",
+        &read_dev(&m, "snap").unwrap(),
+        &saved,
+    );
+    check_cow(
+        "c.cow",
+        &std::fs::read(m.path("c.cow")).unwrap(),
+        &saved,
+        &excepted,
+    );
+    // A read-only snapshot on a new COW file: the store writes its header.
+    let fresh = format!("0 {SECTORS} snapshot {o} {} P 8", abs(&m, "fresh.cow"));
+    must(
+        &m,
+        "read-only on a new COW",
+        create_read_only(&m, "ro", &fresh),
+    );
+    assert_same("dev/ro", &read_dev(&m, "ro").unwrap(), &origin);
+    assert_eq!(
+        status(&m, "ro"),
+        snap_status("snapshot", SECTORS, Store::Persistent, 8, 2048, 0)
+    );
+}

@@ -344,6 +344,16 @@ fn classic(ty: &str, direct: bool) {
         m.read("dm/snap/table"),
         format!("0 {SECTORS} snapshot {o} {c} {ty} 8\n")
     );
+    // dm_get_device adds each device at the head of the table's list: the COW device, opened
+    // second, is listed first.
+    assert_eq!(
+        m.read("dm/snap/deps"),
+        format!("2 dependencies\t: ({c}) ({o})\n")
+    );
+    assert_eq!(
+        m.read("dm/origin/deps"),
+        format!("1 dependencies\t: ({o})\n")
+    );
     // The kernel's origin_status emits nothing; dmsetup prints the line with a blank after it.
     assert_eq!(
         status(&m, "origin"),

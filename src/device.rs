@@ -10,6 +10,7 @@ use parking_lot::{Condvar, Mutex, RwLock};
 
 use crate::error::{DmError, DmResult};
 use crate::table::Table;
+use crate::target::Events;
 use crate::units::{Bytes, SECTOR_SIZE, Sectors};
 
 pub struct Device {
@@ -25,8 +26,8 @@ pub struct Device {
     gate: Gate,
     /// Writes refused with EROFS (`chmod a-w dev/NAME`, or created read-only).
     read_only: AtomicBool,
-    /// Counts table swaps, as the kernel's event number does.
-    event_nr: AtomicU32,
+    /// Counts table swaps, as the kernel's event number does, and the events targets raise.
+    event_nr: Events,
     /// Open handles on `dev/NAME`.
     pub open_count: AtomicU32,
     /// References to this device from other devices' tables.
@@ -105,7 +106,7 @@ impl Device {
             inactive: RwLock::new(None),
             gate: Gate::default(),
             read_only: AtomicBool::new(false),
-            event_nr: AtomicU32::new(0),
+            event_nr: Events::default(),
             open_count: AtomicU32::new(0),
             holders: AtomicU32::new(0),
             edge_lock: RwLock::new(()),
@@ -143,7 +144,7 @@ impl Device {
     pub fn set_table(&self, table: Table) {
         let table = Arc::new(table);
         *self.table.write() = table.clone();
-        table.resume_targets();
+        table.resume_targets(&self.event_nr);
     }
 
     /// Loads `table` as the inactive table, replacing any loaded before.
@@ -161,6 +162,11 @@ impl Device {
 
     pub fn set_read_only(&self, read_only: bool) {
         self.read_only.store(read_only, Ordering::SeqCst);
+    }
+
+    /// The device's event counter, for the targets of a table going live.
+    pub fn events(&self) -> &Events {
+        &self.event_nr
     }
 
     pub fn event_nr(&self) -> u32 {
@@ -194,7 +200,7 @@ impl Device {
             *self.table.write() = table;
             self.event();
         }
-        self.table().resume_targets();
+        self.table().resume_targets(&self.event_nr);
         state.suspended = false;
         let deferred = std::mem::take(&mut state.deferred);
         self.gate.changed.notify_all();

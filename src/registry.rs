@@ -128,7 +128,7 @@ impl Registry {
         let id = self.next_id.fetch_add(1, Ordering::SeqCst);
         let device = Arc::new(Device::new(id, name.to_string(), table));
         device.set_read_only(read_only);
-        device.table().resume_targets();
+        device.table().resume_targets(device.events());
         d.by_name.insert(name.to_string(), device.clone());
         d.by_id.insert(id, device.clone());
         log::info!("created {name} ({} sectors)", device.size());

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::backing::{Backing, DeviceResolver};
 use crate::error::{DmError, DmResult};
-use crate::target::{self, Ctor, Target};
+use crate::target::{self, Ctor, Events, Target};
 use crate::units::Sectors;
 
 /// Longest accepted table line, in bytes (the kernel has no fixed limit; dmfs keeps memory
@@ -208,10 +208,11 @@ impl Table {
         })
     }
 
-    /// Tells the targets the table is live (see `Target::resume`).
-    pub fn resume_targets(&self) {
+    /// Tells the targets the table is live on a device with the event counter `events` (see
+    /// `Target::resume`).
+    pub fn resume_targets(&self, events: &Events) {
         for e in &self.entries {
-            e.target.resume(self.len);
+            e.target.resume(self.len, events);
         }
     }
 

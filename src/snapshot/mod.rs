@@ -23,6 +23,7 @@ use parking_lot::{Condvar, Mutex, RwLock};
 
 use crate::backing::Backing;
 use crate::error::{DmError, DmResult};
+use crate::target::Events;
 use crate::units::{SECTOR_SIZE, Sectors};
 use chunk_locks::{ChunkGuard, ChunkLocks};
 use persistent::Persistent;
@@ -100,6 +101,9 @@ pub struct Snap {
     pub owner: AtomicU64,
     /// Target instances holding this snapshot (at most two: during a handover).
     pub targets: AtomicU32,
+    /// The event counter of the device serving the snapshot: invalidation raises an event
+    /// there, as the kernel's `__invalidate_snapshot` calls `dm_table_event`.
+    events: Mutex<Option<Events>>,
 }
 
 fn eio() -> io::Error {
@@ -183,6 +187,7 @@ impl Snap {
             limit: AtomicU64::new(u64::MAX),
             owner: AtomicU64::new(0),
             targets: AtomicU32::new(0),
+            events: Mutex::new(None),
         });
         origins::register(&snap);
         Ok(snap)
@@ -208,8 +213,10 @@ impl Snap {
         self.merging.load(Ordering::SeqCst)
     }
 
-    /// A table holding this snapshot went live, as a device of `size` sectors.
-    pub fn activate(&self, owner: u64, size: Sectors, merging: bool) {
+    /// A table holding this snapshot went live, as a device of `size` sectors with the event
+    /// counter `events`.
+    pub fn activate(&self, owner: u64, size: Sectors, merging: bool, events: &Events) {
+        *self.events.lock() = Some(events.clone());
         self.owner.store(owner, Ordering::SeqCst);
         self.limit.store(size.0, Ordering::SeqCst);
         self.merging.store(merging, Ordering::SeqCst);
@@ -488,6 +495,9 @@ impl Snap {
         log::error!("Invalidating snapshot {}: {why}", self.cow.name());
         if let Store::Persistent(p) = &mut self.state.lock().store {
             p.drop_snapshot();
+        }
+        if let Some(events) = &*self.events.lock() {
+            events.fetch_add(1, Ordering::SeqCst);
         }
     }
 

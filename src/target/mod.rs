@@ -5,6 +5,7 @@
 
 use std::io;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU32;
 
 use crate::backing::{Backing, DeviceResolver};
 use crate::error::{DmError, DmResult};
@@ -16,6 +17,9 @@ mod snapshot;
 mod snapshot_origin;
 mod striped;
 mod zero;
+
+/// A device's event counter: what `dmsetup info` shows as the event number.
+pub type Events = Arc<AtomicU32>;
 
 /// A constructed target, serving sector ranges relative to its own start.
 pub trait Target: Send + Sync {
@@ -45,8 +49,9 @@ pub trait Target: Send + Sync {
         Vec::new()
     }
     /// The table holding this target went live on a device of `device_size` sectors (create,
-    /// or resume after reload). May be called again for the same target.
-    fn resume(&self, _device_size: Sectors) {}
+    /// or resume after reload). May be called again for the same target. `events` is the
+    /// device's event counter, for targets that raise events (the kernel's `dm_table_event`).
+    fn resume(&self, _device_size: Sectors, _events: &Events) {}
     /// The device holding this target was suspended (its I/O has drained).
     fn suspend(&self) {}
 }

@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 
 use parking_lot::Mutex;
 
-use super::{Ctor, Target, TargetType, check_area, parse_uint_arg};
+use super::{Ctor, Events, Target, TargetType, check_area, parse_uint_arg};
 use crate::backing::Backing;
 use crate::error::{DmError, DmResult};
 use crate::snapshot::merge::Merge;
@@ -282,8 +282,8 @@ impl Target for Snapshot {
         vec![self.origin.clone(), self.cow.clone()]
     }
 
-    fn resume(&self, device_size: Sectors) {
-        self.snap.activate(self.id, device_size, self.merge);
+    fn resume(&self, device_size: Sectors, events: &Events) {
+        self.snap.activate(self.id, device_size, self.merge, events);
         if self.merge {
             let mut merging = self.merging.lock();
             if !merging.as_ref().is_some_and(Merge::is_running) {

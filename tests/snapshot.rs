@@ -133,6 +133,17 @@ fn status(m: &Mount, name: &str) -> String {
         .to_string()
 }
 
+/// The event number `dmsetup info NAME` shows.
+fn event_nr(m: &Mount, name: &str) -> u32 {
+    let info = m.read(&format!("dm/{name}/info"));
+    info.lines()
+        .find_map(|l| l.strip_prefix("Event number:"))
+        .unwrap_or_else(|| panic!("no event number in {info:?}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
 fn open_dev(m: &Mount, name: &str) -> File {
     OpenOptions::new()
         .read(true)
@@ -691,6 +702,19 @@ fn overflow_invalidates_persistent_and_transient_snapshots() {
         };
         assert_eq!(status(&m, "sp"), want_p, "after {done} writes");
         assert_eq!(status(&m, "sn"), want_n, "after {done} writes");
+        // Invalidation raises one event on the snapshot device (__invalidate_snapshot ->
+        // dm_table_event), once.
+        assert_eq!(
+            event_nr(&m, "sp"),
+            u32::from(done > 6),
+            "sp events after {done}"
+        );
+        assert_eq!(
+            event_nr(&m, "sn"),
+            u32::from(done > 8),
+            "sn events after {done}"
+        );
+        assert_eq!(event_nr(&m, "origin"), 0);
         for (name, valid) in [("sp", done <= 6), ("sn", done <= 8)] {
             let r = read_dev(&m, name);
             if valid {
@@ -801,6 +825,8 @@ fn overflow_of_a_po_snapshot() {
     let w = snap.write_all_at(&pseudo_random(406, 4096), 10 * 4096);
     assert_eq!(w.err().and_then(|e| e.raw_os_error()), eio);
     assert_eq!(status(&m, "po"), format!("0 {SECTORS} snapshot Overflow"));
+    // Overflowing raises no event (snapshot_map only logs it); invalidating does, below.
+    assert_eq!(event_nr(&m, "po"), 0);
     // Even a chunk that has its exception: an overflowed snapshot takes no more writes.
     let w = snap.write_all_at(&[7u8; 512], 0);
     assert_eq!(w.err().and_then(|e| e.raw_os_error()), eio);
@@ -821,6 +847,7 @@ fn overflow_of_a_po_snapshot() {
     origin.write_all_at(&data, 20 * 4096).unwrap();
     origin_model[20 * 4096..21 * 4096].copy_from_slice(&data);
     assert_eq!(status(&m, "po"), format!("0 {SECTORS} snapshot Invalid"));
+    assert_eq!(event_nr(&m, "po"), 1);
     let mut buf = [0u8; 512];
     let r = snap.read_exact_at(&mut buf, 0);
     assert_eq!(r.err().and_then(|e| e.raw_os_error()), eio);

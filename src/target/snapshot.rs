@@ -8,7 +8,7 @@
 
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::Mutex;
 
@@ -45,6 +45,9 @@ struct Snapshot {
     discard_zeroes_cow: bool,
     discard_passdown_origin: bool,
     merging: Mutex<Option<Merge>>,
+    /// Whether this instance has gone live: an instance that went live and has since handed
+    /// the snapshot over to a newer table stays a source, resumed again or not.
+    went_live: AtomicBool,
 }
 
 fn construct_snapshot(ctor: &Ctor<'_>, args: &[String]) -> DmResult<Box<dyn Target>> {
@@ -173,6 +176,7 @@ fn construct(ctor: &Ctor<'_>, args: &[String], merge: bool) -> DmResult<Box<dyn 
         discard_zeroes_cow,
         discard_passdown_origin,
         merging: Mutex::new(None),
+        went_live: AtomicBool::new(false),
     }))
 }
 
@@ -283,6 +287,12 @@ impl Target for Snapshot {
     }
 
     fn resume(&self, device_size: Sectors, events: &Events) {
+        // A source whose snapshot was handed over (a snapshot device resumed after a
+        // snapshot-merge took its COW) stays invalid: the kernel's snapshot_resume finds no
+        // inactive destination and hands nothing back.
+        if self.went_live.swap(true, Ordering::SeqCst) && !self.serving() {
+            return;
+        }
         self.snap.activate(self.id, device_size, self.merge, events);
         if self.merge {
             let mut merging = self.merging.lock();

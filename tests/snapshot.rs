@@ -2062,10 +2062,11 @@ fn merge_beside_another_snapshot_with_writes_during_the_merge() {
     );
 }
 
-/// `snapshot-merge` loaded while the snapshot device still exists takes its exceptions over at
-/// resume (`__validate_exception_handover` allows a merging destination; the handover sets the
-/// source invalid so it gets no more I/O): the old snapshot device then fails I/O with EIO and
-/// says `Invalid`, the origin reads the snapshot's image and the merge runs to the end.
+/// `snapshot-merge` loaded while the snapshot device still exists (suspended) takes its
+/// exceptions over at resume (`__validate_exception_handover` allows a merging destination;
+/// the handover sets the source invalid so it gets no more I/O): the old snapshot device,
+/// resumed, then fails I/O with EIO and says `Invalid`, the origin reads the snapshot's image
+/// and the merge runs to the end.
 #[test]
 fn merge_takes_a_live_snapshot_over() {
     const SECTORS: u64 = 2048;
@@ -2104,14 +2105,31 @@ fn merge_takes_a_live_snapshot_over() {
     must(&m, "suspend snap", ctl(&m, "suspend", "snap"));
     must(&m, "resume snap", ctl(&m, "resume", "snap"));
     assert_same("dev/snap", &read_dev(&m, "snap").unwrap(), &image);
+    // The kernel hands over only from a suspended source (snapshot_preresume: "Unable to
+    // perform snapshot handover until source is suspended"), so the snapshot device is
+    // suspended first, as lvm does, and resumed after: it is then invalid.
+    must(&m, "suspend snap", ctl(&m, "suspend", "snap"));
     replace_table(
         &m,
         "origin",
         &format!("0 {SECTORS} snapshot-merge {o} {c} P 8"),
     );
+    must(&m, "resume snap", ctl(&m, "resume", "snap"));
     assert_same("dev/origin", &read_dev(&m, "origin").unwrap(), &image);
     assert_eq!(errno_of(&read_dev(&m, "snap")), Some(libc::EIO));
     assert_eq!(status(&m, "snap"), format!("0 {SECTORS} snapshot Invalid"));
+    // Suspending and resuming the old device again hands nothing back.
+    must(&m, "suspend snap", ctl(&m, "suspend", "snap"));
+    must(&m, "resume snap", ctl(&m, "resume", "snap"));
+    assert_eq!(status(&m, "snap"), format!("0 {SECTORS} snapshot Invalid"));
+    let data = pseudo_random(1650, 5000);
+    open_dev(&m, "origin").write_all_at(&data, 70_000).unwrap();
+    image[70_000..75_000].copy_from_slice(&data);
+    assert_same(
+        "dev/origin after a write",
+        &read_dev(&m, "origin").unwrap(),
+        &image,
+    );
     let done = format!("0 {SECTORS} snapshot-merge 16/2048 16");
     let deadline = Instant::now() + Duration::from_secs(30);
     while status(&m, "origin") != done {

@@ -2576,3 +2576,63 @@ fn read_only_snapshot_keeps_saving_origin_writes() {
         snap_status("snapshot", SECTORS, Store::Persistent, 8, 2048, 0)
     );
 }
+
+/// A real filesystem: ext4 made on the origin device, a file written into it (debugfs, no
+/// mount needed), a snapshot taken, the origin's filesystem changed; the snapshot holds a
+/// clean filesystem with the old file (e2fsck -fn), the origin a clean one with the changes;
+/// merged back, the origin is the snapshot's filesystem again.
+#[test]
+fn ext4_on_the_origin_snapshotted_changed_and_merged_back() {
+    const SECTORS: u64 = 16384;
+    let m = Mount::new();
+    // e2fsprogs (Debian priority "required") provides these.
+    m.ok("command -v mkfs.ext4 && command -v debugfs && command -v e2fsck");
+    zero_file(&m.path("origin.img"), SECTORS * 512);
+    zero_file(&m.path("c.cow"), 8 << 20);
+    let (o, c) = (abs(&m, "origin.img"), abs(&m, "c.cow"));
+    create(&m, "origin", &format!("0 {SECTORS} snapshot-origin {o}"));
+    std::fs::write(m.path("a.txt"), pseudo_random(2100, 50_000)).unwrap();
+    std::fs::write(m.path("b.txt"), pseudo_random(2101, 30_000)).unwrap();
+    m.ok(r#"
+        set -e
+        mkfs.ext4 -q -F -b 1024 $MNT/dev/origin
+        debugfs -w -R "write a.txt a" $MNT/dev/origin >/dev/null 2>&1
+        e2fsck -fn $MNT/dev/origin >/dev/null
+    "#);
+    create(&m, "snap", &format!("0 {SECTORS} snapshot {o} {c} P 8"));
+    m.ok(r#"
+        set -e
+        debugfs -w -R "rm a" $MNT/dev/origin >/dev/null 2>&1
+        debugfs -w -R "write b.txt b" $MNT/dev/origin >/dev/null 2>&1
+        e2fsck -fn $MNT/dev/origin >/dev/null
+        e2fsck -fn $MNT/dev/snap >/dev/null
+        debugfs -R "cat a" $MNT/dev/snap 2>/dev/null | cmp - a.txt
+        debugfs -R "cat b" $MNT/dev/origin 2>/dev/null | cmp - b.txt
+        debugfs -R "ls" $MNT/dev/snap 2>/dev/null | grep -qw a
+        ! debugfs -R "ls" $MNT/dev/snap 2>/dev/null | grep -qw b
+        ! debugfs -R "ls" $MNT/dev/origin 2>/dev/null | grep -qw a
+    "#);
+    let image = read_dev(&m, "snap").unwrap();
+    remove(&m, "snap");
+    replace_table(
+        &m,
+        "origin",
+        &format!("0 {SECTORS} snapshot-merge {o} {c} P 8"),
+    );
+    wait_status(
+        &m,
+        "origin",
+        &format!("0 {SECTORS} snapshot-merge 16/16384 16"),
+    );
+    assert_same(
+        "origin.img merged",
+        &std::fs::read(m.path("origin.img")).unwrap(),
+        &image,
+    );
+    m.ok(r#"
+        set -e
+        e2fsck -fn $MNT/dev/origin >/dev/null
+        debugfs -R "cat a" $MNT/dev/origin 2>/dev/null | cmp - a.txt
+        ! debugfs -R "ls" $MNT/dev/origin 2>/dev/null | grep -qw b
+    "#);
+}

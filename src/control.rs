@@ -285,7 +285,7 @@ impl Command {
         let result = match (self, &words[..]) {
             (Command::Remove, [name]) => registry.remove(name),
             (Command::Suspend, [name]) => registry.find(name).map(|d| d.suspend()),
-            (Command::Resume, [name]) => registry.find(name).map(|d| d.resume()),
+            (Command::Resume, [name]) => registry.find(name).and_then(|d| d.resume()),
             (Command::Rename, [old, new]) => registry.rename(old, new),
             (Command::Message, [name, sector, message @ ..]) if !message.is_empty() => registry
                 .find(name)

@@ -10,7 +10,7 @@ use parking_lot::{Condvar, Mutex, RwLock};
 
 use crate::error::{DmError, DmResult};
 use crate::table::Table;
-use crate::target::Events;
+use crate::target::DeviceLink;
 use crate::units::{Bytes, SECTOR_SIZE, Sectors};
 
 pub struct Device {
@@ -26,8 +26,9 @@ pub struct Device {
     gate: Gate,
     /// Writes refused with EROFS (`chmod a-w dev/NAME`, or created read-only).
     read_only: AtomicBool,
-    /// Counts table swaps, as the kernel's event number does, and the events targets raise.
-    event_nr: Events,
+    /// The event counter (table swaps, as the kernel's event number counts them, and the
+    /// events targets raise) and the suspended flag, shared with the live targets.
+    link: DeviceLink,
     /// Open handles on `dev/NAME`.
     pub open_count: AtomicU32,
     /// References to this device from other devices' tables.
@@ -106,7 +107,7 @@ impl Device {
             inactive: RwLock::new(None),
             gate: Gate::default(),
             read_only: AtomicBool::new(false),
-            event_nr: Events::default(),
+            link: DeviceLink::default(),
             open_count: AtomicU32::new(0),
             holders: AtomicU32::new(0),
             edge_lock: RwLock::new(()),
@@ -144,7 +145,7 @@ impl Device {
     pub fn set_table(&self, table: Table) {
         let table = Arc::new(table);
         *self.table.write() = table.clone();
-        table.resume_targets(&self.event_nr);
+        table.resume_targets(&self.link);
     }
 
     /// Loads `table` as the inactive table, replacing any loaded before.
@@ -164,18 +165,18 @@ impl Device {
         self.read_only.store(read_only, Ordering::SeqCst);
     }
 
-    /// The device's event counter, for the targets of a table going live.
-    pub fn events(&self) -> &Events {
-        &self.event_nr
+    /// What the targets of a table going live learn of the device.
+    pub fn link(&self) -> &DeviceLink {
+        &self.link
     }
 
     pub fn event_nr(&self) -> u32 {
-        self.event_nr.load(Ordering::SeqCst)
+        self.link.events.load(Ordering::SeqCst)
     }
 
     /// Counts an event: the kernel raises one for a table swap, a rename and a uuid change.
     pub fn event(&self) {
-        self.event_nr.fetch_add(1, Ordering::SeqCst);
+        self.link.event();
     }
 
     /// Waits for in-flight I/O to drain, then holds new I/O until `resume`. Suspending a
@@ -187,27 +188,37 @@ impl Device {
         while state.in_flight > 0 {
             self.gate.changed.wait(&mut state);
         }
+        self.link.suspended.store(true, Ordering::SeqCst);
         drop(state);
         if !was_suspended {
             self.table().suspend_targets();
         }
     }
 
-    /// Swaps in the inactive table, if one is loaded, and lets I/O flow again.
-    pub fn resume(&self) {
+    /// Swaps in the inactive table, if one is loaded, and lets I/O flow again. As in the
+    /// kernel, the table is swapped in first and its targets' preresume checks run then: one
+    /// failing leaves the device suspended, with the new table live.
+    pub fn resume(&self) -> DmResult<()> {
         let mut state = self.gate.state.lock();
         if let Some(table) = self.inactive.write().take() {
             *self.table.write() = table;
             self.event();
         }
-        self.table().resume_targets(&self.event_nr);
+        if let Err(e) = self.table().preresume_targets(&self.link) {
+            state.suspended = true;
+            self.link.suspended.store(true, Ordering::SeqCst);
+            return Err(e);
+        }
+        self.table().resume_targets(&self.link);
         state.suspended = false;
+        self.link.suspended.store(false, Ordering::SeqCst);
         let deferred = std::mem::take(&mut state.deferred);
         self.gate.changed.notify_all();
         drop(state);
         if !deferred.is_empty() {
             std::thread::spawn(move || deferred.into_iter().for_each(|op| op()));
         }
+        Ok(())
     }
 
     /// Parks the request `make` builds if the device is suspended (true), to run at resume;

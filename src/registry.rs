@@ -12,6 +12,7 @@ use crate::device::Device;
 use crate::errlog::ErrorLog;
 use crate::error::{DmError, DmResult};
 use crate::table::Table;
+use crate::target::DeviceLink;
 
 /// The kernel's DM_NAME_LEN is 128 bytes including the terminating NUL.
 pub const MAX_NAME_BYTES: usize = 127;
@@ -122,13 +123,17 @@ impl Registry {
     /// Makes a device of a reserved name live with `table`.
     pub fn create(&self, name: &str, table: Table, read_only: bool) -> DmResult<Arc<Device>> {
         let mut d = self.devices.write();
-        if !d.reserved.remove(name) {
+        if !d.reserved.contains(name) {
             return Err(DmError::busy(format!("Device {name} already exists")));
         }
+        // A create is a load and a resume: the preresume checks may refuse it (the name
+        // stays reserved for the session, which gives it back).
+        table.preresume_targets(&DeviceLink::default())?;
+        d.reserved.remove(name);
         let id = self.next_id.fetch_add(1, Ordering::SeqCst);
         let device = Arc::new(Device::new(id, name.to_string(), table));
         device.set_read_only(read_only);
-        device.table().resume_targets(device.events());
+        device.table().resume_targets(device.link());
         d.by_name.insert(name.to_string(), device.clone());
         d.by_id.insert(id, device.clone());
         log::info!("created {name} ({} sectors)", device.size());

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::Mutex;
 
-use super::{Ctor, Events, Target, TargetType, check_area, parse_uint_arg};
+use super::{Ctor, DeviceLink, Target, TargetType, check_area, parse_uint_arg};
 use crate::backing::Backing;
 use crate::error::{DmError, DmResult};
 use crate::snapshot::merge::Merge;
@@ -286,14 +286,27 @@ impl Target for Snapshot {
         vec![self.origin.clone(), self.cow.clone()]
     }
 
-    fn resume(&self, device_size: Sectors, events: &Events) {
+    /// The kernel's snapshot_preresume: a table taking a live snapshot over (the exception
+    /// handover) goes live only once the device serving that snapshot is suspended.
+    fn preresume(&self, link: &DeviceLink) -> DmResult<()> {
+        let handover =
+            !self.went_live.load(Ordering::SeqCst) && !self.serving() && self.snap.is_active();
+        if handover && !self.snap.server_suspended_or(link) {
+            return Err(DmError::invalid(
+                "Unable to perform snapshot handover until source is suspended.",
+            ));
+        }
+        Ok(())
+    }
+
+    fn resume(&self, device_size: Sectors, link: &DeviceLink) {
         // A source whose snapshot was handed over (a snapshot device resumed after a
         // snapshot-merge took its COW) stays invalid: the kernel's snapshot_resume finds no
         // inactive destination and hands nothing back.
         if self.went_live.swap(true, Ordering::SeqCst) && !self.serving() {
             return;
         }
-        self.snap.activate(self.id, device_size, self.merge, events);
+        self.snap.activate(self.id, device_size, self.merge, link);
         if self.merge {
             let mut merging = self.merging.lock();
             if !merging.as_ref().is_some_and(Merge::is_running) {

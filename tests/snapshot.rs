@@ -2062,11 +2062,12 @@ fn merge_beside_another_snapshot_with_writes_during_the_merge() {
     );
 }
 
-/// `snapshot-merge` loaded while the snapshot device still exists (suspended) takes its
-/// exceptions over at resume (`__validate_exception_handover` allows a merging destination;
-/// the handover sets the source invalid so it gets no more I/O): the old snapshot device,
-/// resumed, then fails I/O with EIO and says `Invalid`, the origin reads the snapshot's image
-/// and the merge runs to the end.
+/// `snapshot-merge` loaded while the snapshot device still exists takes its exceptions over at
+/// resume (`__validate_exception_handover` allows a merging destination; the handover sets the
+/// source invalid so it gets no more I/O), once the snapshot device is suspended
+/// (`snapshot_preresume` refuses the resume before): the old snapshot device, resumed, then
+/// fails I/O with EIO and says `Invalid`, the origin reads the snapshot's image and the merge
+/// runs to the end.
 #[test]
 fn merge_takes_a_live_snapshot_over() {
     const SECTORS: u64 = 2048;
@@ -2105,15 +2106,42 @@ fn merge_takes_a_live_snapshot_over() {
     must(&m, "suspend snap", ctl(&m, "suspend", "snap"));
     must(&m, "resume snap", ctl(&m, "resume", "snap"));
     assert_same("dev/snap", &read_dev(&m, "snap").unwrap(), &image);
-    // The kernel hands over only from a suspended source (snapshot_preresume: "Unable to
-    // perform snapshot handover until source is suspended"), so the snapshot device is
-    // suspended first, as lvm does, and resumed after: it is then invalid.
-    must(&m, "suspend snap", ctl(&m, "suspend", "snap"));
-    replace_table(
-        &m,
-        "origin",
-        &format!("0 {SECTORS} snapshot-merge {o} {c} P 8"),
+    // The kernel hands over only from a suspended source (snapshot_preresume): a new device
+    // on the COW of a live snapshot is not created, and the origin's resume into
+    // snapshot-merge is refused, leaving it suspended with the new table live.
+    let refused = "Unable to perform snapshot handover until source is suspended.";
+    let r = write_table(&m, "create", "thief", &t);
+    assert_eq!(r.err().and_then(|e| e.raw_os_error()), Some(libc::EINVAL));
+    assert!(!m.mnt.join("dev/thief").exists());
+    assert!(
+        m.read("ctl/errors")
+            .lines()
+            .last()
+            .unwrap()
+            .contains(refused)
     );
+    let merge = format!("0 {SECTORS} snapshot-merge {o} {c} P 8\n");
+    must(
+        &m,
+        "reload origin",
+        write_table(&m, "reload", "origin", &merge),
+    );
+    must(&m, "suspend origin", ctl(&m, "suspend", "origin"));
+    let r = ctl(&m, "resume", "origin");
+    assert_eq!(r.err().and_then(|e| e.raw_os_error()), Some(libc::EINVAL));
+    assert!(
+        m.read("ctl/errors")
+            .lines()
+            .last()
+            .unwrap()
+            .contains(refused)
+    );
+    assert_eq!(m.read("dm/origin/suspended"), "1\n");
+    assert_eq!(m.read("dm/origin/table"), merge);
+    assert_same("dev/snap still", &read_dev(&m, "snap").unwrap(), &image);
+    // As lvm does: the snapshot device suspended first, resumed after; it is then invalid.
+    must(&m, "suspend snap", ctl(&m, "suspend", "snap"));
+    must(&m, "resume origin", ctl(&m, "resume", "origin"));
     must(&m, "resume snap", ctl(&m, "resume", "snap"));
     assert_same("dev/origin", &read_dev(&m, "origin").unwrap(), &image);
     assert_eq!(errno_of(&read_dev(&m, "snap")), Some(libc::EIO));

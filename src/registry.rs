@@ -169,10 +169,26 @@ impl Registry {
         d.by_name.remove(name);
         d.by_id.remove(&device.id);
         drop(d);
+        // As the kernel's __dm_destroy, a live device is suspended on its way out: its table
+        // may outlive this call for a moment (a release still holding the device), and a
+        // snapshot it serves may be handed over to a new table meanwhile.
+        device.suspend();
         // The table goes with the device: references it held to other devices are released
         // once the last reader drops its Arc.
         if let Err(e) = device.flush() {
             log::warn!("remove {name}: flush failed: {e}");
+        }
+        // As __dm_destroy waits for the device's holders, wait (a little) for another holder
+        // (a release still in progress) to let go: when remove returns, the table and what it
+        // registered (a snapshot of its COW device) are gone, and a table created next on the
+        // same COW device starts from the device, not from the removed snapshot.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while Arc::strong_count(&device) > 1 {
+            if std::time::Instant::now() > deadline {
+                log::warn!("remove {name}: the device is still referenced");
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
         }
         log::info!("removed {name}");
         Ok(())

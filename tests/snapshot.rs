@@ -2227,7 +2227,7 @@ fn kill9_during_a_merge_and_the_merge_resumes() {
     let done = format!("0 {SECTORS} snapshot-merge 2/8192 2");
     let mut killed_mid_merge = 0;
     for cycle in 0..3 {
-        std::thread::sleep(Duration::from_millis(rng.below(150)));
+        std::thread::sleep(Duration::from_millis(rng.below(60)));
         let before = status(&m, "origin");
         m.kill9();
         if before != done {

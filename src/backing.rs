@@ -20,6 +20,13 @@ use crate::units::{Bytes, Sectors};
 /// Opens the device references that table lines name.
 pub trait DeviceResolver {
     fn open(&self, reference: &str) -> DmResult<Arc<Backing>>;
+
+    /// Opens a device that a target writes for its own bookkeeping whatever the table's mode
+    /// (a snapshot's COW device, a merging snapshot's origin): read-write where it can be
+    /// written, else as `open` does.
+    fn open_for_target_writes(&self, reference: &str) -> DmResult<Arc<Backing>> {
+        self.open(reference)
+    }
 }
 
 enum Source {
@@ -380,6 +387,24 @@ impl DeviceResolver for Resolver<'_> {
             };
         }
         self.open_file(reference, &full)
+    }
+
+    fn open_for_target_writes(&self, reference: &str) -> DmResult<Arc<Backing>> {
+        if !self.writable {
+            let writable = Resolver {
+                cwd: self.cwd.clone(),
+                writable: true,
+                mountpoint: self.mountpoint.clone(),
+                lookup: self.lookup,
+                unprivileged: self.unprivileged,
+                policy: self.policy,
+            };
+            match writable.open(reference) {
+                Err(e) if matches!(e.errno, libc::EACCES | libc::EPERM | libc::EROFS) => {}
+                opened => return opened,
+            }
+        }
+        self.open(reference)
     }
 }
 

@@ -332,7 +332,7 @@ impl Command {
         let result = match (self, &words[..]) {
             (Command::Remove, [name]) => registry.remove(name, caller),
             (Command::Suspend, [name]) => find(name).map(|d| d.suspend()),
-            (Command::Resume, [name]) => find(name).map(|d| d.resume()),
+            (Command::Resume, [name]) => find(name).and_then(|d| d.resume()),
             (Command::Rename, [old, new]) => registry.rename(old, new, caller),
             (Command::Message, [name, sector, message @ ..]) if !message.is_empty() => find(name)
                 .and_then(|d| d.message(sector, message))

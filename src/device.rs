@@ -10,6 +10,7 @@ use parking_lot::{Condvar, Mutex, RwLock};
 
 use crate::error::{DmError, DmResult};
 use crate::table::Table;
+use crate::target::DeviceLink;
 use crate::units::{Bytes, SECTOR_SIZE, Sectors};
 
 pub struct Device {
@@ -28,8 +29,9 @@ pub struct Device {
     gate: Gate,
     /// Writes refused with EROFS (`chmod a-w dev/NAME`, or created read-only).
     read_only: AtomicBool,
-    /// Counts table swaps, as the kernel's event number does.
-    event_nr: AtomicU32,
+    /// The event counter (table swaps, as the kernel's event number counts them, and the
+    /// events targets raise) and the suspended flag, shared with the live targets.
+    link: DeviceLink,
     /// Open handles on `dev/NAME`.
     pub open_count: AtomicU32,
     /// Open handles the kernel serves itself (FUSE passthrough): suspend cannot hold them.
@@ -111,7 +113,7 @@ impl Device {
             inactive: RwLock::new(None),
             gate: Gate::default(),
             read_only: AtomicBool::new(false),
-            event_nr: AtomicU32::new(0),
+            link: DeviceLink::default(),
             open_count: AtomicU32::new(0),
             passthrough_opens: AtomicU32::new(0),
             holders: AtomicU32::new(0),
@@ -150,7 +152,7 @@ impl Device {
     pub fn set_table(&self, table: Table) {
         let table = Arc::new(table);
         *self.table.write() = table.clone();
-        table.resume_targets();
+        table.resume_targets(&self.link);
     }
 
     /// Loads `table` as the inactive table, replacing any loaded before.
@@ -170,13 +172,18 @@ impl Device {
         self.read_only.store(read_only, Ordering::SeqCst);
     }
 
+    /// What the targets of a table going live learn of the device.
+    pub fn link(&self) -> &DeviceLink {
+        &self.link
+    }
+
     pub fn event_nr(&self) -> u32 {
-        self.event_nr.load(Ordering::SeqCst)
+        self.link.events.load(Ordering::SeqCst)
     }
 
     /// Counts an event: the kernel raises one for a table swap, a rename and a uuid change.
     pub fn event(&self) {
-        self.event_nr.fetch_add(1, Ordering::SeqCst);
+        self.link.event();
     }
 
     /// Waits for in-flight I/O to drain, then holds new I/O until `resume`. Suspending a
@@ -201,27 +208,37 @@ impl Device {
         while state.in_flight > 0 {
             self.gate.changed.wait(&mut state);
         }
+        self.link.suspended.store(true, Ordering::SeqCst);
         drop(state);
         if !was_suspended {
             self.table().suspend_targets();
         }
     }
 
-    /// Swaps in the inactive table, if one is loaded, and lets I/O flow again.
-    pub fn resume(&self) {
+    /// Swaps in the inactive table, if one is loaded, and lets I/O flow again. As in the
+    /// kernel, the table is swapped in first and its targets' preresume checks run then: one
+    /// failing leaves the device suspended, with the new table live.
+    pub fn resume(&self) -> DmResult<()> {
         let mut state = self.gate.state.lock();
         if let Some(table) = self.inactive.write().take() {
             *self.table.write() = table;
             self.event();
         }
-        self.table().resume_targets();
+        if let Err(e) = self.table().preresume_targets(&self.link) {
+            state.suspended = true;
+            self.link.suspended.store(true, Ordering::SeqCst);
+            return Err(e);
+        }
+        self.table().resume_targets(&self.link);
         state.suspended = false;
+        self.link.suspended.store(false, Ordering::SeqCst);
         let deferred = std::mem::take(&mut state.deferred);
         self.gate.changed.notify_all();
         drop(state);
         if !deferred.is_empty() {
             std::thread::spawn(move || deferred.into_iter().for_each(|op| op()));
         }
+        Ok(())
     }
 
     /// Parks the request `make` builds if the device is suspended (true), to run at resume;

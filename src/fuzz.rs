@@ -202,7 +202,7 @@ fn table_lines_never_panic() {
         match builder.add_line(&line, &files) {
             Ok(()) => {
                 if let Ok(table) = builder.table() {
-                    table.resume_targets();
+                    table.resume_targets(&Default::default());
                     // As a suspend would: a delay target stops holding I/O back, so a
                     // mutated delay of days cannot stall the campaign.
                     table.presuspend_targets();
@@ -259,7 +259,7 @@ fn cow_devices_never_panic() {
             continue;
         };
         // Whatever loaded must be readable (or fail with an error) everywhere, and mergeable.
-        snap.activate(1, origin.size(), false);
+        snap.activate(1, origin.size(), false, &Default::default());
         let mut buf = vec![0u8; 64 << 10];
         for at in (0..origin.size().0).step_by(128) {
             let _ = snap.read(at, &mut buf);

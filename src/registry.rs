@@ -13,6 +13,7 @@ use crate::device::Device;
 use crate::errlog::ErrorLog;
 use crate::error::{DmError, DmResult};
 use crate::table::Table;
+use crate::target::DeviceLink;
 
 /// The kernel's DM_NAME_LEN is 128 bytes including the terminating NUL.
 pub const MAX_NAME_BYTES: usize = 127;
@@ -202,15 +203,19 @@ impl Registry {
         owner: u32,
     ) -> DmResult<Arc<Device>> {
         let mut d = self.devices.write();
-        if !d.reserved.remove(name) {
+        if !d.reserved.contains(name) {
             return Err(DmError::busy(format!("Device {name} already exists")));
         }
+        // A create is a load and a resume: the preresume checks may refuse it (the name
+        // stays reserved for the session, which gives it back).
+        table.preresume_targets(&DeviceLink::default())?;
+        d.reserved.remove(name);
         let id = self.next_id.fetch_add(1, Ordering::SeqCst);
         let mut device = Device::new(id, name.to_string(), table);
         device.owner = owner;
         let device = Arc::new(device);
         device.set_read_only(read_only);
-        device.table().resume_targets();
+        device.table().resume_targets(device.link());
         d.by_name.insert(name.to_string(), device.clone());
         d.by_id.insert(id, device.clone());
         log::info!("created {name} ({} sectors)", device.size());
@@ -248,12 +253,27 @@ impl Registry {
         d.by_name.remove(name);
         d.by_id.remove(&device.id);
         drop(d);
+        // As the kernel's __dm_destroy, a live device is suspended on its way out: its table
+        // may outlive this call for a moment (a release still holding the device), and a
+        // snapshot it serves may be handed over to a new table meanwhile.
+        device.suspend();
         // The table goes with the device: references it held to other devices are released
-        // once the last reader drops its Arc. As the kernel's destroy does, targets first let
-        // go of what they hold back (a delay's flush would otherwise wait out its delay).
-        device.table().presuspend_targets();
+        // once the last reader drops its Arc. (The suspend above let delay targets go of
+        // what they hold back, so the flush does not wait out a delay.)
         if let Err(e) = device.flush() {
             log::warn!("remove {name}: flush failed: {e}");
+        }
+        // As __dm_destroy waits for the device's holders, wait (a little) for another holder
+        // (a release still in progress) to let go: when remove returns, the table and what it
+        // registered (a snapshot of its COW device) are gone, and a table created next on the
+        // same COW device starts from the device, not from the removed snapshot.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while Arc::strong_count(&device) > 1 {
+            if std::time::Instant::now() > deadline {
+                log::warn!("remove {name}: the device is still referenced");
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
         }
         log::info!("removed {name}");
         Ok(())

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::backing::{Backing, DeviceResolver};
 use crate::error::{DmError, DmResult};
-use crate::target::{self, Ctor, Target};
+use crate::target::{self, Ctor, DeviceLink, Target};
 use crate::units::Sectors;
 
 /// Longest accepted table line, in bytes (the kernel has no fixed limit; dmfs keeps memory
@@ -215,10 +215,20 @@ impl Table {
         first_error.map_or(Ok(()), Err)
     }
 
-    /// Tells the targets the table is live (see `Target::resume`).
-    pub fn resume_targets(&self) {
+    /// Asks the targets whether the table may go live on the device `link` leads to (see
+    /// `Target::preresume`).
+    pub fn preresume_targets(&self, link: &DeviceLink) -> DmResult<()> {
         for e in &self.entries {
-            e.target.resume(self.len);
+            e.target.preresume(link)?;
+        }
+        Ok(())
+    }
+
+    /// Tells the targets the table is live on the device `link` leads to (see
+    /// `Target::resume`).
+    pub fn resume_targets(&self, link: &DeviceLink) {
+        for e in &self.entries {
+            e.target.resume(self.len, link);
         }
     }
 

@@ -23,6 +23,7 @@ use parking_lot::{Condvar, Mutex, RwLock};
 
 use crate::backing::Backing;
 use crate::error::{DmError, DmResult};
+use crate::target::DeviceLink;
 use crate::units::{SECTOR_SIZE, Sectors};
 use chunk_locks::{ChunkGuard, ChunkLocks};
 use persistent::Persistent;
@@ -100,6 +101,9 @@ pub struct Snap {
     pub owner: AtomicU64,
     /// Target instances holding this snapshot (at most two: during a handover).
     pub targets: AtomicU32,
+    /// The device serving the snapshot: invalidation raises an event there, as the kernel's
+    /// `__invalidate_snapshot` calls `dm_table_event`; a handover waits for it to be suspended.
+    link: Mutex<Option<DeviceLink>>,
 }
 
 fn eio() -> io::Error {
@@ -183,6 +187,7 @@ impl Snap {
             limit: AtomicU64::new(u64::MAX),
             owner: AtomicU64::new(0),
             targets: AtomicU32::new(0),
+            link: Mutex::new(None),
         });
         origins::register(&snap);
         Ok(snap)
@@ -208,12 +213,23 @@ impl Snap {
         self.merging.load(Ordering::SeqCst)
     }
 
-    /// A table holding this snapshot went live, as a device of `size` sectors.
-    pub fn activate(&self, owner: u64, size: Sectors, merging: bool) {
+    /// A table holding this snapshot went live, as a device of `size` sectors that `link`
+    /// leads to.
+    pub fn activate(&self, owner: u64, size: Sectors, merging: bool, link: &DeviceLink) {
+        *self.link.lock() = Some(link.clone());
         self.owner.store(owner, Ordering::SeqCst);
         self.limit.store(size.0, Ordering::SeqCst);
         self.merging.store(merging, Ordering::SeqCst);
         self.active.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the device serving the snapshot is suspended, or is the device `link` leads
+    /// to (which the kernel suspends before it swaps tables).
+    pub fn server_suspended_or(&self, link: &DeviceLink) -> bool {
+        match &*self.link.lock() {
+            Some(server) => server.same_device(link) || server.is_suspended(),
+            None => true,
+        }
     }
 
     pub fn stop_merging(&self) {
@@ -488,6 +504,9 @@ impl Snap {
         log::error!("Invalidating snapshot {}: {why}", self.cow.name());
         if let Store::Persistent(p) = &mut self.state.lock().store {
             p.drop_snapshot();
+        }
+        if let Some(link) = &*self.link.lock() {
+            link.event();
         }
     }
 

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
-use super::{Ctor, Target, TargetType, check_area, parse_sector_arg, scan_u32};
+use super::{Ctor, DeviceLink, Target, TargetType, check_area, parse_sector_arg, scan_u32};
 use crate::backing::Backing;
 use crate::error::{DmError, DmResult};
 use crate::units::Sectors;
@@ -165,7 +165,7 @@ impl Target for Delay {
         self.released.notify_all();
     }
 
-    fn resume(&self, _device_size: Sectors) {
+    fn resume(&self, _device_size: Sectors, _link: &DeviceLink) {
         *self.may_delay.lock() = true;
     }
 }

@@ -5,6 +5,7 @@
 
 use std::io;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use crate::backing::{Backing, DeviceResolver};
 use crate::error::{DmError, DmResult};
@@ -19,6 +20,30 @@ mod snapshot_origin;
 mod striped;
 mod unstriped;
 mod zero;
+
+/// What a target going live learns of its device: its event counter (what `dmsetup info`
+/// shows as the event number) and whether it is suspended.
+#[derive(Clone, Default)]
+pub struct DeviceLink {
+    pub events: Arc<AtomicU32>,
+    pub suspended: Arc<AtomicBool>,
+}
+
+impl DeviceLink {
+    /// Raises an event on the device (the kernel's `dm_table_event`).
+    pub fn event(&self) {
+        self.events.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub fn is_suspended(&self) -> bool {
+        self.suspended.load(Ordering::SeqCst)
+    }
+
+    /// Whether both link to the same device.
+    pub fn same_device(&self, other: &DeviceLink) -> bool {
+        Arc::ptr_eq(&self.events, &other.events)
+    }
+}
 
 /// A constructed target, serving sector ranges relative to its own start.
 pub trait Target: Send + Sync {
@@ -52,9 +77,15 @@ pub trait Target: Send + Sync {
     fn devices(&self) -> Vec<Arc<Backing>> {
         Vec::new()
     }
+    /// Checks that the table holding this target may go live on the device `link` leads to
+    /// (the kernel's `preresume`); an error leaves that device suspended.
+    fn preresume(&self, _link: &DeviceLink) -> DmResult<()> {
+        Ok(())
+    }
     /// The table holding this target went live on a device of `device_size` sectors (create,
-    /// or resume after reload). May be called again for the same target.
-    fn resume(&self, _device_size: Sectors) {}
+    /// or resume after reload). May be called again for the same target. `link` leads to the
+    /// device, for targets that raise events or watch it.
+    fn resume(&self, _device_size: Sectors, _link: &DeviceLink) {}
     /// The device holding this target is about to suspend: I/O the target is holding back
     /// (a delay) must be let go now, or the suspend would wait for it (the kernel's
     /// `presuspend`).

@@ -8,11 +8,11 @@
 
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::Mutex;
 
-use super::{Ctor, Target, TargetType, check_area, parse_uint_arg};
+use super::{Ctor, DeviceLink, Target, TargetType, check_area, parse_uint_arg};
 use crate::backing::Backing;
 use crate::error::{DmError, DmResult};
 use crate::snapshot::merge::Merge;
@@ -45,6 +45,9 @@ struct Snapshot {
     discard_zeroes_cow: bool,
     discard_passdown_origin: bool,
     merging: Mutex<Option<Merge>>,
+    /// Whether this instance has gone live: an instance that went live and has since handed
+    /// the snapshot over to a newer table stays a source, resumed again or not.
+    went_live: AtomicBool,
 }
 
 fn construct_snapshot(ctor: &Ctor<'_>, args: &[String]) -> DmResult<Box<dyn Target>> {
@@ -121,13 +124,18 @@ fn construct(ctor: &Ctor<'_>, args: &[String], merge: bool) -> DmResult<Box<dyn 
         return Err(DmError::invalid("requires 4 or more arguments"));
     }
     let (discard_zeroes_cow, discard_passdown_origin) = parse_features(&args[4..])?;
-    let origin = ctor
-        .resolver
-        .open(&args[0])
-        .map_err(|e| e.context("Cannot get origin device"))?;
+    // The kernel opens the COW device with the table's mode and a merging origin for writing,
+    // but the exception store's own I/O (header, copy-outs, metadata, merge) is never refused
+    // for a read-only table: a read-only snapshot still saves what origin writes overwrite.
+    let origin = if merge {
+        ctor.resolver.open_for_target_writes(&args[0])
+    } else {
+        ctor.resolver.open(&args[0])
+    }
+    .map_err(|e| e.context("Cannot get origin device"))?;
     let cow = ctor
         .resolver
-        .open(&args[1])
+        .open_for_target_writes(&args[1])
         .map_err(|e| e.context("Cannot get COW device"))?;
     if cow.same_device(&origin) {
         return Err(DmError::invalid(
@@ -168,6 +176,7 @@ fn construct(ctor: &Ctor<'_>, args: &[String], merge: bool) -> DmResult<Box<dyn 
         discard_zeroes_cow,
         discard_passdown_origin,
         merging: Mutex::new(None),
+        went_live: AtomicBool::new(false),
     }))
 }
 
@@ -277,8 +286,27 @@ impl Target for Snapshot {
         vec![self.origin.clone(), self.cow.clone()]
     }
 
-    fn resume(&self, device_size: Sectors) {
-        self.snap.activate(self.id, device_size, self.merge);
+    /// The kernel's snapshot_preresume: a table taking a live snapshot over (the exception
+    /// handover) goes live only once the device serving that snapshot is suspended.
+    fn preresume(&self, link: &DeviceLink) -> DmResult<()> {
+        let handover =
+            !self.went_live.load(Ordering::SeqCst) && !self.serving() && self.snap.is_active();
+        if handover && !self.snap.server_suspended_or(link) {
+            return Err(DmError::invalid(
+                "Unable to perform snapshot handover until source is suspended.",
+            ));
+        }
+        Ok(())
+    }
+
+    fn resume(&self, device_size: Sectors, link: &DeviceLink) {
+        // A source whose snapshot was handed over (a snapshot device resumed after a
+        // snapshot-merge took its COW) stays invalid: the kernel's snapshot_resume finds no
+        // inactive destination and hands nothing back.
+        if self.went_live.swap(true, Ordering::SeqCst) && !self.serving() {
+            return;
+        }
+        self.snap.activate(self.id, device_size, self.merge, link);
         if self.merge {
             let mut merging = self.merging.lock();
             if !merging.as_ref().is_some_and(Merge::is_running) {

@@ -194,10 +194,7 @@ impl TableSession {
         let result = match &mut self.target {
             TableTarget::Create {
                 device: Some(device),
-            } => {
-                device.set_table(table);
-                Ok(())
-            }
+            } => registry.set_live_table(device, table),
             TableTarget::Create { device } => {
                 registry.create(&self.name, table, self.read_only).map(|d| {
                     *device = Some(d);
@@ -284,8 +281,8 @@ impl Command {
         };
         let result = match (self, &words[..]) {
             (Command::Remove, [name]) => registry.remove(name),
-            (Command::Suspend, [name]) => registry.find(name).map(|d| d.suspend()),
-            (Command::Resume, [name]) => registry.find(name).map(|d| d.resume()),
+            (Command::Suspend, [name]) => registry.suspend(name),
+            (Command::Resume, [name]) => registry.resume(name),
             (Command::Rename, [old, new]) => registry.rename(old, new),
             (Command::Message, [name, sector, message @ ..]) if !message.is_empty() => registry
                 .find(name)

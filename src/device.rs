@@ -2,7 +2,9 @@
 //! offset split across the table's lines, with read-modify-write for the partial sectors at the
 //! edges.
 
+use std::fs::File;
 use std::io;
+use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
@@ -37,6 +39,9 @@ pub struct Device {
     /// exclusively so no other write lands between that read and their write. Whole-sector
     /// writes hold it shared.
     edge_lock: RwLock<()>,
+    /// `/dev/mapper/NAME` while the device is mirrored into the kernel (`--kernel`): its I/O
+    /// then goes through the kernel's device, so both paths see the same bytes.
+    kernel_io: RwLock<Option<Arc<File>>>,
 }
 
 /// An I/O request held while its device is suspended, run at resume.
@@ -112,6 +117,7 @@ impl Device {
             passthrough_opens: AtomicU32::new(0),
             holders: AtomicU32::new(0),
             edge_lock: RwLock::new(()),
+            kernel_io: RwLock::new(None),
         }
     }
 
@@ -152,6 +158,16 @@ impl Device {
     /// Loads `table` as the inactive table, replacing any loaded before.
     pub fn load(&self, table: Table) {
         *self.inactive.write() = Some(Arc::new(table));
+    }
+
+    /// Sends this device's I/O through the kernel's device (Some) or dmfs's own table (None);
+    /// returns the descriptor used before.
+    pub fn set_kernel_io(&self, file: Option<Arc<File>>) -> Option<Arc<File>> {
+        std::mem::replace(&mut *self.kernel_io.write(), file)
+    }
+
+    pub fn kernel_io(&self) -> Option<Arc<File>> {
+        self.kernel_io.read().clone()
     }
 
     pub fn is_suspended(&self) -> bool {
@@ -254,6 +270,10 @@ impl Device {
         }
         let n = std::cmp::min(buf.len() as u64, size - offset.0) as usize;
         let buf = &mut buf[..n];
+        if let Some(kernel) = self.kernel_io() {
+            kernel.read_exact_at(buf, offset.0)?;
+            return Ok(n);
+        }
         if aligned(offset.0, n) {
             table.read(offset.sectors_floor(), buf)?;
         } else {
@@ -281,6 +301,10 @@ impl Device {
         }
         let n = std::cmp::min(data.len() as u64, size - offset.0) as usize;
         let data = &data[..n];
+        if let Some(kernel) = self.kernel_io() {
+            kernel.write_all_at(data, offset.0)?;
+            return Ok(n);
+        }
         if aligned(offset.0, n) {
             let _shared = self.edge_lock.read();
             table.write(offset.sectors_floor(), data)?;
@@ -307,6 +331,9 @@ impl Device {
     /// Whole-sector reads for devices stacked on this one.
     pub fn read_sectors(&self, at: Sectors, buf: &mut [u8]) -> io::Result<()> {
         let _io = self.gate.enter();
+        if let Some(kernel) = self.kernel_io() {
+            return kernel.read_exact_at(buf, at.bytes().0);
+        }
         self.table().read(at, buf)
     }
 
@@ -317,11 +344,17 @@ impl Device {
         }
         let _io = self.gate.enter();
         let _shared = self.edge_lock.read();
+        if let Some(kernel) = self.kernel_io() {
+            return kernel.write_all_at(buf, at.bytes().0);
+        }
         self.table().write(at, buf)
     }
 
     /// Flushes the backing devices of the live and the inactive table.
     pub fn flush(&self) -> io::Result<()> {
+        if let Some(kernel) = self.kernel_io() {
+            kernel.sync_data()?;
+        }
         self.table().flush()?;
         match self.inactive_table() {
             Some(t) => t.flush(),

@@ -2,8 +2,8 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use parking_lot::RwLock;
 
@@ -11,6 +11,7 @@ use crate::backing::{Backing, Resolver};
 use crate::device::Device;
 use crate::errlog::ErrorLog;
 use crate::error::{DmError, DmResult};
+use crate::kernel::Kernel;
 use crate::table::Table;
 
 /// The kernel's DM_NAME_LEN is 128 bytes including the terminating NUL.
@@ -33,6 +34,9 @@ pub struct Registry {
     devices: RwLock<Devices>,
     next_id: AtomicU64,
     pub errors: ErrorLog,
+    /// The kernel mirror (`--kernel`): each change below is made in the kernel first, and a
+    /// refusal there leaves dmfs unchanged.
+    kernel: OnceLock<Arc<Kernel>>,
 }
 
 /// Checks a device name against the kernel's rules (non-empty, shorter than DM_NAME_LEN, no
@@ -93,7 +97,13 @@ impl Registry {
             devices: RwLock::new(Devices::default()),
             next_id: AtomicU64::new(0),
             errors: ErrorLog::default(),
+            kernel: OnceLock::new(),
         }
+    }
+
+    /// Mirrors every device from now on into the kernel's device mapper.
+    pub fn set_kernel(&self, kernel: Arc<Kernel>) {
+        let _ = self.kernel.set(kernel);
     }
 
     /// Takes `name` for a table about to be written. EBUSY if a device has it or another
@@ -128,6 +138,9 @@ impl Registry {
         let id = self.next_id.fetch_add(1, Ordering::SeqCst);
         let device = Arc::new(Device::new(id, name.to_string(), table));
         device.set_read_only(read_only);
+        if let Some(k) = self.kernel.get() {
+            k.create(&device, read_only)?;
+        }
         device.table().resume_targets();
         d.by_name.insert(name.to_string(), device.clone());
         d.by_id.insert(id, device.clone());
@@ -161,6 +174,9 @@ impl Registry {
         if device.is_open() {
             return Err(DmError::busy(format!("Device {name} is open")));
         }
+        if let Some(k) = self.kernel.get() {
+            k.remove(&device)?;
+        }
         d.by_name.remove(name);
         d.by_id.remove(&device.id);
         drop(d);
@@ -182,6 +198,9 @@ impl Registry {
             return Err(DmError::busy(format!(
                 "Unable to change name on mapped device {old} to one that already exists: {new}"
             )));
+        }
+        if let Some(k) = self.kernel.get() {
+            k.rename(&device, new)?;
         }
         d.by_name.remove(old);
         d.by_name.insert(new.to_string(), device.clone());
@@ -224,8 +243,61 @@ impl Registry {
             return Err(not_found(name));
         }
         check_no_loop(name, device, &table.devices())?;
+        if let Some(k) = self.kernel.get() {
+            k.load(device, &table)?;
+        }
         device.load(table);
         Ok(())
+    }
+
+    /// Makes `table` live at once (a create session extending the table it made live).
+    pub fn set_live_table(&self, device: &Device, table: Table) -> DmResult<()> {
+        if let Some(k) = self.kernel.get() {
+            k.replace_live(device, &table)?;
+        }
+        device.set_table(table);
+        Ok(())
+    }
+
+    /// Suspends a device: dmfs's in-flight I/O drains first (it may be I/O into the kernel's
+    /// device), then the kernel's device is suspended.
+    pub fn suspend(&self, name: &str) -> DmResult<()> {
+        let device = self.find(name)?;
+        device.suspend();
+        match self.kernel.get() {
+            Some(k) => k.suspend(&device),
+            None => Ok(()),
+        }
+    }
+
+    /// Resumes a device: the kernel's device first (it swaps in its inactive table), then
+    /// dmfs's, which lets the I/O it held go into the resumed kernel device.
+    pub fn resume(&self, name: &str) -> DmResult<()> {
+        let device = self.find(name)?;
+        if let Some(k) = self.kernel.get() {
+            k.resume(&device)?;
+        }
+        device.resume();
+        Ok(())
+    }
+
+    /// `dm/NAME/status`: the kernel's status while the device is mirrored, else dmfs's.
+    pub fn status_text(&self, device: &Device) -> String {
+        match self.kernel.get().and_then(|k| k.status_text(device)) {
+            Some(Ok(text)) => text,
+            Some(Err(e)) => {
+                self.errors.record("status", &device.name(), &e);
+                device.table().status_text()
+            }
+            None => device.table().status_text(),
+        }
+    }
+
+    /// Removes every device's kernel mirror (at unmount).
+    pub fn kernel_teardown(&self) {
+        if let Some(k) = self.kernel.get() {
+            k.remove_all(&self.list());
+        }
     }
 
     /// Looks a device up, ENOENT if there is none.

@@ -115,11 +115,16 @@ pub fn lines_text(lines: &[TargetLine]) -> String {
 /// dmfs made it.
 fn make_node(name: &str, dev: u64) -> io::Result<Option<PathBuf>> {
     let path = Path::new("/dev/mapper").join(name);
-    if let Ok(meta) = std::fs::metadata(&path) {
-        if meta.file_type().is_block_device() && meta.rdev() == dev {
-            return Ok(None);
-        }
-        std::fs::remove_file(&path)?;
+    if let Ok(meta) = std::fs::metadata(&path)
+        && meta.file_type().is_block_device()
+        && meta.rdev() == dev
+    {
+        // udev made it (a node, or a link to ../dm-N).
+        return Ok(None);
+    }
+    if std::fs::symlink_metadata(&path).is_ok() {
+        // Never replace what is there (the control node itself, another tool's node).
+        return Err(io::Error::from_raw_os_error(libc::EBUSY));
     }
     let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
     // SAFETY: `c` is a valid path; mknod makes a block node for the dm device.
@@ -129,12 +134,45 @@ fn make_node(name: &str, dev: u64) -> io::Result<Option<PathBuf>> {
     Ok(Some(path))
 }
 
+/// BLKFLSBUF: writes back and drops a block device's cached pages.
+fn flush_buffers(file: &File) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    const BLKFLSBUF: libc::c_ulong = 0x1261;
+    // SAFETY: BLKFLSBUF takes no argument.
+    if unsafe { libc::ioctl(file.as_raw_fd(), BLKFLSBUF as _, 0) } < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
 fn open_node(name: &str, read_only: bool) -> io::Result<File> {
     File::options()
         .read(true)
         .write(!read_only)
         .custom_flags(libc::O_CLOEXEC)
         .open(Path::new("/dev/mapper").join(name))
+}
+
+/// The kernel's `major:minor` for each device `table` names, paired with dmfs's name for it.
+fn reverse_refs(state: &State, table: &Table) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for d in table.devices() {
+        let kernel = match d.key() {
+            // dmfs names block devices by their numbers too.
+            DeviceKey::Block { .. } => continue,
+            DeviceKey::Mapped { id } => state.devices.get(&id).map(|m| m.dev),
+            DeviceKey::File { dev, ino } => state
+                .loops
+                .get(&(dev, ino))
+                .and_then(Weak::upgrade)
+                .map(|l| l.rdev),
+        };
+        if let Some(kernel) = kernel {
+            out.push((major_minor(kernel), d.name()));
+        }
+    }
+    out
 }
 
 impl Kernel {
@@ -268,7 +306,7 @@ impl Kernel {
             Ok(node) => node,
             Err(e) => {
                 return Err(undo(DmError::io(
-                    format!("kernel mirror: /dev/mapper/{name}"),
+                    format!("kernel mirror: /dev/mapper/{name} exists and is not the new device"),
                     &e,
                 )));
             }
@@ -363,6 +401,14 @@ impl Kernel {
         if let Some(loops) = m.inactive.take() {
             // The kernel destroyed the old live table: its loop devices can go.
             m.live = loops;
+            // The kernel keeps the device's page cache across a table swap: pages read
+            // through the old table would still be served. Dirty pages were written at
+            // suspend; drop the clean ones so dev/NAME and /dev/mapper/NAME read the new table.
+            if let Some(io) = device.kernel_io()
+                && let Err(e) = flush_buffers(&io)
+            {
+                log::warn!("kernel: BLKFLSBUF on /dev/mapper/{}: {e}", m.name);
+            }
         }
         Ok(())
     }
@@ -420,17 +466,28 @@ impl Kernel {
         Ok(())
     }
 
-    /// The kernel's `dmsetup status` text for a mirrored device.
+    /// The kernel's `dmsetup status` text for a mirrored device, with the kernel's
+    /// `major:minor` references shown as dmfs shows them (the file, `MNT/dev/OTHER`).
     pub fn status_text(&self, device: &Device) -> Option<DmResult<String>> {
         let state = self.state.lock();
         let m = state.devices.get(&device.id)?;
         let tail = KmsgTail::start();
-        Some(
-            self.ctl
-                .table_status(&m.name, false)
-                .map(|l| lines_text(&l))
-                .map_err(|e| kernel_error(format!("status of {}", m.name), &e, tail)),
-        )
+        let lines = match self.ctl.table_status(&m.name, false) {
+            Ok(lines) => lines,
+            Err(e) => {
+                return Some(Err(kernel_error(format!("status of {}", m.name), &e, tail)));
+            }
+        };
+        let table = device.table();
+        let back = reverse_refs(&state, &table);
+        let lines: Vec<TargetLine> = lines
+            .into_iter()
+            .map(|l| TargetLine {
+                params: replace_refs(&l.params, &back),
+                ..l
+            })
+            .collect();
+        Some(Ok(lines_text(&lines)))
     }
 
     /// Removes every mirrored device (unmount): devices stacked on others first, as many

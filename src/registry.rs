@@ -174,15 +174,18 @@ impl Registry {
         if device.is_open() {
             return Err(DmError::busy(format!("Device {name} is open")));
         }
-        if let Some(k) = self.kernel.get() {
-            k.remove(&device)?;
-        }
+        // A mirrored device's I/O went through the kernel: dmfs's own targets hold nothing to
+        // flush (and a delay target would hold the remove for its flush delay).
+        let mirrored = match self.kernel.get() {
+            Some(k) => k.remove(&device)?,
+            None => false,
+        };
         d.by_name.remove(name);
         d.by_id.remove(&device.id);
         drop(d);
         // The table goes with the device: references it held to other devices are released
         // once the last reader drops its Arc.
-        if let Err(e) = device.flush() {
+        if !mirrored && let Err(e) = device.flush() {
             log::warn!("remove {name}: flush failed: {e}");
         }
         log::info!("removed {name}");

@@ -437,10 +437,11 @@ impl Kernel {
     /// DM_DEV_REMOVE: dmfs's descriptor on the device is closed first (the kernel refuses to
     /// remove an open device); if the kernel still refuses, it is opened again and the error
     /// says why. Then the node goes, and the loop devices with the last table using them.
-    pub fn remove(&self, device: &Device) -> DmResult<()> {
+    /// Answers whether the device was mirrored.
+    pub fn remove(&self, device: &Device) -> DmResult<bool> {
         let mut state = self.state.lock();
         let Some(m) = state.devices.get(&device.id) else {
-            return Ok(());
+            return Ok(false);
         };
         let name = m.name.clone();
         let io = device.set_kernel_io(None);
@@ -463,7 +464,7 @@ impl Kernel {
         drop(m);
         state.loops.retain(|_, w| w.strong_count() > 0);
         log::info!("kernel: removed {name}");
-        Ok(())
+        Ok(true)
     }
 
     /// The kernel's `dmsetup status` text for a mirrored device, with the kernel's

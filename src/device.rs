@@ -160,6 +160,11 @@ impl Device {
         *self.inactive.write() = Some(Arc::new(table));
     }
 
+    /// Drops the inactive table (the kernel mirror refused it at resume).
+    pub fn clear_inactive(&self) {
+        *self.inactive.write() = None;
+    }
+
     /// Sends this device's I/O through the kernel's device (Some) or dmfs's own table (None);
     /// returns the descriptor used before.
     pub fn set_kernel_io(&self, file: Option<Arc<File>>) -> Option<Arc<File>> {

@@ -277,8 +277,14 @@ impl Registry {
     /// dmfs's, which lets the I/O it held go into the resumed kernel device.
     pub fn resume(&self, name: &str) -> DmResult<()> {
         let device = self.find(name)?;
-        if let Some(k) = self.kernel.get() {
-            k.resume(&device)?;
+        if let Some(k) = self.kernel.get()
+            && let Err(e) = k.resume(&device)
+        {
+            // The kernel dropped the table it refused and runs on its old one again: so does
+            // dmfs.
+            device.clear_inactive();
+            device.resume();
+            return Err(e);
         }
         device.resume();
         Ok(())

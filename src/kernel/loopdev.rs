@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 pub const LOOP_SET_FD: u32 = 0x4C00;
 pub const LOOP_CLR_FD: u32 = 0x4C01;
 pub const LOOP_SET_STATUS64: u32 = 0x4C04;
+pub const LOOP_SET_CAPACITY: u32 = 0x4C07;
 pub const LOOP_CONFIGURE: u32 = 0x4C0A;
 pub const LOOP_CTL_GET_FREE: u32 = 0x4C82;
 pub const LO_FLAGS_READ_ONLY: u32 = 1;
@@ -208,6 +209,32 @@ impl Loop {
             }
         }
         Err(last.unwrap_or_else(|| io::Error::from_raw_os_error(libc::EBUSY)))
+    }
+
+    /// The loop device's size in sectors.
+    pub fn sectors(&self) -> io::Result<u64> {
+        const BLKGETSIZE64: u32 = 0x8008_1272;
+        let mut bytes: u64 = 0;
+        ioctl_ptr(&self.dev, BLKGETSIZE64, &mut bytes)?;
+        Ok(bytes / 512)
+    }
+
+    /// Makes the loop device take its file's current size (`LOOP_SET_CAPACITY`) when the file
+    /// has grown to `file_sectors`: a loop device keeps the size its file had when it was bound,
+    /// and the kernel would refuse at resume a table dmfs checked against the new size. (A
+    /// shrunk file is left alone: live tables of other devices may still cover the old size.)
+    pub fn refresh_capacity(&self, file_sectors: u64) -> io::Result<()> {
+        let now = self.sectors()?;
+        if file_sectors > now {
+            ioctl_val(&self.dev, LOOP_SET_CAPACITY, 0)?;
+            log::info!(
+                "kernel: loop{} resized from {now} to {} sectors ({})",
+                self.number,
+                self.sectors()?,
+                self.file.display()
+            );
+        }
+        Ok(())
     }
 
     /// `major:minor`, as a table names the loop device.

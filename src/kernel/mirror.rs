@@ -234,7 +234,22 @@ impl Kernel {
                     DeviceKey::File { dev, ino } => {
                         let shared = state.loops.get(&(dev, ino)).and_then(Weak::upgrade);
                         let lo = match shared {
-                            Some(lo) => lo,
+                            Some(lo) => {
+                                // The file may have grown or shrunk since the loop device was
+                                // bound: the kernel must see the size dmfs checked the table
+                                // against.
+                                lo.refresh_capacity(d.size().0).map_err(|err| {
+                                    DmError::io(
+                                        format!(
+                                            "kernel mirror: resizing loop{} to {}",
+                                            lo.number,
+                                            d.name()
+                                        ),
+                                        &err,
+                                    )
+                                })?;
+                                lo
+                            }
                             None => {
                                 let path = PathBuf::from(d.name());
                                 let lo = Loop::attach(&path, (dev, ino), read_only)
@@ -389,15 +404,39 @@ impl Kernel {
     }
 
     /// DM_DEV_SUSPEND without it: swaps in the inactive table, if any, and resumes.
+    ///
+    /// The kernel checks a new table's devices again at resume (`too small for target`); when
+    /// it refuses the swap there, it has dropped the new table and left the device suspended on
+    /// its old one. The mirror then resumes it on that old table, so I/O does not hang, and
+    /// says so in the error; the registry drops dmfs's inactive table to match.
     pub fn resume(&self, device: &Device) -> DmResult<()> {
         let mut state = self.state.lock();
         let Some(m) = state.devices.get_mut(&device.id) else {
             return Ok(());
         };
         let tail = KmsgTail::start();
-        self.ctl
-            .resume(&m.name)
-            .map_err(|e| kernel_error(format!("resume {}", m.name), &e, tail))?;
+        if let Err(e) = self.ctl.resume(&m.name) {
+            let err = kernel_error(format!("resume {}", m.name), &e, tail);
+            if m.inactive.take().is_none() {
+                return Err(err);
+            }
+            return Err(match self.ctl.resume(&m.name) {
+                Ok(_) => DmError::new(
+                    err.errno,
+                    format!(
+                        "{}; the new table was dropped and {} runs on its old table",
+                        err.reason, m.name
+                    ),
+                ),
+                Err(e2) => DmError::new(
+                    err.errno,
+                    format!(
+                        "{}; resuming {} on its old table failed too ({e2}): it stays suspended",
+                        err.reason, m.name
+                    ),
+                ),
+            });
+        }
         if let Some(loops) = m.inactive.take() {
             // The kernel destroyed the old live table: its loop devices can go.
             m.live = loops;

@@ -235,6 +235,9 @@ impl Registry {
                 "Unable to change uuid of mapped device {name} to {uuid} because uuid is already in use"
             )));
         }
+        if let Some(k) = self.kernel.get() {
+            k.set_uuid(&device, uuid)?;
+        }
         device.set_uuid(uuid);
         device.event();
         Ok(())

@@ -83,6 +83,7 @@ pub const DM_ACTIVE_PRESENT_FLAG: u32 = 1 << 5;
 pub const DM_INACTIVE_PRESENT_FLAG: u32 = 1 << 6;
 pub const DM_BUFFER_FULL_FLAG: u32 = 1 << 8;
 pub const DM_QUERY_INACTIVE_TABLE_FLAG: u32 = 1 << 12;
+pub const DM_UUID_FLAG: u32 = 1 << 14;
 
 /// `_IOWR(DM_IOCTL, cmd, struct dm_ioctl)`: direction read|write (3) in bits 30-31, the size in
 /// bits 16-29, the type in bits 8-15, the number in bits 0-7.
@@ -331,14 +332,24 @@ impl Control {
 
     /// DM_DEV_RENAME: the new name follows the header, NUL-terminated.
     pub fn rename(&self, old: &str, new: &str) -> io::Result<()> {
-        if new.len() >= DM_NAME_LEN || new.as_bytes().contains(&0) {
+        self.rename_call(old, new, DM_NAME_LEN, 0)
+    }
+
+    /// DM_DEV_RENAME with DM_UUID_FLAG: sets the uuid (once, as the kernel allows).
+    pub fn set_uuid(&self, name: &str, uuid: &str) -> io::Result<()> {
+        self.rename_call(name, uuid, DM_UUID_LEN, DM_UUID_FLAG)
+    }
+
+    fn rename_call(&self, name: &str, new: &str, limit: usize, flags: u32) -> io::Result<()> {
+        if new.len() >= limit || new.as_bytes().contains(&0) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                "new name too long",
+                format!("'{new}' does not fit the kernel's {limit} bytes"),
             ));
         }
         let mut b = Buffer::new(HEADER + new.len() + 1);
-        copy_str(&mut b.header_mut().name, old, "device name")?;
+        copy_str(&mut b.header_mut().name, name, "device name")?;
+        b.header_mut().flags = flags;
         b.bytes_mut()[HEADER..HEADER + new.len()].copy_from_slice(new.as_bytes());
         self.call(DM_DEV_RENAME_CMD, &mut b)
     }

@@ -473,6 +473,18 @@ impl Kernel {
         Ok(())
     }
 
+    /// Sets the kernel device's uuid (DM_DEV_RENAME with DM_UUID_FLAG).
+    pub fn set_uuid(&self, device: &Device, uuid: &str) -> DmResult<()> {
+        let state = self.state.lock();
+        let Some(m) = state.devices.get(&device.id) else {
+            return Ok(());
+        };
+        let tail = KmsgTail::start();
+        self.ctl
+            .set_uuid(&m.name, uuid)
+            .map_err(|e| kernel_error(format!("set uuid of {} to {uuid}", m.name), &e, tail))
+    }
+
     /// DM_DEV_REMOVE: dmfs's descriptor on the device is closed first (the kernel refuses to
     /// remove an open device); if the kernel still refuses, it is opened again and the error
     /// says why. Then the node goes, and the loop devices with the last table using them.

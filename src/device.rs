@@ -152,12 +152,21 @@ impl Device {
     pub fn set_table(&self, table: Table) {
         let table = Arc::new(table);
         *self.table.write() = table.clone();
-        table.resume_targets();
+        self.resume_targets(&table);
     }
 
     /// Loads `table` as the inactive table, replacing any loaded before.
     pub fn load(&self, table: Table) {
         *self.inactive.write() = Some(Arc::new(table));
+    }
+
+    /// Tells the live table's targets they are live, unless the device is mirrored into the
+    /// kernel: then the kernel's targets serve its I/O, and dmfs's must not start work of their
+    /// own (a snapshot-merge would copy into the origin behind the kernel's back).
+    pub fn resume_targets(&self, table: &Table) {
+        if self.kernel_io().is_none() {
+            table.resume_targets();
+        }
     }
 
     /// Drops the inactive table (the kernel mirror refused it at resume).
@@ -231,7 +240,7 @@ impl Device {
             *self.table.write() = table;
             self.event();
         }
-        self.table().resume_targets();
+        self.resume_targets(&self.table());
         state.suspended = false;
         let deferred = std::mem::take(&mut state.deferred);
         self.gate.changed.notify_all();

@@ -141,7 +141,7 @@ impl Registry {
         if let Some(k) = self.kernel.get() {
             k.create(&device, read_only)?;
         }
-        device.table().resume_targets();
+        device.resume_targets(&device.table());
         d.by_name.insert(name.to_string(), device.clone());
         d.by_id.insert(id, device.clone());
         log::info!("created {name} ({} sectors)", device.size());

@@ -232,10 +232,7 @@ impl TableSession {
         let result = match &mut self.target {
             TableTarget::Create {
                 device: Some(device),
-            } => {
-                device.set_table(table);
-                Ok(())
-            }
+            } => registry.set_live_table(device, table),
             TableTarget::Create { device } => {
                 let owner = registry.policy.owner_for(&self.caller);
                 registry
@@ -331,8 +328,8 @@ impl Command {
         };
         let result = match (self, &words[..]) {
             (Command::Remove, [name]) => registry.remove(name, caller),
-            (Command::Suspend, [name]) => find(name).map(|d| d.suspend()),
-            (Command::Resume, [name]) => find(name).and_then(|d| d.resume()),
+            (Command::Suspend, [name]) => find(name).and_then(|_| registry.suspend(name)),
+            (Command::Resume, [name]) => find(name).and_then(|_| registry.resume(name)),
             (Command::Rename, [old, new]) => registry.rename(old, new, caller),
             (Command::Message, [name, sector, message @ ..]) if !message.is_empty() => find(name)
                 .and_then(|d| d.message(sector, message))

@@ -23,6 +23,8 @@ pub struct MountOptions {
     pub log_file: Option<PathBuf>,
     pub threads: usize,
     pub passthrough: PassthroughMode,
+    /// Mirror every device into the kernel's device mapper (`--kernel`).
+    pub kernel: bool,
 }
 
 fn die(msg: &str) -> ! {
@@ -79,6 +81,12 @@ pub fn mount(opts: MountOptions) {
     if !mountpoint.is_dir() {
         die(&format!("{}: not a directory", mountpoint.display()));
     }
+    // --kernel: without a kernel device mapper, fail now, before anything is mounted.
+    let kernel = opts.kernel.then(|| {
+        crate::kernel::Kernel::open()
+            .map(Arc::new)
+            .unwrap_or_else(|e| die(&e))
+    });
 
     // In the background, fork first (before any thread exists); the parent waits until the
     // child reports that the mount is ready, or why it failed.
@@ -140,6 +148,14 @@ pub fn mount(opts: MountOptions) {
         ..Policy::default()
     };
     let registry = Arc::new(Registry::new(mountpoint.clone()).with_policy(policy));
+    // The kernel serves a mirrored device's I/O itself: no FUSE passthrough to the files.
+    let passthrough = match &kernel {
+        Some(k) => {
+            registry.set_kernel(k.clone());
+            PassthroughMode::Off
+        }
+        None => opts.passthrough,
+    };
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::FSName("dmfs".into()),
@@ -156,7 +172,7 @@ pub fn mount(opts: MountOptions) {
     config.n_threads = Some(opts.threads.max(1));
     config.clone_fd = true;
     let mut session = match Session::new(
-        DmFs::new(registry.clone(), opts.passthrough),
+        DmFs::new(registry.clone(), passthrough),
         &mountpoint,
         &config,
     ) {
@@ -190,6 +206,7 @@ pub fn mount(opts: MountOptions) {
         log::error!("session ended: {e}");
     }
     registry.flush_all();
+    registry.kernel_teardown();
     log::info!("unmounted {}", mountpoint.display());
 }
 

@@ -2,7 +2,9 @@
 //! offset split across the table's lines, with read-modify-write for the partial sectors at the
 //! edges.
 
+use std::fs::File;
 use std::io;
+use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
@@ -42,6 +44,9 @@ pub struct Device {
     /// exclusively so no other write lands between that read and their write. Whole-sector
     /// writes hold it shared.
     edge_lock: RwLock<()>,
+    /// `/dev/mapper/NAME` while the device is mirrored into the kernel (`--kernel`): its I/O
+    /// then goes through the kernel's device, so both paths see the same bytes.
+    kernel_io: RwLock<Option<Arc<File>>>,
 }
 
 /// An I/O request held while its device is suspended, run at resume.
@@ -118,6 +123,7 @@ impl Device {
             passthrough_opens: AtomicU32::new(0),
             holders: AtomicU32::new(0),
             edge_lock: RwLock::new(()),
+            kernel_io: RwLock::new(None),
         }
     }
 
@@ -152,12 +158,36 @@ impl Device {
     pub fn set_table(&self, table: Table) {
         let table = Arc::new(table);
         *self.table.write() = table.clone();
-        table.resume_targets(&self.link);
+        self.resume_targets(&table);
     }
 
     /// Loads `table` as the inactive table, replacing any loaded before.
     pub fn load(&self, table: Table) {
         *self.inactive.write() = Some(Arc::new(table));
+    }
+
+    /// Tells the live table's targets they are live, unless the device is mirrored into the
+    /// kernel: then the kernel's targets serve its I/O, and dmfs's must not start work of their
+    /// own (a snapshot-merge would copy into the origin behind the kernel's back).
+    pub fn resume_targets(&self, table: &Table) {
+        if self.kernel_io().is_none() {
+            table.resume_targets(&self.link);
+        }
+    }
+
+    /// Drops the inactive table (the kernel mirror refused it at resume).
+    pub fn clear_inactive(&self) {
+        *self.inactive.write() = None;
+    }
+
+    /// Sends this device's I/O through the kernel's device (Some) or dmfs's own table (None);
+    /// returns the descriptor used before.
+    pub fn set_kernel_io(&self, file: Option<Arc<File>>) -> Option<Arc<File>> {
+        std::mem::replace(&mut *self.kernel_io.write(), file)
+    }
+
+    pub fn kernel_io(&self) -> Option<Arc<File>> {
+        self.kernel_io.read().clone()
     }
 
     pub fn is_suspended(&self) -> bool {
@@ -170,11 +200,6 @@ impl Device {
 
     pub fn set_read_only(&self, read_only: bool) {
         self.read_only.store(read_only, Ordering::SeqCst);
-    }
-
-    /// What the targets of a table going live learn of the device.
-    pub fn link(&self) -> &DeviceLink {
-        &self.link
     }
 
     pub fn event_nr(&self) -> u32 {
@@ -224,12 +249,14 @@ impl Device {
             *self.table.write() = table;
             self.event();
         }
-        if let Err(e) = self.table().preresume_targets(&self.link) {
+        if self.kernel_io().is_none()
+            && let Err(e) = self.table().preresume_targets(&self.link)
+        {
             state.suspended = true;
             self.link.suspended.store(true, Ordering::SeqCst);
             return Err(e);
         }
-        self.table().resume_targets(&self.link);
+        self.resume_targets(&self.table());
         state.suspended = false;
         self.link.suspended.store(false, Ordering::SeqCst);
         let deferred = std::mem::take(&mut state.deferred);
@@ -275,6 +302,10 @@ impl Device {
         }
         let n = std::cmp::min(buf.len() as u64, size - offset.0) as usize;
         let buf = &mut buf[..n];
+        if let Some(kernel) = self.kernel_io() {
+            kernel.read_exact_at(buf, offset.0)?;
+            return Ok(n);
+        }
         if aligned(offset.0, n) {
             table.read(offset.sectors_floor(), buf)?;
         } else {
@@ -302,6 +333,10 @@ impl Device {
         }
         let n = std::cmp::min(data.len() as u64, size - offset.0) as usize;
         let data = &data[..n];
+        if let Some(kernel) = self.kernel_io() {
+            kernel.write_all_at(data, offset.0)?;
+            return Ok(n);
+        }
         if aligned(offset.0, n) {
             let _shared = self.edge_lock.read();
             table.write(offset.sectors_floor(), data)?;
@@ -328,6 +363,9 @@ impl Device {
     /// Whole-sector reads for devices stacked on this one.
     pub fn read_sectors(&self, at: Sectors, buf: &mut [u8]) -> io::Result<()> {
         let _io = self.gate.enter();
+        if let Some(kernel) = self.kernel_io() {
+            return kernel.read_exact_at(buf, at.bytes().0);
+        }
         self.table().read(at, buf)
     }
 
@@ -338,11 +376,17 @@ impl Device {
         }
         let _io = self.gate.enter();
         let _shared = self.edge_lock.read();
+        if let Some(kernel) = self.kernel_io() {
+            return kernel.write_all_at(buf, at.bytes().0);
+        }
         self.table().write(at, buf)
     }
 
     /// Flushes the backing devices of the live and the inactive table.
     pub fn flush(&self) -> io::Result<()> {
+        if let Some(kernel) = self.kernel_io() {
+            kernel.sync_data()?;
+        }
         self.table().flush()?;
         match self.inactive_table() {
             Some(t) => t.flush(),

@@ -11,6 +11,7 @@ mod error;
 mod fs;
 #[cfg(test)]
 mod fuzz;
+mod kernel;
 mod registry;
 mod report;
 mod snapshot;
@@ -74,6 +75,10 @@ enum Verb {
         /// on for every read-only open, off never.
         #[arg(long, value_enum, default_value = "auto")]
         passthrough: fs::PassthroughMode,
+        /// Mirror every device into the kernel's device mapper as /dev/mapper/NAME (needs root
+        /// and /dev/mapper/control; regular files are attached through loop devices).
+        #[arg(long)]
+        kernel: bool,
     },
     /// Unmount a dmfs mount (same as umount MNT).
     Umount { mountpoint: PathBuf },
@@ -234,8 +239,10 @@ fn main() {
             log_file,
             threads,
             passthrough,
+            kernel,
         } => {
             daemon::mount(daemon::MountOptions {
+                kernel,
                 mountpoint,
                 foreground,
                 allow_other,

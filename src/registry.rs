@@ -2,8 +2,8 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use parking_lot::RwLock;
 
@@ -12,6 +12,7 @@ use crate::backing::{Backing, Resolver};
 use crate::device::Device;
 use crate::errlog::ErrorLog;
 use crate::error::{DmError, DmResult};
+use crate::kernel::Kernel;
 use crate::table::Table;
 use crate::target::DeviceLink;
 
@@ -41,6 +42,9 @@ pub struct Registry {
     pub errors: ErrorLog,
     /// Who owns what, and who may manage which device.
     pub policy: Policy,
+    /// The kernel mirror (`--kernel`): each change below is made in the kernel first, and a
+    /// refusal there leaves dmfs unchanged.
+    kernel: OnceLock<Arc<Kernel>>,
 }
 
 /// Checks a device name against the kernel's rules (non-empty, shorter than DM_NAME_LEN, no
@@ -153,6 +157,7 @@ impl Registry {
             next_id: AtomicU64::new(0),
             errors: ErrorLog::default(),
             policy: Policy::default(),
+            kernel: OnceLock::new(),
         }
     }
 
@@ -169,6 +174,11 @@ impl Registry {
         } else {
             Err(self.policy.not_manager(caller, &device.name()))
         }
+    }
+
+    /// Mirrors every device from now on into the kernel's device mapper.
+    pub fn set_kernel(&self, kernel: Arc<Kernel>) {
+        let _ = self.kernel.set(kernel);
     }
 
     /// Takes `name` for a table about to be written. EBUSY if a device has it or another
@@ -215,7 +225,10 @@ impl Registry {
         device.owner = owner;
         let device = Arc::new(device);
         device.set_read_only(read_only);
-        device.table().resume_targets(device.link());
+        if let Some(k) = self.kernel.get() {
+            k.create(&device, read_only)?;
+        }
+        device.resume_targets(&device.table());
         d.by_name.insert(name.to_string(), device.clone());
         d.by_id.insert(id, device.clone());
         log::info!("created {name} ({} sectors)", device.size());
@@ -250,6 +263,12 @@ impl Registry {
         if device.is_open() {
             return Err(DmError::busy(format!("Device {name} is open")));
         }
+        // A mirrored device's I/O went through the kernel: dmfs's own targets hold nothing to
+        // flush (and a delay target would hold the remove for its flush delay).
+        let mirrored = match self.kernel.get() {
+            Some(k) => k.remove(&device)?,
+            None => false,
+        };
         d.by_name.remove(name);
         d.by_id.remove(&device.id);
         drop(d);
@@ -259,8 +278,9 @@ impl Registry {
         device.suspend();
         // The table goes with the device: references it held to other devices are released
         // once the last reader drops its Arc. (The suspend above let delay targets go of
-        // what they hold back, so the flush does not wait out a delay.)
-        if let Err(e) = device.flush() {
+        // what they hold back, so the flush does not wait out a delay; a mirrored device's
+        // I/O went through the kernel, so dmfs's targets hold nothing to flush.)
+        if !mirrored && let Err(e) = device.flush() {
             log::warn!("remove {name}: flush failed: {e}");
         }
         // As __dm_destroy waits for the device's holders, wait (a little) for another holder
@@ -289,6 +309,9 @@ impl Registry {
             return Err(DmError::busy(format!(
                 "Unable to change name on mapped device {old} to one that already exists: {new}"
             )));
+        }
+        if let Some(k) = self.kernel.get() {
+            k.rename(&device, new)?;
         }
         d.by_name.remove(old);
         d.by_name.insert(new.to_string(), device.clone());
@@ -320,6 +343,9 @@ impl Registry {
                 "Unable to change uuid of mapped device {name} to {uuid} because uuid is already in use"
             )));
         }
+        if let Some(k) = self.kernel.get() {
+            k.set_uuid(&device, uuid)?;
+        }
         device.set_uuid(uuid);
         device.event();
         Ok(())
@@ -331,6 +357,9 @@ impl Registry {
             return Err(not_found(name));
         }
         check_no_loop(name, device, &table.devices())?;
+        if let Some(k) = self.kernel.get() {
+            k.load(device, &table)?;
+        }
         device.load(table);
         Ok(())
     }
@@ -371,6 +400,61 @@ impl Registry {
             )));
         }
         Ok(())
+    }
+
+    /// Makes `table` live at once (a create session extending the table it made live).
+    pub fn set_live_table(&self, device: &Device, table: Table) -> DmResult<()> {
+        if let Some(k) = self.kernel.get() {
+            k.replace_live(device, &table)?;
+        }
+        device.set_table(table);
+        Ok(())
+    }
+
+    /// Suspends a device: dmfs's in-flight I/O drains first (it may be I/O into the kernel's
+    /// device), then the kernel's device is suspended.
+    pub fn suspend(&self, name: &str) -> DmResult<()> {
+        let device = self.find(name)?;
+        device.suspend();
+        match self.kernel.get() {
+            Some(k) => k.suspend(&device),
+            None => Ok(()),
+        }
+    }
+
+    /// Resumes a device: the kernel's device first (it swaps in its inactive table), then
+    /// dmfs's, which lets the I/O it held go into the resumed kernel device.
+    pub fn resume(&self, name: &str) -> DmResult<()> {
+        let device = self.find(name)?;
+        if let Some(k) = self.kernel.get()
+            && let Err(e) = k.resume(&device)
+        {
+            // The kernel dropped the table it refused and runs on its old one again: so does
+            // dmfs.
+            device.clear_inactive();
+            let _ = device.resume();
+            return Err(e);
+        }
+        device.resume()
+    }
+
+    /// `dm/NAME/status`: the kernel's status while the device is mirrored, else dmfs's.
+    pub fn status_text(&self, device: &Device) -> String {
+        match self.kernel.get().and_then(|k| k.status_text(device)) {
+            Some(Ok(text)) => text,
+            Some(Err(e)) => {
+                self.errors.record("status", &device.name(), &e);
+                device.table().status_text()
+            }
+            None => device.table().status_text(),
+        }
+    }
+
+    /// Removes every device's kernel mirror (at unmount).
+    pub fn kernel_teardown(&self) {
+        if let Some(k) = self.kernel.get() {
+            k.remove_all(&self.list());
+        }
     }
 
     /// Looks a device up, ENOENT if there is none.

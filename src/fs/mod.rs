@@ -132,7 +132,7 @@ impl DmFs {
                         .inactive_table()
                         .map(|t| t.table_text())
                         .unwrap_or_default(),
-                    DmFile::Status => device.table().status_text(),
+                    DmFile::Status => self.registry.status_text(&device),
                     DmFile::Info => crate::report::info_text(&device),
                     DmFile::Deps => crate::report::deps_text(&device),
                     DmFile::Uuid => device.uuid().map(|u| format!("{u}\n")).unwrap_or_default(),

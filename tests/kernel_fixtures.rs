@@ -4,90 +4,15 @@
 //! same tables refused.
 
 mod common;
+use common::fixture::{self, Block, DISKS, make_disks, substitute, table_text};
 use common::*;
 
 use std::path::Path;
 
-/// The four fixture disks: placeholder, pattern index, sectors.
-const DISKS: [(&str, u64, u64); 4] = [
-    ("$A", 0, 8192),
-    ("$B", 1, 4096),
-    ("$C", 2, 6144),
-    ("$D", 3, 1000),
-];
-
-#[derive(Default, Debug)]
-struct Block {
-    kind: String,
-    name: String,
-    fields: Vec<(String, String)>,
-}
-
-impl Block {
-    fn all(&self, key: &str) -> Vec<&str> {
-        self.fields
-            .iter()
-            .filter(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
-            .collect()
-    }
-    fn one(&self, key: &str) -> Option<&str> {
-        self.all(key).first().copied()
-    }
-}
-
-fn parse(text: &str) -> Vec<Block> {
-    let mut blocks = Vec::new();
-    let mut current: Option<Block> = None;
-    for line in text.lines() {
-        let (key, value) = line.split_once(' ').unwrap_or((line, ""));
-        match key {
-            "case" | "write" | "bad" if current.is_none() => {
-                current = Some(Block {
-                    kind: key.into(),
-                    name: value.into(),
-                    ..Default::default()
-                })
-            }
-            "end" => blocks.push(current.take().expect("end without a block")),
-            _ => current
-                .as_mut()
-                .expect("field outside a block")
-                .fields
-                .push((key.into(), value.into())),
-        }
-    }
-    assert!(current.is_none(), "unterminated block in targets.out");
-    blocks
-}
-
 fn fixtures() -> Vec<Block> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/kernel/targets.out");
-    let blocks = parse(&std::fs::read_to_string(&path).expect("fixtures/kernel/targets.out"));
+    let blocks = fixture::read("targets.out", &["case", "write", "bad"]);
     assert!(blocks.len() > 20, "too few recorded cases");
     blocks
-}
-
-fn make_disks(m: &Mount) {
-    for (ph, index, sectors) in DISKS {
-        write_pattern_image(&m.path(&format!("{}.img", &ph[1..])), index, sectors);
-    }
-}
-
-/// Placeholders -> this mount's image paths.
-fn substitute(m: &Mount, text: &str) -> String {
-    let mut out = text.to_string();
-    for (ph, _, _) in DISKS {
-        out = out.replace(ph, &m.path(&format!("{}.img", &ph[1..])).to_string_lossy());
-    }
-    out
-}
-
-fn table_text(m: &Mount, b: &Block) -> String {
-    b.all("table")
-        .iter()
-        .map(|l| substitute(m, l) + "\n")
-        .collect()
 }
 
 fn sha256(m: &Mount, file: &str) -> String {

@@ -206,6 +206,30 @@ pub fn parse_uint_arg(arg: &str) -> Option<u32> {
     digits.parse::<u32>().ok()
 }
 
+/// Splits `len_bytes` from sector `offset` of a target at every multiple of `chunk` sectors
+/// (counted from the target's start, as the kernel's max_io_len splits bios) and hands each
+/// piece, as its first sector and its byte range in the caller's buffer, to `io`.
+pub fn for_each_chunk(
+    offset: Sectors,
+    len_bytes: usize,
+    chunk: u64,
+    mut io: impl FnMut(u64, std::ops::Range<usize>) -> io::Result<()>,
+) -> io::Result<()> {
+    let sector_size = crate::units::SECTOR_SIZE;
+    let total = len_bytes as u64 / sector_size;
+    let mut done = 0u64;
+    while done < total {
+        let sector = offset.0 + done;
+        let n = std::cmp::min(chunk - sector % chunk, total - done);
+        io(
+            sector,
+            (done * sector_size) as usize..((done + n) * sector_size) as usize,
+        )?;
+        done += n;
+    }
+    Ok(())
+}
+
 /// An I/O error result for a target that refuses the operation.
 pub fn io_error() -> io::Error {
     io::Error::from_raw_os_error(libc::EIO)

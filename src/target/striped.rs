@@ -5,10 +5,10 @@
 use std::io;
 use std::sync::Arc;
 
-use super::{Ctor, Target, TargetType, parse_sector_arg, parse_uint_arg};
+use super::{Ctor, Target, TargetType, for_each_chunk, parse_sector_arg, parse_uint_arg};
 use crate::backing::Backing;
 use crate::error::{DmError, DmResult};
-use crate::units::{SECTOR_SIZE, Sectors};
+use crate::units::Sectors;
 
 pub const TYPE: TargetType = TargetType {
     name: "striped",
@@ -84,21 +84,12 @@ impl Striped {
         len_bytes: usize,
         mut io: impl FnMut(&Stripe, Sectors, std::ops::Range<usize>) -> io::Result<()>,
     ) -> io::Result<()> {
-        let total = len_bytes as u64 / SECTOR_SIZE;
-        let mut done = 0u64;
-        while done < total {
-            let sector = offset.0 + done;
+        for_each_chunk(offset, len_bytes, self.chunk_size, |sector, range| {
             let (stripe, at) =
                 stripe_map(Sectors(sector), self.chunk_size, self.stripes.len() as u64);
-            let left_in_chunk = self.chunk_size - sector % self.chunk_size;
-            let n = std::cmp::min(left_in_chunk, total - done);
             let s = &self.stripes[stripe];
-            let from = (done * SECTOR_SIZE) as usize;
-            let to = ((done + n) * SECTOR_SIZE) as usize;
-            io(s, s.start + at, from..to)?;
-            done += n;
-        }
-        Ok(())
+            io(s, s.start + at, range)
+        })
     }
 }
 

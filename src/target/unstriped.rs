@@ -10,7 +10,9 @@
 use std::io;
 use std::sync::Arc;
 
-use super::{Ctor, Target, TargetType, check_area, parse_sector_arg, parse_uint_arg};
+use super::{
+    Ctor, Target, TargetType, check_area, for_each_chunk, parse_sector_arg, parse_uint_arg,
+};
 use crate::backing::Backing;
 use crate::error::{DmError, DmResult};
 use crate::units::{SECTOR_SIZE, Sectors};
@@ -86,26 +88,22 @@ impl Unstriped {
         len_bytes: usize,
         mut io: impl FnMut(Sectors, std::ops::Range<usize>) -> io::Result<()>,
     ) -> io::Result<()> {
-        let chunk = u64::from(self.chunk_size);
-        let total = len_bytes as u64 / SECTOR_SIZE;
-        let mut done = 0u64;
-        while done < total {
-            let sector = offset.0 + done;
-            let n = std::cmp::min(chunk - sector % chunk, total - done);
-            let from = (done * SECTOR_SIZE) as usize;
-            let to = ((done + n) * SECTOR_SIZE) as usize;
-            let at = map_to_core(sector, self.stripes, self.chunk_size, self.stripe);
-            // Past any device: the kernel's bio would fail at the end of the device.
-            let at = self
-                .start
-                .0
-                .checked_add(at)
-                .filter(|s| s.checked_mul(SECTOR_SIZE).is_some())
-                .ok_or_else(super::io_error)?;
-            io(Sectors(at), from..to)?;
-            done += n;
-        }
-        Ok(())
+        for_each_chunk(
+            offset,
+            len_bytes,
+            u64::from(self.chunk_size),
+            |sector, range| {
+                let at = map_to_core(sector, self.stripes, self.chunk_size, self.stripe);
+                // Past any device: the kernel's bio would fail at the end of the device.
+                let at = self
+                    .start
+                    .0
+                    .checked_add(at)
+                    .filter(|s| s.checked_mul(SECTOR_SIZE).is_some())
+                    .ok_or_else(super::io_error)?;
+                io(Sectors(at), range)
+            },
+        )
     }
 }
 

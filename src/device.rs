@@ -217,14 +217,14 @@ impl Device {
         let mut state = self.gate.state.lock();
         let was_suspended = state.suspended;
         state.suspended = true;
-        if !was_suspended && self.passthrough_opens.load(Ordering::SeqCst) > 0 {
-            log::warn!(
-                "suspend {}: {} passthrough handles are open; the kernel serves their reads, which the suspend cannot hold (they see a reloaded table at their next open)",
-                self.name(),
-                self.passthrough_opens.load(Ordering::SeqCst)
-            );
-        }
         if !was_suspended {
+            let passthrough = self.passthrough_opens.load(Ordering::SeqCst);
+            if passthrough > 0 {
+                log::warn!(
+                    "suspend {}: {passthrough} passthrough handles are open; the kernel serves their reads, which the suspend cannot hold (they see a reloaded table at their next open)",
+                    self.name()
+                );
+            }
             // Targets let go of I/O they hold back before the drain waits for it.
             drop(state);
             self.table().presuspend_targets();

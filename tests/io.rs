@@ -62,21 +62,6 @@ impl Model {
     }
 }
 
-/// Compares bytes, naming the first difference instead of printing megabytes.
-fn assert_same(what: &str, got: &[u8], want: &[u8]) {
-    if got == want {
-        return;
-    }
-    let first = got.iter().zip(want).position(|(a, b)| a != b);
-    panic!(
-        "{what}: {} bytes read, {} expected; first difference at byte {:?} (sector {:?})",
-        got.len(),
-        want.len(),
-        first,
-        first.map(|f| f / 512)
-    );
-}
-
 /// A linear table as (sectors, file index, file offset in sectors) lines, as a byte map.
 fn linear_map(lines: &[(u64, usize, u64)]) -> impl Fn(u64) -> (usize, u64) + '_ {
     move |b| {

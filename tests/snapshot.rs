@@ -163,21 +163,6 @@ fn read_at(f: &File, len: usize) -> Vec<u8> {
     buf
 }
 
-/// Compares bytes, naming the first difference instead of printing megabytes.
-fn assert_same(what: &str, got: &[u8], want: &[u8]) {
-    if got == want {
-        return;
-    }
-    let first = got.iter().zip(want).position(|(a, b)| a != b);
-    panic!(
-        "{what}: {} bytes read, {} expected; first difference at byte {:?} (sector {:?})",
-        got.len(),
-        want.len(),
-        first,
-        first.map(|f| f / 512)
-    );
-}
-
 /// Writes `data` at byte `off` of dev/NAME with one dd write(2), conv=notrunc (and
 /// oflag=direct when asked).
 fn dd_write(m: &Mount, dev: &str, off: u64, data: &[u8], direct: bool) {

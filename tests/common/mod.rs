@@ -234,6 +234,21 @@ impl Drop for Mount {
     }
 }
 
+/// Compares bytes, naming the first difference instead of printing megabytes.
+pub fn assert_same(what: &str, got: &[u8], want: &[u8]) {
+    if got == want {
+        return;
+    }
+    let first = got.iter().zip(want).position(|(a, b)| a != b);
+    panic!(
+        "{what}: {} bytes read, {} expected; first difference at byte {:?} (sector {:?})",
+        got.len(),
+        want.len(),
+        first,
+        first.map(|f| f / 512)
+    );
+}
+
 /// The fixture disk pattern (fixtures/kernel/mkimg.py): in sector s of disk `index`, u64 word w
 /// (little-endian) is ((index + 1) << 56) | (s << 8) | w. Every sector of every disk differs.
 pub fn pattern_image(index: u64, sectors: u64) -> Vec<u8> {

@@ -216,11 +216,31 @@ fn parse_features(set: &mut ArgSet<'_>) -> DmResult<Features> {
     Ok(f)
 }
 
+/// The fate of a write while the device is down.
+enum DownWrite {
+    Drop,
+    Fail,
+    Pass,
+}
+
 impl Flakey {
     /// The kernel's test: whole seconds since load, modulo the period, past the up interval.
     fn is_down(&self) -> bool {
         let elapsed = self.born.elapsed().as_secs() as u32;
         elapsed % self.up.wrapping_add(self.down) >= self.up
+    }
+
+    /// What the kernel's flakey_map does with a write (a flush too) while down: drop_writes
+    /// drops it, error_writes or no feature at all fails it, corrupt_bio_byte lets it pass.
+    fn down_write(&self) -> DownWrite {
+        let f = &self.features;
+        if f.drop_writes {
+            DownWrite::Drop
+        } else if f.error_writes || f.corrupt.is_none() {
+            DownWrite::Fail
+        } else {
+            DownWrite::Pass
+        }
     }
 
     /// The corruption that applies to a write, if any.
@@ -256,15 +276,10 @@ impl Target for Flakey {
         if !self.is_down() {
             return self.dev.write_at(self.start + offset, buf);
         }
-        let f = &self.features;
-        if f.drop_writes {
-            return Ok(());
-        }
-        if f.error_writes {
-            return Err(io_error());
-        }
-        if f.corrupt.is_none() {
-            return Err(io_error());
+        match self.down_write() {
+            DownWrite::Drop => return Ok(()),
+            DownWrite::Fail => return Err(io_error()),
+            DownWrite::Pass => {}
         }
         match self.write_corruption() {
             Some(c) => {
@@ -280,12 +295,10 @@ impl Target for Flakey {
     /// as a write would be.
     fn flush(&self) -> io::Result<()> {
         if self.is_down() {
-            let f = &self.features;
-            if f.drop_writes {
-                return Ok(());
-            }
-            if f.error_writes || f.corrupt.is_none() {
-                return Err(io_error());
+            match self.down_write() {
+                DownWrite::Drop => return Ok(()),
+                DownWrite::Fail => return Err(io_error()),
+                DownWrite::Pass => {}
             }
         }
         self.dev.flush()

@@ -219,7 +219,8 @@ row_runs() { [[ -n $CACHE_MODES ]] || [[ $1 != *-direct && $1 != *-wb ]]; }
 PROBES=
 for t in whole whole-direct whole-wb qsd; do
     row_runs "$t" || continue
-    PROBES+="${PROBES:+, }$t $(python3 "$ROOT/benches/cache-probe.py" "$(target_file "$t")" | sed 's/ / \/ /')"
+    res=$(python3 "$ROOT/benches/cache-probe.py" "$(target_file "$t")" 2>/dev/null) || res="probe-failed probe-failed"
+    PROBES+="${PROBES:+, }$t ${res/ / \/ }"
 done
 log "cache probe (resident after read-only / read-write open): $PROBES"
 

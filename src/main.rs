@@ -1,6 +1,8 @@
 //! dmfs: the Linux device mapper, in user space, behind a filesystem.
 
 mod access;
+#[cfg(test)]
+mod alloc_count;
 mod backing;
 mod cli;
 mod control;
@@ -14,6 +16,7 @@ mod fuzz;
 mod kernel;
 mod registry;
 mod report;
+mod scratch;
 mod snapshot;
 mod table;
 mod target;

@@ -9,12 +9,12 @@
 //! the `Snap` over, as the kernel hands exceptions over between tables. Writes through a
 //! `snapshot-origin` target reach every active `Snap` of that origin through `origins`.
 
+pub mod chunk_hash;
 pub mod chunk_locks;
 pub mod merge;
 pub mod origins;
 pub mod persistent;
 
-use std::collections::HashMap;
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -25,6 +25,7 @@ use crate::backing::Backing;
 use crate::error::{DmError, DmResult};
 use crate::target::DeviceLink;
 use crate::units::{SECTOR_SIZE, Sectors};
+use chunk_hash::ChunkMap;
 use chunk_locks::{ChunkGuard, ChunkLocks};
 use persistent::Persistent;
 
@@ -86,7 +87,7 @@ pub struct Snap {
     state: Mutex<StoreState>,
     committed: Condvar,
     /// Completed exceptions: origin chunk -> COW chunk.
-    exceptions: RwLock<HashMap<u64, u64>>,
+    exceptions: RwLock<ChunkMap<u64>>,
     locks: ChunkLocks,
     valid: AtomicBool,
     overflowed: AtomicBool,

@@ -14,6 +14,8 @@ mod fs;
 #[cfg(test)]
 mod fuzz;
 mod kernel;
+#[cfg(test)]
+mod microbench;
 mod registry;
 mod report;
 mod scratch;

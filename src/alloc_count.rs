@@ -217,6 +217,31 @@ mod hot_paths {
         assert_eq!(count(pass).0, 0);
     }
 
+    /// A flakey device that is always down and corrupts every write corrupts a copy in a
+    /// reused buffer, not a fresh one.
+    #[test]
+    fn flakey_corrupting_writes() {
+        let f = Files::new("flakey", &[2 * MIB]);
+        let d = device(
+            &f,
+            &["0 4096 flakey A 0 0 1 5 corrupt_bio_byte 1 w 0 0".into()],
+        );
+        let data = vec![9u8; 1 << 20];
+        let reqs = requests(4096 * 512);
+        let pass = || {
+            for &(at, len) in &reqs {
+                assert_eq!(d.write(Bytes(at), &data[..len]).unwrap(), len);
+            }
+        };
+        pass();
+        assert_eq!(count(pass).0, 0);
+        // The writes were corrupted: the first byte of the last one's bio reads back 0.
+        let (at, _) = reqs[reqs.len() - 1];
+        let mut b = [1u8; 512];
+        d.read(Bytes(at / 512 * 512), &mut b).unwrap();
+        assert_eq!(b[0], 0);
+    }
+
     /// The counter itself counts: the test above would see an allocation made in the loop.
     #[test]
     fn counter_counts() {

@@ -19,7 +19,9 @@ use std::io;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{Ctor, Target, TargetType, check_area, io_error, parse_sector_arg, scan_u32};
+use super::{
+    Ctor, Target, TargetType, check_area, io_error, parse_sector_arg, read_arg_group, scan_u32,
+};
 use crate::backing::Backing;
 use crate::coherence::View;
 use crate::error::{DmError, DmResult};
@@ -133,15 +135,8 @@ fn parse_features(set: &mut ArgSet<'_>) -> DmResult<Features> {
     if set.args.is_empty() {
         return Ok(f);
     }
-    let invalid_count = || DmError::invalid("Invalid number of feature args");
-    let mut argc = set
-        .shift()
-        .and_then(scan_u32)
-        .filter(|&n| n <= 6)
-        .ok_or_else(invalid_count)?;
-    if set.args.len() < argc as usize {
-        return Err(invalid_count());
-    }
+    let mut argc = read_arg_group(set.args, 6, "Invalid number of feature args")?;
+    set.shift();
     while argc != 0 {
         let name = set.shift();
         argc = argc.wrapping_sub(1);

@@ -207,6 +207,17 @@ pub fn scan_u32(arg: &str) -> Option<u32> {
     scan_u64(arg).and_then(|n| u32::try_from(n).ok())
 }
 
+/// The kernel's `dm_read_arg_group`: the count of a group of arguments that follows it,
+/// `%u` (no sign: the kernel refuses `+1`, recorded as flakey-plus-feature-count in
+/// fixtures/kernel/faults.out), at most `max` and no more than the arguments after it; else
+/// `error`. The caller then shifts the count off.
+pub fn read_arg_group(args: &[String], max: u32, error: &str) -> DmResult<u32> {
+    args.first()
+        .and_then(|count| scan_u32(count))
+        .filter(|&n| n <= max && (n as usize) < args.len())
+        .ok_or_else(|| DmError::invalid(error))
+}
+
 /// A sector argument, `sscanf("%llu%c")` as every target reads one.
 pub fn parse_sector_arg(arg: &str) -> Option<Sectors> {
     scan_u64(arg).map(Sectors)

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::Mutex;
 
-use super::{Ctor, DeviceLink, Target, TargetType, check_area, parse_uint_arg};
+use super::{Ctor, DeviceLink, Target, TargetType, check_area, parse_uint_arg, read_arg_group};
 use crate::backing::Backing;
 use crate::coherence::View;
 use crate::error::{DmError, DmResult};
@@ -62,16 +62,11 @@ fn construct_merge(ctor: &Ctor<'_>, args: &[String]) -> DmResult<Box<dyn Target>
 /// The kernel's `dm_read_arg_group` for `sscanf("%u%c")`: the count must be a number in
 /// 0..=2 with that many arguments after it.
 fn parse_features(args: &[String]) -> DmResult<(bool, bool)> {
-    let Some((count, rest)) = args.split_first() else {
+    if args.is_empty() {
         return Ok((false, false));
-    };
-    let n = count
-        .strip_prefix('+')
-        .unwrap_or(count)
-        .parse::<u32>()
-        .ok()
-        .filter(|&n| n <= 2 && n as usize <= rest.len())
-        .ok_or_else(|| DmError::invalid("Invalid number of feature arguments"))?;
+    }
+    let n = read_arg_group(args, 2, "Invalid number of feature arguments")?;
+    let rest = &args[1..];
     let (mut zeroes, mut passdown) = (false, false);
     for arg in &rest[..n as usize] {
         if arg.eq_ignore_ascii_case("discard_zeroes_cow") {
@@ -338,5 +333,32 @@ impl Drop for Snapshot {
             self.snap.stop_merging();
         }
         self.snap.targets.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_features;
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn feature_counts_are_read_as_the_kernels_dm_read_arg_group() {
+        assert_eq!(parse_features(&args(&[])).unwrap(), (false, false));
+        assert_eq!(
+            parse_features(&args(&["1", "discard_zeroes_cow"])).unwrap(),
+            (true, false)
+        );
+        for bad in [
+            &["+1", "discard_zeroes_cow"][..],
+            &["3", "a", "b", "c"],
+            &["2", "discard_zeroes_cow"],
+            &["x"],
+        ] {
+            let e = parse_features(&args(bad)).unwrap_err();
+            assert_eq!(e.reason, "Invalid number of feature arguments", "{bad:?}");
+        }
     }
 }

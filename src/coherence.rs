@@ -178,8 +178,15 @@ struct Job {
     then: Option<Box<dyn FnOnce() + Send>>,
 }
 
+type DeviceList = Box<dyn Fn() -> Vec<Arc<Device>> + Send + Sync>;
+
 struct Hub {
     index: RwLock<Index>,
+    /// A table went live or a device went away since the index was built: it is rebuilt when
+    /// next needed (a mount creating thousands of devices builds it once, not per device).
+    index_stale: AtomicBool,
+    /// The mount's devices, for rebuilding the index.
+    devices: DeviceList,
     /// Whether any device has been opened through the page cache: until then nothing can be
     /// stale and writes skip the bookkeeping.
     any_cached: AtomicBool,
@@ -198,13 +205,18 @@ thread_local! {
 /// The deepest stack a change is followed up (the stacking limit is 16).
 const MAX_DEPTH: usize = 32;
 
-/// Starts the invalidator, which drops pages through `drop` (the FUSE notifier). Called once,
-/// when the mount is made; until then (and in direct mode, where nothing is opened cached)
-/// changes are not followed.
-pub fn start(drop: impl Fn(&Stale) -> std::io::Result<()> + Send + 'static) {
+/// Starts the invalidator, which drops pages through `drop` (the FUSE notifier); `devices`
+/// lists the mount's devices. Called once, when the mount is made; until then (and in direct
+/// mode, where nothing is opened cached) changes are not followed.
+pub fn start(
+    drop: impl Fn(&Stale) -> std::io::Result<()> + Send + 'static,
+    devices: impl Fn() -> Vec<Arc<Device>> + Send + Sync + 'static,
+) {
     let (tx, rx) = channel::<Job>();
     let hub = Hub {
         index: RwLock::new(Index::default()),
+        index_stale: AtomicBool::new(true),
+        devices: Box::new(devices),
         any_cached: AtomicBool::new(false),
         invalidator: Mutex::new(Some(tx)),
     };
@@ -239,11 +251,23 @@ pub fn opened_cached(device: &Device) {
     }
 }
 
-/// Rebuilds who-shows-what after a table went live or a device went away.
-pub fn tables_changed(devices: &[Arc<Device>]) {
+/// A table went live or a device went away: who shows what must be worked out again.
+pub fn tables_changed() {
     if let Some(hub) = HUB.get() {
-        *hub.index.write() = Index::build(devices);
+        hub.index_stale.store(true, Ordering::SeqCst);
     }
+}
+
+/// The index, rebuilt first if tables changed. The check and the rebuild happen under the
+/// write lock, so no lookup after a change can see the index from before it.
+fn index(hub: &Hub) -> parking_lot::RwLockReadGuard<'_, Index> {
+    if hub.index_stale.load(Ordering::SeqCst) {
+        let mut index = hub.index.write();
+        if hub.index_stale.swap(false, Ordering::SeqCst) {
+            *index = Index::build(&(hub.devices)());
+        }
+    }
+    hub.index.read()
 }
 
 fn active() -> Option<&'static Hub> {
@@ -300,7 +324,7 @@ fn followers(hub: &Hub, key: DeviceKey, start: u64, end: u64, depth: usize, out:
         return;
     }
     let mut hits = Vec::new();
-    if let Some(uses) = hub.index.read().by_key.get(&key) {
+    if let Some(uses) = index(hub).by_key.get(&key) {
         uses.overlapping(start, end, |u| {
             if let Some((at, len)) = u.shows(start, end) {
                 hits.push((u.device.clone(), at, at + len));

@@ -199,9 +199,13 @@ pub fn mount(opts: MountOptions) {
         Err(e) => fail(format!("mount {}: {e}", mountpoint.display())),
     };
     let notifier = session.notifier();
-    coherence::start(move |s| {
-        notifier.inval_inode(crate::fs::device_ino(s.device), s.offset as i64, s.len as i64)
-    });
+    let devices = registry.clone();
+    coherence::start(
+        move |s| {
+            notifier.inval_inode(crate::fs::device_ino(s.device), s.offset as i64, s.len as i64)
+        },
+        move || devices.list(),
+    );
     if opts.read_ahead_kb > 0 {
         set_read_ahead(&mountpoint, opts.read_ahead_kb);
     }

@@ -451,9 +451,9 @@ impl Registry {
         result
     }
 
-    /// Tells the page cache bookkeeping which tables are live now.
+    /// Tells the page cache bookkeeping that the live tables changed.
     fn tables_changed(&self) {
-        crate::coherence::tables_changed(&self.list());
+        crate::coherence::tables_changed();
     }
 
     /// `dm/NAME/status`: the kernel's status while the device is mirrored, else dmfs's.

@@ -25,7 +25,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Sender, channel};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, Weak};
 
 use parking_lot::{Mutex, RwLock};
 
@@ -60,7 +60,9 @@ pub enum View {
 /// One table line's view of one device: sectors `from..from + len` of the device show in the
 /// viewing device from sector `at` (one to one), or anywhere in `at..at + span` (not).
 struct Use {
-    device: Arc<Device>,
+    /// Weak: the index must not keep a removed device (and its table, and a snapshot it
+    /// serves) alive until the next rebuild.
+    device: Weak<Device>,
     from: u64,
     len: u64,
     at: u64,
@@ -135,7 +137,7 @@ impl Index {
                         View::Linear { key, from } => (
                             key,
                             Use {
-                                device: device.clone(),
+                                device: Arc::downgrade(device),
                                 from: from.0,
                                 len: entry.len.0,
                                 at: entry.start.0,
@@ -146,7 +148,7 @@ impl Index {
                         View::Within { key, from, len } => (
                             key,
                             Use {
-                                device: device.clone(),
+                                device: Arc::downgrade(device),
                                 from: from.0,
                                 len: len.0,
                                 at: entry.start.0,
@@ -326,8 +328,10 @@ fn followers(hub: &Hub, key: DeviceKey, start: u64, end: u64, depth: usize, out:
     let mut hits = Vec::new();
     if let Some(uses) = index(hub).by_key.get(&key) {
         uses.overlapping(start, end, |u| {
-            if let Some((at, len)) = u.shows(start, end) {
-                hits.push((u.device.clone(), at, at + len));
+            if let Some((at, len)) = u.shows(start, end)
+                && let Some(device) = u.device.upgrade()
+            {
+                hits.push((device, at, at + len));
             }
         });
     }
@@ -400,6 +404,22 @@ pub fn then_reply(stale: Vec<Stale>, reply: impl FnOnce() + Send + 'static) {
     }
 }
 
+/// Sends `reply` once every page drop already asked for is done: an `fsync` or a close after
+/// writeback writes (answered before their aliases' pages were dropped) returns only when
+/// every other device shows what they wrote.
+pub fn after_pending(reply: impl FnOnce() + Send + 'static) {
+    match active() {
+        Some(hub) => send(
+            hub,
+            Job {
+                stale: Vec::new(),
+                then: Some(Box::new(reply)),
+            },
+        ),
+        None => reply(),
+    }
+}
+
 /// Sorts and merges overlapping ranges of the same device: one notification each.
 fn coalesce(mut stale: Vec<Stale>) -> Vec<Stale> {
     stale.sort_by_key(|s| (s.device, s.offset));
@@ -450,7 +470,7 @@ mod tests {
     fn a_use_maps_back_one_to_one_or_whole() {
         let device = zero_device();
         let lin = Use {
-            device: device.clone(),
+            device: Arc::downgrade(&device),
             from: 100,
             len: 50,
             at: 10,
@@ -473,7 +493,7 @@ mod tests {
         let mut uses = Uses::default();
         for i in 0..1000u64 {
             uses.sorted.push(Use {
-                device: device.clone(),
+                device: Arc::downgrade(&device),
                 from: i * 8,
                 len: 8,
                 at: i * 8,

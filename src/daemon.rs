@@ -159,7 +159,10 @@ pub fn mount(opts: MountOptions) {
             PassthroughMode::Off
         }
         // The kernel does not combine writeback caching with passthrough.
-        None if opts.cache == CacheMode::Writeback => PassthroughMode::Off,
+        None if opts.cache == CacheMode::Writeback => {
+            log::info!("--cache writeback: no FUSE passthrough (the kernel does not combine them)");
+            PassthroughMode::Off
+        }
         None => opts.passthrough,
     };
     // A mirrored device's bytes are written by the kernel's device mapper, out of dmfs's

@@ -151,13 +151,14 @@ impl DmFs {
     /// made stale elsewhere are dropped.
     fn dev_open_flags(&self, device: &Device, writing: bool) -> FopenFlags {
         let direct = FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES;
+        if self.cache == CacheMode::Direct {
+            return direct;
+        }
+        // Even a direct open can mmap, which caches pages: every open counts.
+        coherence::opened_cached(device);
         match self.cache {
-            CacheMode::Direct => direct,
             CacheMode::PageCache if writing => direct,
-            CacheMode::PageCache | CacheMode::Writeback => {
-                coherence::opened_cached(device);
-                FopenFlags::FOPEN_KEEP_CACHE
-            }
+            _ => FopenFlags::FOPEN_KEEP_CACHE,
         }
     }
 
@@ -343,12 +344,14 @@ impl DmFs {
 impl Filesystem for DmFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         // Optional speed-ups; a kernel without them still works.
-        for flag in [
-            InitFlags::FUSE_ASYNC_DIO,
-            InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP,
-            InitFlags::FUSE_PARALLEL_DIROPS,
-        ] {
+        for flag in [InitFlags::FUSE_ASYNC_DIO, InitFlags::FUSE_PARALLEL_DIROPS] {
             let _ = config.add_capabilities(flag);
+        }
+        // mmap of a direct-I/O file maps page cache pages. In page-cache mode those are kept
+        // true like any other (every open counts as cached); in direct mode nothing may be
+        // cached, so mmap is refused (ENODEV) rather than left to go stale.
+        if self.cache != CacheMode::Direct {
+            let _ = config.add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP);
         }
         if self.cache == CacheMode::Writeback
             && let Err(missing) = config.add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE)
@@ -688,10 +691,16 @@ impl Filesystem for DmFs {
                 Handle::Uuid(input) => input.lock().flush(&self.registry),
                 Handle::Dev(..) | Handle::Text(_) => Ok(()),
             });
-            coherence::then_reply(stale, move || match result {
+            let answer = move || match result {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),
-            })
+            };
+            match &*handle {
+                // The kernel flushes a closing file's writeback pages first: its close
+                // returns once the other devices showing them have dropped their copies.
+                Handle::Dev(..) => coherence::after_pending(answer),
+                _ => coherence::then_reply(stale, answer),
+            }
         })
     }
 
@@ -746,10 +755,15 @@ impl Filesystem for DmFs {
                 return reply.error(Errno::EBADF);
             };
             match &*handle {
-                Handle::Dev(device, _) => match device.flush() {
-                    Ok(()) => reply.ok(),
-                    Err(e) => reply.error(io_errno(&e)),
-                },
+                // Writeback writes were answered before their aliases' pages were dropped:
+                // fsync returns once they have been.
+                Handle::Dev(device, _) => {
+                    let result = device.flush();
+                    coherence::after_pending(move || match result {
+                        Ok(()) => reply.ok(),
+                        Err(e) => reply.error(io_errno(&e)),
+                    })
+                }
                 _ => reply.ok(),
             }
         })

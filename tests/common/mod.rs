@@ -159,7 +159,7 @@ impl Mount {
             .args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(self.dir.join("dmfs.stderr")).unwrap())
             .spawn()
             .expect("start dmfs");
         self.child = Some(child);
@@ -167,7 +167,8 @@ impl Mount {
         while !self.mnt.join("ctl/version").exists() {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!(
-                    "dmfs mount {args:?} exited early ({status}); log:\n{}",
+                    "dmfs mount {args:?} exited early ({status}); stderr:\n{}log:\n{}",
+                    std::fs::read_to_string(self.dir.join("dmfs.stderr")).unwrap_or_default(),
                     self.log()
                 );
             }

@@ -259,12 +259,15 @@ impl Backing {
     /// regular file must not grow because a table or a COW store computed a far position.
     pub fn write_at(&self, at: Sectors, buf: &[u8]) -> io::Result<()> {
         match &self.source {
-            Source::File { file, size, .. } => {
+            Source::File { file, size, key, .. } => {
                 let end = at.0.checked_add(buf.len() as u64 / 512);
                 if end.is_none_or(|end| end > size.0) {
                     return Err(io::Error::from_raw_os_error(libc::EIO));
                 }
-                file.write_all_at(buf, at.bytes().0)
+                let result = file.write_all_at(buf, at.bytes().0);
+                // Even a failed write may have changed some bytes.
+                crate::coherence::backing_written(*key, at, Sectors(buf.len() as u64 / 512));
+                result
             }
             Source::Mapped { device, .. } => device.write_sectors(at, buf),
         }

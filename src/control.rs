@@ -87,6 +87,8 @@ pub struct TableSession {
     failed: Option<DmError>,
     wrote_anything: bool,
     read_only: bool,
+    /// A create that has not gone live holds its name reserved until it fails or closes.
+    holds_name: bool,
 }
 
 impl TableSession {
@@ -97,6 +99,7 @@ impl TableSession {
         caller: Caller,
         read_only: bool,
     ) -> TableSession {
+        let holds_name = matches!(target, TableTarget::Create { device: None });
         TableSession {
             name: name.to_string(),
             target,
@@ -108,6 +111,7 @@ impl TableSession {
             failed: None,
             wrote_anything: false,
             read_only,
+            holds_name,
         }
     }
 
@@ -173,7 +177,16 @@ impl TableSession {
     fn fail(&mut self, registry: &Registry, err: DmError) -> DmError {
         registry.errors.record(self.operation(), &self.name, &err);
         self.failed = Some(err.clone());
+        // The write that failed has its answer: the name is free again at once, not only when
+        // the kernel gets round to releasing the file (a retry right after must not see EBUSY).
+        self.release_name(registry);
         err
+    }
+
+    fn release_name(&mut self, registry: &Registry) {
+        if std::mem::take(&mut self.holds_name) {
+            registry.unreserve(&self.name);
+        }
     }
 
     fn add_line(&mut self, registry: &Registry, line: &str) -> DmResult<()> {
@@ -246,6 +259,10 @@ impl TableSession {
         if let Err(e) = result {
             return Err(self.fail(registry, e));
         }
+        // A device that went live holds its name itself.
+        if let TableTarget::Create { device: Some(_) } = self.target {
+            self.holds_name = false;
+        }
         self.pending = false;
         Ok(())
     }
@@ -270,7 +287,7 @@ impl TableSession {
             let _ = self.commit(registry);
         }
         if let TableTarget::Create { device: None } = self.target {
-            registry.unreserve(&self.name);
+            self.release_name(registry);
             if self.failed.is_none() {
                 let err = DmError::invalid("no table lines written: device not created");
                 registry.errors.record("create", &self.name, &err);

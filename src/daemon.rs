@@ -10,6 +10,7 @@ use std::sync::Arc;
 use fuser::{Config, MountOption, Session, SessionACL};
 
 use crate::access::Policy;
+use crate::coherence::{self, CacheMode};
 use crate::fs::{DmFs, PassthroughMode};
 use crate::registry::Registry;
 
@@ -25,6 +26,9 @@ pub struct MountOptions {
     pub passthrough: PassthroughMode,
     /// Mirror every device into the kernel's device mapper (`--kernel`).
     pub kernel: bool,
+    pub cache: CacheMode,
+    /// The mount's read-ahead in KiB (0: the kernel's default).
+    pub read_ahead_kb: u32,
 }
 
 fn die(msg: &str) -> ! {
@@ -154,7 +158,17 @@ pub fn mount(opts: MountOptions) {
             registry.set_kernel(k.clone());
             PassthroughMode::Off
         }
+        // The kernel does not combine writeback caching with passthrough.
+        None if opts.cache == CacheMode::Writeback => PassthroughMode::Off,
         None => opts.passthrough,
+    };
+    // A mirrored device's bytes are written by the kernel's device mapper, out of dmfs's
+    // sight: its pages could not be kept true, so nothing is cached.
+    let cache = if kernel.is_some() && opts.cache != CacheMode::Direct {
+        log::info!("--kernel: dev/ files are not cached (--cache direct)");
+        CacheMode::Direct
+    } else {
+        opts.cache
     };
     let mut config = Config::default();
     config.mount_options = vec![
@@ -172,13 +186,25 @@ pub fn mount(opts: MountOptions) {
     config.n_threads = Some(opts.threads.max(1));
     config.clone_fd = true;
     let mut session = match Session::new(
-        DmFs::new(registry.clone(), passthrough),
+        DmFs::new(
+            registry.clone(),
+            passthrough,
+            cache,
+            opts.read_ahead_kb.saturating_mul(1024),
+        ),
         &mountpoint,
         &config,
     ) {
         Ok(s) => s,
         Err(e) => fail(format!("mount {}: {e}", mountpoint.display())),
     };
+    let notifier = session.notifier();
+    coherence::start(move |s| {
+        notifier.inval_inode(crate::fs::device_ino(s.device), s.offset as i64, s.len as i64)
+    });
+    if opts.read_ahead_kb > 0 {
+        set_read_ahead(&mountpoint, opts.read_ahead_kb);
+    }
     let mut unmounter = session.unmount_callable();
     let mnt = mountpoint.clone();
     std::thread::spawn(move || {
@@ -193,9 +219,11 @@ pub fn mount(opts: MountOptions) {
         }
     });
     log::info!(
-        "mounted {} ({} threads)",
+        "mounted {} ({} threads, --cache {:?}, read-ahead {} KiB)",
         mountpoint.display(),
-        opts.threads
+        opts.threads,
+        cache,
+        opts.read_ahead_kb
     );
     if let Some(mut p) = ready_pipe.take() {
         let _ = p.write_all(b"ok");
@@ -208,6 +236,35 @@ pub fn mount(opts: MountOptions) {
     registry.flush_all();
     registry.kernel_teardown();
     log::info!("unmounted {}", mountpoint.display());
+}
+
+/// The `major:minor` of the mount at `mountpoint`, from /proc/self/mountinfo (a stat of the
+/// mount point would be a FUSE request, and nothing serves requests yet).
+fn mount_device_number(mountpoint: &Path) -> Option<String> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let want = mountpoint.to_str()?;
+    // Fields: id parent major:minor root mountpoint ...; the last match is the newest mount.
+    text.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (f.len() > 4 && f[4] == want).then(|| f[2].to_string())
+        })
+        .last()
+}
+
+/// Sets the mount's read-ahead (its bdi's `read_ahead_kb`): sequential buffered reads then
+/// arrive as requests of up to that size, not 128 KiB. Needs root; without it the kernel's
+/// default stays, and the log says so.
+fn set_read_ahead(mountpoint: &Path, kb: u32) {
+    let Some(dev) = mount_device_number(mountpoint) else {
+        log::warn!("read-ahead: {} not found in mountinfo", mountpoint.display());
+        return;
+    };
+    let path = format!("/sys/class/bdi/{dev}/read_ahead_kb");
+    match std::fs::write(&path, format!("{kb}\n")) {
+        Ok(()) => log::info!("read-ahead {kb} KiB ({path})"),
+        Err(e) => log::warn!("read-ahead: {path}: {e}; the kernel's default stays"),
+    }
 }
 
 fn lazy_unmount(path: &Path) -> std::io::Result<()> {

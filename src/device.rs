@@ -40,6 +40,9 @@ pub struct Device {
     pub passthrough_opens: AtomicU32,
     /// References to this device from other devices' tables.
     pub holders: AtomicU32,
+    /// Opened through the kernel's page cache at least once: its pages may need dropping when
+    /// its bytes change (`coherence`).
+    pub page_cached: AtomicBool,
     /// Writes that do not cover whole sectors read their edge sectors first; they hold this
     /// exclusively so no other write lands between that read and their write. Whole-sector
     /// writes hold it shared.
@@ -122,6 +125,7 @@ impl Device {
             open_count: AtomicU32::new(0),
             passthrough_opens: AtomicU32::new(0),
             holders: AtomicU32::new(0),
+            page_cached: AtomicBool::new(false),
             edge_lock: RwLock::new(()),
             kernel_io: RwLock::new(None),
         }
@@ -333,10 +337,24 @@ impl Device {
         }
         let n = std::cmp::min(data.len() as u64, size - offset.0) as usize;
         let data = &data[..n];
+        let (first, span) = covering_sectors(offset.0, n);
+        let changed = Sectors(span as u64 / SECTOR_SIZE);
         if let Some(kernel) = self.kernel_io() {
             kernel.write_all_at(data, offset.0)?;
+            crate::coherence::device_written(self, first, changed);
             return Ok(n);
         }
+        // Every piece is written even when one fails (see Table::write): report the whole
+        // range as changed either way.
+        let result = self.write_pieces(&table, offset, data);
+        crate::coherence::device_written(self, first, changed);
+        result.map(|()| n)
+    }
+
+    /// `write`'s work once the request is inside the device: whole sectors as they are, a
+    /// partial sector at either edge by read-modify-write.
+    fn write_pieces(&self, table: &Table, offset: Bytes, data: &[u8]) -> io::Result<()> {
+        let n = data.len();
         if aligned(offset.0, n) {
             let _shared = self.edge_lock.read();
             table.write(offset.sectors_floor(), data)?;
@@ -357,7 +375,7 @@ impl Device {
             scratch[skip..skip + n].copy_from_slice(data);
             table.write(first, &scratch)?;
         }
-        Ok(n)
+        Ok(())
     }
 
     /// Whole-sector reads for devices stacked on this one.
@@ -376,10 +394,12 @@ impl Device {
         }
         let _io = self.gate.enter();
         let _shared = self.edge_lock.read();
-        if let Some(kernel) = self.kernel_io() {
-            return kernel.write_all_at(buf, at.bytes().0);
-        }
-        self.table().write(at, buf)
+        let result = match self.kernel_io() {
+            Some(kernel) => kernel.write_all_at(buf, at.bytes().0),
+            None => self.table().write(at, buf),
+        };
+        crate::coherence::device_written(self, at, Sectors(buf.len() as u64 / SECTOR_SIZE));
+        result
     }
 
     /// Flushes the backing devices of the live and the inactive table.

@@ -3,6 +3,7 @@
 mod access;
 mod backing;
 mod cli;
+mod coherence;
 mod control;
 mod daemon;
 mod device;
@@ -79,6 +80,15 @@ enum Verb {
         /// and /dev/mapper/control; regular files are attached through loop devices).
         #[arg(long)]
         kernel: bool,
+        /// How dev/ files use the kernel's page cache: page-cache caches reads through
+        /// read-only opens (writes go straight to the backing files, and every device showing
+        /// the written bytes drops its cached copy first); direct caches nothing; writeback
+        /// also caches writes, which reach the backing files later (at the latest on fsync).
+        #[arg(long, value_enum, default_value = "page-cache")]
+        cache: coherence::CacheMode,
+        /// Read-ahead of the mount in KiB (the read_ahead_kb of its bdi); 0 keeps the kernel's.
+        #[arg(long, default_value_t = 1024, value_name = "KIB")]
+        read_ahead_kb: u32,
     },
     /// Unmount a dmfs mount (same as umount MNT).
     Umount { mountpoint: PathBuf },
@@ -240,9 +250,13 @@ fn main() {
             threads,
             passthrough,
             kernel,
+            cache,
+            read_ahead_kb,
         } => {
             daemon::mount(daemon::MountOptions {
                 kernel,
+                cache,
+                read_ahead_kb,
                 mountpoint,
                 foreground,
                 allow_other,

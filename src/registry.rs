@@ -231,6 +231,8 @@ impl Registry {
         device.resume_targets(&device.table());
         d.by_name.insert(name.to_string(), device.clone());
         d.by_id.insert(id, device.clone());
+        drop(d);
+        self.tables_changed();
         log::info!("created {name} ({} sectors)", device.size());
         Ok(device)
     }
@@ -272,6 +274,7 @@ impl Registry {
         d.by_name.remove(name);
         d.by_id.remove(&device.id);
         drop(d);
+        self.tables_changed();
         // As the kernel's __dm_destroy, a live device is suspended on its way out: its table
         // may outlive this call for a moment (a release still holding the device), and a
         // snapshot it serves may be handed over to a new table meanwhile.
@@ -408,6 +411,8 @@ impl Registry {
             k.replace_live(device, &table)?;
         }
         device.set_table(table);
+        self.tables_changed();
+        crate::coherence::device_replaced(device);
         Ok(())
     }
 
@@ -435,7 +440,20 @@ impl Registry {
             let _ = device.resume();
             return Err(e);
         }
-        device.resume()
+        let before = device.table();
+        let result = device.resume();
+        if !Arc::ptr_eq(&before, &device.table()) {
+            self.tables_changed();
+        }
+        // Whether a new table went live or not, cached pages go: a suspend and resume is also
+        // how a user makes dmfs forget what it cached of files changed behind its back.
+        crate::coherence::device_replaced(&device);
+        result
+    }
+
+    /// Tells the page cache bookkeeping which tables are live now.
+    fn tables_changed(&self) {
+        crate::coherence::tables_changed(&self.list());
     }
 
     /// `dm/NAME/status`: the kernel's status while the device is mirrored, else dmfs's.

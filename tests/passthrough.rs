@@ -67,9 +67,10 @@ fn writable_devices_and_partial_maps_go_through_dmfs() {
     ] {
         assert!(log.contains(want), "missing {want:?} in\n{log}");
     }
-    // A writable device (auto mode): its reads are dmfs's, so a suspend holds them.
+    // A writable device (auto mode): its reads are dmfs's, so a suspend holds them (direct
+    // reads: the pages the cat above cached are served during a suspend, as a dm device's).
     let out = m.ok("echo rw > $MNT/ctl/suspend
-         dd if=$MNT/dev/rw of=r bs=512 count=8 status=none &
+         dd if=$MNT/dev/rw of=r bs=512 count=8 iflag=direct status=none &
          sleep 1
          test ! -s r && echo held
          echo rw > $MNT/ctl/resume

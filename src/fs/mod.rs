@@ -20,11 +20,12 @@ use fuser::{
 use parking_lot::{Mutex, RwLock};
 
 use crate::access::Caller;
+use crate::coherence::{self, CacheMode};
 use crate::control::{CommandInput, TableSession, UuidInput};
 use crate::device::Device;
 use crate::error::DmError;
 use crate::registry::Registry;
-use crate::units::Bytes;
+use crate::units::{Bytes, Sectors};
 use nodes::{CtlFile, DmFile, Node};
 pub use passthrough::Mode as PassthroughMode;
 use passthrough::Passthrough;
@@ -49,6 +50,14 @@ pub struct DmFs {
     next_fh: AtomicU64,
     started: SystemTime,
     passthrough: Passthrough,
+    cache: CacheMode,
+    /// The largest read-ahead the kernel may send, in bytes (0: the kernel's default).
+    read_ahead: u32,
+}
+
+/// The inode number of `dev/NAME` for the device with this id (for page cache notifications).
+pub fn device_ino(id: u64) -> INodeNo {
+    Node::DevFile(id).ino()
 }
 
 fn errno(e: &DmError) -> Errno {
@@ -78,10 +87,26 @@ fn read_device(device: &Device, offset: u64, size: u32, reply: ReplyData) {
     })
 }
 
-fn write_device(device: &Device, offset: u64, data: &[u8], reply: ReplyWrite) {
-    match device.write(Bytes(offset), data) {
+/// Writes through `dev/NAME`, and answers once the pages this made stale (of this device, and
+/// of every other that shows the same bytes) are dropped. A writeback write (the kernel's own
+/// dirty pages of this device) is answered at once: its pages are the new bytes, and the
+/// kernel may hold them locked until it has the answer.
+fn write_device(device: &Device, offset: u64, data: &[u8], writeback: bool, reply: ReplyWrite) {
+    let answer = move |result: std::io::Result<usize>| match result {
         Ok(n) => reply.written(n as u32),
         Err(e) => reply.error(io_errno(&e)),
+    };
+    if writeback {
+        let first = Bytes(offset).sectors_floor();
+        let end = Sectors((offset + data.len() as u64).div_ceil(crate::units::SECTOR_SIZE));
+        let (result, stale) = coherence::collect(|| {
+            coherence::writing_back(device.id, first, end, || device.write(Bytes(offset), data))
+        });
+        answer(result);
+        coherence::then_reply(stale, || {});
+    } else {
+        let (result, stale) = coherence::collect(|| device.write(Bytes(offset), data));
+        coherence::then_reply(stale, move || answer(result));
     }
 }
 
@@ -104,13 +129,35 @@ fn cwd_of(pid: u32) -> Option<PathBuf> {
 }
 
 impl DmFs {
-    pub fn new(registry: Arc<Registry>, passthrough: PassthroughMode) -> DmFs {
+    pub fn new(
+        registry: Arc<Registry>,
+        passthrough: PassthroughMode,
+        cache: CacheMode,
+        read_ahead: u32,
+    ) -> DmFs {
         DmFs {
             registry,
             handles: RwLock::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             started: SystemTime::now(),
             passthrough: Passthrough::new(passthrough),
+            cache,
+            read_ahead,
+        }
+    }
+
+    /// How an open of `dev/NAME` uses the page cache: see `CacheMode`. Opens for writing
+    /// stay direct in page-cache mode, so a write never holds page locks while the pages it
+    /// made stale elsewhere are dropped.
+    fn dev_open_flags(&self, device: &Device, writing: bool) -> FopenFlags {
+        let direct = FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES;
+        match self.cache {
+            CacheMode::Direct => direct,
+            CacheMode::PageCache if writing => direct,
+            CacheMode::PageCache | CacheMode::Writeback => {
+                coherence::opened_cached(device);
+                FopenFlags::FOPEN_KEEP_CACHE
+            }
         }
     }
 
@@ -303,6 +350,16 @@ impl Filesystem for DmFs {
         ] {
             let _ = config.add_capabilities(flag);
         }
+        if self.cache == CacheMode::Writeback
+            && let Err(missing) = config.add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE)
+        {
+            log::warn!("the kernel does not offer {missing:?}: writes are not cached");
+        }
+        if self.read_ahead > 0
+            && let Err(nearest) = config.set_max_readahead(self.read_ahead)
+        {
+            let _ = config.set_max_readahead(nearest);
+        }
         // Backing files live on ordinary filesystems: one level of stacking is enough.
         let offered = self.passthrough.wanted()
             && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
@@ -439,7 +496,9 @@ impl Filesystem for DmFs {
                         let fh = self.add_handle(Handle::Dev(device, Some(id.clone())));
                         return reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
                     }
-                    Handle::Dev(device, None)
+                    let flags = self.dev_open_flags(&device, writing);
+                    let fh = self.add_handle(Handle::Dev(device, None));
+                    return reply.opened(FileHandle(fh), flags);
                 }
                 Node::Ctl(CtlFile::Command(c)) => {
                     Handle::Command(Mutex::new(CommandInput::new(c, caller(req))))
@@ -564,7 +623,7 @@ impl Filesystem for DmFs {
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
@@ -575,29 +634,36 @@ impl Filesystem for DmFs {
             };
             let result = match &*handle {
                 Handle::Dev(device, _) => {
+                    let writeback = write_flags.contains(WriteFlags::FUSE_WRITE_CACHE);
                     let mut slot = Some(reply);
                     let parked = device.defer_if_suspended(|| {
                         let (device, reply, data) =
                             (device.clone(), slot.take().expect("reply"), data.to_vec());
-                        Box::new(move || write_device(&device, offset, &data, reply))
+                        Box::new(move || write_device(&device, offset, &data, writeback, reply))
                     });
                     if let (false, Some(reply)) = (parked, slot) {
-                        write_device(device, offset, data, reply)
+                        write_device(device, offset, data, writeback, reply)
                     }
                     return;
                 }
-                Handle::Table(session) => match &mut *session.lock() {
+                // A command may change what devices show (a resume swapping tables in): it is
+                // answered once their stale pages are gone.
+                Handle::Table(session) => coherence::collect(|| match &mut *session.lock() {
                     Some(s) => s.write(&self.registry, data),
-                    None => return reply.error(Errno::EBADF),
-                },
-                Handle::Command(input) => input.lock().write(&self.registry, data),
-                Handle::Uuid(input) => input.lock().write(&self.registry, data),
+                    None => Err(DmError::new(libc::EBADF, "the table file is closed")),
+                }),
+                Handle::Command(input) => {
+                    coherence::collect(|| input.lock().write(&self.registry, data))
+                }
+                Handle::Uuid(input) => coherence::collect(|| input.lock().write(&self.registry, data)),
                 Handle::Text(_) => return reply.error(Errno::EBADF),
             };
-            match result {
-                Ok(()) => reply.written(data.len() as u32),
+            let (result, stale) = result;
+            let len = data.len() as u32;
+            coherence::then_reply(stale, move || match result {
+                Ok(()) => reply.written(len),
                 Err(e) => reply.error(errno(&e)),
-            }
+            })
         })
     }
 
@@ -613,7 +679,7 @@ impl Filesystem for DmFs {
             let Some(handle) = self.handle(fh) else {
                 return reply.ok();
             };
-            let result = match &*handle {
+            let (result, stale) = coherence::collect(|| match &*handle {
                 Handle::Table(session) => match &mut *session.lock() {
                     Some(s) => s.commit(&self.registry),
                     None => Ok(()),
@@ -621,11 +687,11 @@ impl Filesystem for DmFs {
                 Handle::Command(input) => input.lock().flush(&self.registry),
                 Handle::Uuid(input) => input.lock().flush(&self.registry),
                 Handle::Dev(..) | Handle::Text(_) => Ok(()),
-            };
-            match result {
+            });
+            coherence::then_reply(stale, move || match result {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),
-            }
+            })
         })
     }
 

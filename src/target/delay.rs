@@ -17,6 +17,7 @@ use parking_lot::{Condvar, Mutex};
 
 use super::{Ctor, DeviceLink, Target, TargetType, check_area, parse_sector_arg, scan_u32};
 use crate::backing::Backing;
+use crate::coherence::View;
 use crate::error::{DmError, DmResult};
 use crate::units::Sectors;
 
@@ -158,6 +159,14 @@ impl Target for Delay {
             }
         }
         out
+    }
+
+    /// What the device shows is what the read class reads.
+    fn views(&self) -> Vec<View> {
+        vec![View::Linear {
+            key: self.read.dev.key(),
+            from: self.read.start,
+        }]
     }
 
     fn presuspend(&self) {

@@ -21,6 +21,7 @@ use std::time::Instant;
 
 use super::{Ctor, Target, TargetType, check_area, io_error, parse_sector_arg, scan_u32};
 use crate::backing::Backing;
+use crate::coherence::View;
 use crate::error::{DmError, DmResult};
 use crate::units::Sectors;
 
@@ -338,5 +339,12 @@ impl Target for Flakey {
 
     fn devices(&self) -> Vec<Arc<Backing>> {
         vec![self.dev.clone()]
+    }
+
+    fn views(&self) -> Vec<View> {
+        vec![View::Linear {
+            key: self.dev.key(),
+            from: self.start,
+        }]
     }
 }

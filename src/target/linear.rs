@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use super::{Ctor, Target, TargetType, parse_sector_arg};
 use crate::backing::Backing;
+use crate::coherence::View;
 use crate::error::{DmError, DmResult};
 use crate::units::Sectors;
 
@@ -51,5 +52,12 @@ impl Target for Linear {
 
     fn devices(&self) -> Vec<Arc<Backing>> {
         vec![self.dev.clone()]
+    }
+
+    fn views(&self) -> Vec<View> {
+        vec![View::Linear {
+            key: self.dev.key(),
+            from: self.start,
+        }]
     }
 }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use crate::backing::{Backing, DeviceResolver};
+use crate::coherence::View;
 use crate::error::{DmError, DmResult};
 use crate::units::Sectors;
 
@@ -76,6 +77,20 @@ pub trait Target: Send + Sync {
     /// The devices this target maps onto (what `dmsetup deps` lists).
     fn devices(&self) -> Vec<Arc<Backing>> {
         Vec::new()
+    }
+    /// Where the bytes this target shows come from, for dropping cached pages when those
+    /// bytes change (`coherence`). By default any change to a device it maps onto may show
+    /// anywhere in it; a target that knows better says so. Its own writes are accounted for
+    /// separately, so bytes only it writes (a snapshot's COW device) need not be listed.
+    fn views(&self) -> Vec<View> {
+        self.devices()
+            .iter()
+            .map(|d| View::Within {
+                key: d.key(),
+                from: Sectors(0),
+                len: Sectors(u64::MAX),
+            })
+            .collect()
     }
     /// Checks that the table holding this target may go live on the device `link` leads to
     /// (the kernel's `preresume`); an error leaves that device suspended.

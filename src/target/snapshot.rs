@@ -14,6 +14,7 @@ use parking_lot::Mutex;
 
 use super::{Ctor, DeviceLink, Target, TargetType, check_area, parse_uint_arg};
 use crate::backing::Backing;
+use crate::coherence::View;
 use crate::error::{DmError, DmResult};
 use crate::snapshot::merge::Merge;
 use crate::snapshot::persistent::check_chunk_size;
@@ -284,6 +285,15 @@ impl Target for Snapshot {
 
     fn devices(&self) -> Vec<Arc<Backing>> {
         vec![self.origin.clone(), self.cow.clone()]
+    }
+
+    /// A chunk without an exception shows the origin's; the COW device changes only by this
+    /// target's own writes (copy-outs keep what the snapshot shows).
+    fn views(&self) -> Vec<View> {
+        vec![View::Linear {
+            key: self.origin.key(),
+            from: Sectors(0),
+        }]
     }
 
     /// The kernel's snapshot_preresume: a table taking a live snapshot over (the exception

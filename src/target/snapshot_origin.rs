@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use super::{Ctor, Target, TargetType, check_area};
 use crate::backing::Backing;
+use crate::coherence::View;
 use crate::error::{DmError, DmResult};
 use crate::snapshot::origins;
 use crate::units::Sectors;
@@ -54,5 +55,12 @@ impl Target for Origin {
 
     fn devices(&self) -> Vec<Arc<Backing>> {
         vec![self.dev.clone()]
+    }
+
+    fn views(&self) -> Vec<View> {
+        vec![View::Linear {
+            key: self.dev.key(),
+            from: Sectors(0),
+        }]
     }
 }

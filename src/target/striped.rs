@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use super::{Ctor, Target, TargetType, for_each_chunk, parse_sector_arg, parse_uint_arg};
 use crate::backing::Backing;
+use crate::coherence::View;
 use crate::error::{DmError, DmResult};
 use crate::units::Sectors;
 
@@ -128,6 +129,19 @@ impl Target for Striped {
 
     fn devices(&self) -> Vec<Arc<Backing>> {
         self.stripes.iter().map(|s| s.dev.clone()).collect()
+    }
+
+    /// A stripe's bytes from its start may show anywhere in the target (a changed stripe
+    /// device drops the whole target's pages: aliasing a striped device is rare).
+    fn views(&self) -> Vec<View> {
+        self.stripes
+            .iter()
+            .map(|s| View::Within {
+                key: s.dev.key(),
+                from: s.start,
+                len: Sectors(u64::MAX),
+            })
+            .collect()
     }
 }
 

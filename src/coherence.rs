@@ -1,0 +1,466 @@
+//! Keeps the kernel's page cache of `dev/` files true to their bytes.
+//!
+//! In page-cache mode (the default) the kernel caches what it reads from `dev/NAME`. A device's
+//! bytes can change without a write to that file: a write through another device that maps the
+//! same bytes of a backing file, a write to a device that this one is stacked on, a reload, a
+//! snapshot merge. Every such change is reported here where it happens, at the bottom (a write
+//! to a backing file, `Backing::write_at`) and at the top (a write to a device,
+//! `Device::write`/`write_sectors`), and the pages of every device that shows the changed bytes
+//! are dropped with FUSE's `inval_inode` notification.
+//!
+//! Ordering: a `write(2)` must not return before the pages it made stale are gone, or a reader
+//! could still be served the old bytes. The invalidation waits for pages the kernel has locked
+//! for a read in flight, and those reads need a request thread; so a request thread never
+//! invalidates itself. It collects what its request changed (`collect`), and hands the list and
+//! the reply to the invalidator thread, which drops the pages and then sends the reply.
+//! Changes made outside a request (a merge, a delayed write) are dropped as soon as the
+//! invalidator gets to them.
+//!
+//! Writes through `dev/` are never cached by the kernel in page-cache mode (opens for writing
+//! are direct I/O), so a request never holds page locks of its own while it waits. With
+//! `--cache writeback` the kernel writes cached pages back later; those writes are answered at
+//! once and their aliases dropped after.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Sender, channel};
+use std::sync::{Arc, OnceLock};
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::backing::DeviceKey;
+use crate::device::Device;
+use crate::units::Sectors;
+
+/// How `dev/` files use the kernel's page cache (`dmfs mount --cache`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum CacheMode {
+    /// Reads through read-only opens are cached by the kernel; writes go straight to dmfs.
+    PageCache,
+    /// Nothing is cached: every read and write is a request to dmfs.
+    Direct,
+    /// Reads and writes are cached; the kernel writes dirty pages back later (at the latest
+    /// at fsync or close-and-sync).
+    Writeback,
+}
+
+/// How a target shows the bytes of a device it maps onto: what `Target::views` returns.
+pub enum View {
+    /// The device's sectors from `from` appear one to one from the target's sector 0.
+    Linear { key: DeviceKey, from: Sectors },
+    /// A change to the device's sectors `from..from + len` may show anywhere in the target.
+    Within {
+        key: DeviceKey,
+        from: Sectors,
+        len: Sectors,
+    },
+}
+
+/// One table line's view of one device: sectors `from..from + len` of the device show in the
+/// viewing device from sector `at` (one to one), or anywhere in `at..at + span` (not).
+struct Use {
+    device: Arc<Device>,
+    from: u64,
+    len: u64,
+    at: u64,
+    span: u64,
+    one_to_one: bool,
+}
+
+impl Use {
+    /// The viewing device's sectors that show device sectors `start..end`, if any.
+    fn shows(&self, start: u64, end: u64) -> Option<(u64, u64)> {
+        let lo = start.max(self.from);
+        let hi = end.min(self.from.saturating_add(self.len));
+        if lo >= hi {
+            return None;
+        }
+        Some(if self.one_to_one {
+            (self.at + (lo - self.from), hi - lo)
+        } else {
+            (self.at, self.span)
+        })
+    }
+}
+
+/// The uses of one device, sorted by `from`, with the largest end so far beside each, so a
+/// lookup visits only the uses that can overlap (a 10,000-line table over one file costs a
+/// binary search, not a scan).
+#[derive(Default)]
+struct Uses {
+    sorted: Vec<Use>,
+    max_end: Vec<u64>,
+}
+
+impl Uses {
+    fn seal(&mut self) {
+        self.sorted.sort_by_key(|u| u.from);
+        let mut max = 0;
+        self.max_end = self
+            .sorted
+            .iter()
+            .map(|u| {
+                max = max.max(u.from.saturating_add(u.len));
+                max
+            })
+            .collect();
+    }
+
+    fn overlapping(&self, start: u64, end: u64, mut f: impl FnMut(&Use)) {
+        let mut i = self.sorted.partition_point(|u| u.from < end);
+        while i > 0 {
+            i -= 1;
+            if self.max_end[i] <= start {
+                break;
+            }
+            f(&self.sorted[i]);
+        }
+    }
+}
+
+/// What the page caches depend on: for every device a table maps onto, who shows its bytes.
+#[derive(Default)]
+struct Index {
+    by_key: HashMap<DeviceKey, Uses>,
+}
+
+impl Index {
+    fn build(devices: &[Arc<Device>]) -> Index {
+        let mut by_key: HashMap<DeviceKey, Uses> = HashMap::new();
+        for device in devices {
+            for entry in device.table().entries() {
+                for view in entry.target.views() {
+                    let (key, use_) = match view {
+                        View::Linear { key, from } => (
+                            key,
+                            Use {
+                                device: device.clone(),
+                                from: from.0,
+                                len: entry.len.0,
+                                at: entry.start.0,
+                                span: entry.len.0,
+                                one_to_one: true,
+                            },
+                        ),
+                        View::Within { key, from, len } => (
+                            key,
+                            Use {
+                                device: device.clone(),
+                                from: from.0,
+                                len: len.0,
+                                at: entry.start.0,
+                                span: entry.len.0,
+                                one_to_one: false,
+                            },
+                        ),
+                    };
+                    by_key.entry(key).or_default().sorted.push(use_);
+                }
+            }
+        }
+        by_key.values_mut().for_each(Uses::seal);
+        Index { by_key }
+    }
+}
+
+/// Pages to drop: `len` bytes from `offset` of a device's file (len 0: to the end).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stale {
+    pub device: u64,
+    pub offset: u64,
+    pub len: u64,
+}
+
+/// Work for the invalidator: drop these pages, then run `then` (send a reply).
+struct Job {
+    stale: Vec<Stale>,
+    then: Option<Box<dyn FnOnce() + Send>>,
+}
+
+struct Hub {
+    index: RwLock<Index>,
+    /// Whether any device has been opened through the page cache: until then nothing can be
+    /// stale and writes skip the bookkeeping.
+    any_cached: AtomicBool,
+    invalidator: Mutex<Option<Sender<Job>>>,
+}
+
+static HUB: OnceLock<Hub> = OnceLock::new();
+
+thread_local! {
+    /// What the request running on this thread has made stale, while it is collected.
+    static COLLECTED: RefCell<Option<Vec<Stale>>> = const { RefCell::new(None) };
+    /// The device and sectors a writeback write came from: its own pages are the new bytes.
+    static WRITING_BACK: RefCell<Option<(u64, u64, u64)>> = const { RefCell::new(None) };
+}
+
+/// The deepest stack a change is followed up (the stacking limit is 16).
+const MAX_DEPTH: usize = 32;
+
+/// Starts the invalidator, which drops pages through `drop` (the FUSE notifier). Called once,
+/// when the mount is made; until then (and in direct mode, where nothing is opened cached)
+/// changes are not followed.
+pub fn start(drop: impl Fn(&Stale) -> std::io::Result<()> + Send + 'static) {
+    let (tx, rx) = channel::<Job>();
+    let hub = Hub {
+        index: RwLock::new(Index::default()),
+        any_cached: AtomicBool::new(false),
+        invalidator: Mutex::new(Some(tx)),
+    };
+    if HUB.set(hub).is_err() {
+        log::error!("page cache coherence started twice");
+        return;
+    }
+    std::thread::Builder::new()
+        .name("invalidator".into())
+        .spawn(move || {
+            for job in rx {
+                for s in coalesce(job.stale) {
+                    if let Err(e) = drop(&s) {
+                        // ENOENT: the kernel has no inode (nothing cached); anything else
+                        // means the mount is going away.
+                        log::debug!("invalidate device {} {}+{}: {e}", s.device, s.offset, s.len);
+                    }
+                }
+                if let Some(then) = job.then {
+                    then();
+                }
+            }
+        })
+        .expect("spawn the invalidator thread");
+}
+
+/// Notes that `device` is being opened through the page cache.
+pub fn opened_cached(device: &Device) {
+    device.page_cached.store(true, Ordering::SeqCst);
+    if let Some(hub) = HUB.get() {
+        hub.any_cached.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Rebuilds who-shows-what after a table went live or a device went away.
+pub fn tables_changed(devices: &[Arc<Device>]) {
+    if let Some(hub) = HUB.get() {
+        *hub.index.write() = Index::build(devices);
+    }
+}
+
+fn active() -> Option<&'static Hub> {
+    HUB.get().filter(|h| h.any_cached.load(Ordering::Relaxed))
+}
+
+/// Sectors `start..start + len` of the backing device `key` were written.
+pub fn backing_written(key: DeviceKey, start: Sectors, len: Sectors) {
+    if let Some(hub) = active() {
+        let mut stale = Vec::new();
+        followers(hub, key, start.0, start.0 + len.0, 0, &mut stale);
+        report(hub, stale);
+    }
+}
+
+/// Sectors `start..start + len` of `device` changed (a write to it, or a new table).
+pub fn device_written(device: &Device, start: Sectors, len: Sectors) {
+    if let Some(hub) = active() {
+        let mut stale = Vec::new();
+        changed(hub, device, start.0, start.0 + len.0, 0, &mut stale);
+        report(hub, stale);
+    }
+}
+
+/// Every byte of `device` may have changed (a reload went live, a table grew).
+pub fn device_replaced(device: &Device) {
+    device_written(device, Sectors(0), Sectors(u64::MAX / 2));
+}
+
+/// Sectors `start..end` of `device` changed: its own pages, then those of devices stacked on it.
+fn changed(hub: &Hub, device: &Device, start: u64, end: u64, depth: usize, out: &mut Vec<Stale>) {
+    if device.page_cached.load(Ordering::Relaxed) && !own_writeback(device.id, start, end) {
+        // A suspended device's reads are held and keep their pages locked until resume;
+        // waiting for them would hold this write (and every write behind it) until then. Its
+        // resume drops all its pages instead.
+        if !device.is_suspended() {
+            let size = device.size().0;
+            let end = end.min(size);
+            if start < end {
+                out.push(Stale {
+                    device: device.id,
+                    offset: start * 512,
+                    len: (end - start) * 512,
+                });
+            }
+        }
+    }
+    followers(hub, DeviceKey::Mapped { id: device.id }, start, end, depth, out);
+}
+
+/// The devices whose tables show sectors `start..end` of `key`, and what of them changed.
+fn followers(hub: &Hub, key: DeviceKey, start: u64, end: u64, depth: usize, out: &mut Vec<Stale>) {
+    if depth > MAX_DEPTH {
+        return;
+    }
+    let mut hits = Vec::new();
+    if let Some(uses) = hub.index.read().by_key.get(&key) {
+        uses.overlapping(start, end, |u| {
+            if let Some((at, len)) = u.shows(start, end) {
+                hits.push((u.device.clone(), at, at + len));
+            }
+        });
+    }
+    for (device, s, e) in hits {
+        changed(hub, &device, s, e, depth + 1, out);
+    }
+}
+
+fn own_writeback(device: u64, start: u64, end: u64) -> bool {
+    WRITING_BACK.with_borrow(|w| {
+        w.is_some_and(|(d, s, e)| d == device && s <= start && end <= e)
+    })
+}
+
+/// Hands what went stale to the request collecting it, or to the invalidator.
+fn report(hub: &Hub, stale: Vec<Stale>) {
+    if stale.is_empty() {
+        return;
+    }
+    let stale = COLLECTED.with_borrow_mut(|c| match c {
+        Some(c) => {
+            c.extend(stale);
+            None
+        }
+        None => Some(stale),
+    });
+    if let Some(stale) = stale {
+        send(hub, Job { stale, then: None });
+    }
+}
+
+fn send(hub: &Hub, job: Job) {
+    let tx = hub.invalidator.lock().clone();
+    if let Some(tx) = tx
+        && let Err(e) = tx.send(job)
+        && let Some(then) = e.0.then
+    {
+        then();
+    }
+}
+
+/// Runs a request's work with what it makes stale collected, and returns that list.
+pub fn collect<R>(work: impl FnOnce() -> R) -> (R, Vec<Stale>) {
+    let outer = COLLECTED.with_borrow_mut(|c| c.replace(Vec::new()));
+    let result = work();
+    let stale = COLLECTED.with_borrow_mut(|c| std::mem::replace(c, outer)).unwrap_or_default();
+    (result, stale)
+}
+
+/// Runs a writeback write (the kernel writing its own dirty pages of `device` back): its own
+/// pages of `start..end` are the bytes written and stay.
+pub fn writing_back<R>(device: u64, start: Sectors, end: Sectors, work: impl FnOnce() -> R) -> R {
+    WRITING_BACK.with_borrow_mut(|w| *w = Some((device, start.0, end.0)));
+    let r = work();
+    WRITING_BACK.with_borrow_mut(|w| *w = None);
+    r
+}
+
+/// Sends `reply` once the pages in `stale` are gone (at once if there are none).
+pub fn then_reply(stale: Vec<Stale>, reply: impl FnOnce() + Send + 'static) {
+    match HUB.get() {
+        Some(hub) if !stale.is_empty() => send(
+            hub,
+            Job {
+                stale,
+                then: Some(Box::new(reply)),
+            },
+        ),
+        _ => reply(),
+    }
+}
+
+/// Sorts and merges overlapping ranges of the same device: one notification each.
+fn coalesce(mut stale: Vec<Stale>) -> Vec<Stale> {
+    stale.sort_by_key(|s| (s.device, s.offset));
+    let mut out: Vec<Stale> = Vec::with_capacity(stale.len());
+    for s in stale {
+        match out.last_mut() {
+            Some(last) if last.device == s.device && s.offset <= last.offset + last.len => {
+                let end = (last.offset + last.len).max(s.offset + s.len);
+                last.len = end - last.offset;
+            }
+            _ => out.push(s),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct NoFiles;
+    impl crate::backing::DeviceResolver for NoFiles {
+        fn open(&self, _: &str) -> crate::error::DmResult<Arc<crate::backing::Backing>> {
+            Err(crate::error::DmError::invalid("no files here"))
+        }
+    }
+
+    fn zero_device() -> Arc<Device> {
+        let mut b = crate::table::TableBuilder::new();
+        b.add_line("0 100 zero", &NoFiles).unwrap();
+        Arc::new(Device::new(1, "d".into(), b.table().unwrap()))
+    }
+
+    #[test]
+    fn coalescing_merges_overlaps_per_device() {
+        let s = |device, offset, len| Stale {
+            device,
+            offset,
+            len,
+        };
+        assert_eq!(
+            coalesce(vec![s(2, 0, 512), s(1, 1024, 512), s(1, 0, 1024), s(1, 4096, 512)]),
+            vec![s(1, 0, 1536), s(1, 4096, 512), s(2, 0, 512)]
+        );
+    }
+
+    #[test]
+    fn a_use_maps_back_one_to_one_or_whole() {
+        let device = zero_device();
+        let lin = Use {
+            device: device.clone(),
+            from: 100,
+            len: 50,
+            at: 10,
+            span: 50,
+            one_to_one: true,
+        };
+        assert_eq!(lin.shows(0, 100), None);
+        assert_eq!(lin.shows(120, 130), Some((30, 10)));
+        assert_eq!(lin.shows(140, 400), Some((50, 10)));
+        let within = Use {
+            one_to_one: false,
+            ..lin
+        };
+        assert_eq!(within.shows(120, 121), Some((10, 50)));
+    }
+
+    #[test]
+    fn overlapping_visits_only_candidates() {
+        let device = zero_device();
+        let mut uses = Uses::default();
+        for i in 0..1000u64 {
+            uses.sorted.push(Use {
+                device: device.clone(),
+                from: i * 8,
+                len: 8,
+                at: i * 8,
+                span: 8,
+                one_to_one: true,
+            });
+        }
+        uses.seal();
+        let mut seen = Vec::new();
+        uses.overlapping(20, 30, |u| seen.push(u.from));
+        seen.sort();
+        assert_eq!(seen, vec![16, 24]);
+    }
+}

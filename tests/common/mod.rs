@@ -88,6 +88,28 @@ pub fn cache_mode() -> CacheMode {
     env_cache_mode().unwrap_or(CacheMode::PageCache)
 }
 
+/// open(2) flags for a test that writes through dev/NAME and then checks what reached dmfs
+/// (backing files, status lines, exception counts) without an fsync: O_DIRECT in writeback
+/// mode, where a buffered write would reach dmfs only at writeback, fsync or close, and as
+/// whole pages; none in the other modes, where a write(2) is dmfs's before it returns.
+/// (cache_coherence.rs checks the buffered writeback path itself.)
+pub fn write_through_flags() -> i32 {
+    if cache_mode() == CacheMode::Writeback {
+        libc::O_DIRECT
+    } else {
+        0
+    }
+}
+
+/// `oflag=direct` for dd in writeback mode (see `write_through_flags`), else nothing.
+pub fn dd_write_through() -> &'static str {
+    if cache_mode() == CacheMode::Writeback {
+        " oflag=direct"
+    } else {
+        ""
+    }
+}
+
 /// `args` plus `--cache $DMFS_TEST_CACHE` when that is set and `args` has no `--cache`.
 fn with_env_cache(args: &[&str]) -> Vec<String> {
     let mut out: Vec<String> = args.iter().map(|a| a.to_string()).collect();

@@ -31,7 +31,7 @@ io_tests=(io walkthrough snapshot lifecycle device_lifecycle fault_targets bad_i
           passthrough permissions cli fault_fixtures snapshot_fixtures kernel_fixtures)
 for mode in direct writeback; do
     echo "run-all: again with DMFS_TEST_CACHE=$mode: ${io_tests[*]}"
-    DMFS_TEST_CACHE=$mode cargo test "${io_tests[@]/#/--test=}" 2>&1 \
+    DMFS_TEST_CACHE=$mode cargo test --no-fail-fast "${io_tests[@]/#/--test=}" 2>&1 \
         || failed+=("DMFS_TEST_CACHE=$mode cargo test ${io_tests[*]/#/--test=}")
 done
 if [ ${#failed[@]} -gt 0 ]; then

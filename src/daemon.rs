@@ -244,12 +244,10 @@ fn mount_device_number(mountpoint: &Path) -> Option<String> {
     let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     let want = mountpoint.to_str()?;
     // Fields: id parent major:minor root mountpoint ...; the last match is the newest mount.
-    text.lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            (f.len() > 4 && f[4] == want).then(|| f[2].to_string())
-        })
-        .last()
+    text.lines().rev().find_map(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        (f.len() > 4 && f[4] == want).then(|| f[2].to_string())
+    })
 }
 
 /// Sets the mount's read-ahead (its bdi's `read_ahead_kb`): sequential buffered reads then

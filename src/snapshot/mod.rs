@@ -330,7 +330,7 @@ impl Snap {
                 let copied = if covered(old) {
                     self.cow.write_at(Sectors(new << self.shift), data_at(old))
                 } else {
-                    self.copy_out_chunk(old, new)
+                    self.copy_out_chunks(old, new, 1)
                 };
                 Exception {
                     seq,
@@ -371,23 +371,39 @@ impl Snap {
         if allocated.len() < missing.len() {
             self.invalidate("Unable to allocate exception.");
         }
-        let batch: Vec<Exception> = missing
+        let mut batch: Vec<Exception> = missing
             .iter()
             .zip(allocated)
             .map(|(&old, (seq, new))| Exception {
                 seq,
                 old,
                 new,
-                copied: self.copy_out_chunk(old, new).is_ok(),
+                copied: false,
             })
             .collect();
+        // Chunks next to each other in the origin and in the COW device (a sequential write
+        // saving a run of chunks) are copied in one piece: a 1 MiB write over 16 KiB chunks
+        // is then 1 read and 1 write, not 64 of each.
+        let mut i = 0;
+        while i < batch.len() {
+            let mut run = 1;
+            while i + run < batch.len()
+                && batch[i + run].old == batch[i].old + run as u64
+                && batch[i + run].new == batch[i].new + run as u64
+            {
+                run += 1;
+            }
+            let copied = self.copy_out_chunks(batch[i].old, batch[i].new, run as u64).is_ok();
+            batch[i..i + run].iter_mut().for_each(|e| e.copied = copied);
+            i += run;
+        }
         self.commit(&batch);
         Some(held)
     }
 
-    /// Copies origin chunk `old` into COW chunk `new` (only the part inside the origin, as the
-    /// kernel does for a last, partial chunk).
-    fn copy_out_chunk(&self, old: u64, new: u64) -> io::Result<()> {
+    /// Copies `n` origin chunks from `old` into COW chunks from `new` (only the part inside
+    /// the origin, as the kernel does for a last, partial chunk).
+    fn copy_out_chunks(&self, old: u64, new: u64, n: u64) -> io::Result<()> {
         let from = old << self.shift;
         let size = self.origin.size().0;
         if from >= size {
@@ -398,7 +414,7 @@ impl Snap {
             from,
             &self.cow,
             new << self.shift,
-            self.chunk.min(size - from),
+            (n * self.chunk).min(size - from),
         )
     }
 

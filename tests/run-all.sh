@@ -22,7 +22,7 @@ if [ ! -c /dev/fuse ]; then
     exit 1
 fi
 failed=()
-cargo test --all-targets 2>&1 || failed+=("cargo test --all-targets")
+cargo test --no-fail-fast --all-targets 2>&1 || failed+=("cargo test --no-fail-fast --all-targets")
 # The integration tests that do I/O through dev/ again in the other page-cache modes (the run
 # above used the default, page-cache): common::Mount passes --cache $DMFS_TEST_CACHE. Left out:
 # cache_coherence (it names its modes itself), kernel_mirror (--kernel is always direct; one

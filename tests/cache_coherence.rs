@@ -847,8 +847,8 @@ fn write_while_suspended(mode: Option<CacheMode>) {
 in_every_mode!(write_while_suspended);
 
 /// A 4 KiB pwrite(2) at dev/w's end through a descriptor opened for writing, then fsync, then
-/// close; prints each step's result (ok or the errno's name) and then dev/w's size as a fresh
-/// stat(2) shows it.
+/// close; prints each step's result (ok or the errno's name), then dev/w's size as a fresh
+/// stat(2) shows it and what a fresh read of all of dev/w returns.
 const PAST_THE_END: &str = r#"
 import errno, os
 path = os.path.join(os.environ["MNT"], "dev/w")
@@ -864,6 +864,9 @@ print("write", attempt(lambda: os.pwrite(w, b"x" * 4096, size)))
 print("fsync", attempt(lambda: os.fsync(w)))
 print("close", attempt(lambda: os.close(w)))
 print("size", os.stat(path).st_size)
+with open(path, "rb") as f:
+    back = f.read()
+print("readback", len(back), "tail-written" if back[size:] == b"x" * 4096 else "tail-not-written")
 "#;
 
 /// A write past the end of a device fails: at write(2) (ENOSPC) in page-cache and direct

@@ -282,6 +282,29 @@ fn linear_aliases(mode: Option<CacheMode>) {
 }
 in_every_mode!(linear_aliases);
 
+/// A striped device whose two stripes are both in a.img (at sectors 0 and 512, chunks of 8
+/// sectors) beside a linear device over all of a.img: striped targets are not one to one, so
+/// this is the daemon's conservative path.
+fn striped_alias(mode: Option<CacheMode>) {
+    let (m, mode) = mount(mode);
+    let mut s = Scene::new(&m, mode, "a.img", 1024);
+    let stripes: Vec<(u64, u64)> = (0..32u64)
+        .map(|c| (8, if c % 2 == 0 { 0 } else { 512 } + (c / 2) * 8))
+        .collect();
+    s.create(
+        "s",
+        "0 256 striped 2 8 $PWD/a.img 0 $PWD/a.img 512",
+        &stripes,
+    );
+    s.create("l", "0 1024 linear $PWD/a.img 0", &[(1024, 0)]);
+    s.write("l", 3 * 512 + 17, 2000); // stripe 0, chunk 0
+    s.write("l", 515 * 512, 4096); // stripe 1, chunks 1 and 3
+    s.write("s", 7 * 512 + 300, 5000); // across chunks 0..2, both stripes
+    s.write("s", 200 * 512, 1); // one byte
+    s.write("l", 900 * 512, 512); // outside s; s must not change
+}
+in_every_mode!(striped_alias);
+
 // ---------------------------------------------------------------------------------------------
 // 2. A device stacked on another.
 // ---------------------------------------------------------------------------------------------

@@ -314,10 +314,12 @@ impl Device {
             table.read(offset.sectors_floor(), buf)?;
         } else {
             let (first, span) = covering_sectors(offset.0, n);
-            let mut scratch = vec![0u8; span];
-            table.read(first, &mut scratch)?;
-            let skip = offset.sector_offset() as usize;
-            buf.copy_from_slice(&scratch[skip..skip + n]);
+            crate::scratch::with_buffer(span, |scratch| {
+                table.read(first, scratch)?;
+                let skip = offset.sector_offset() as usize;
+                buf.copy_from_slice(&scratch[skip..skip + n]);
+                io::Result::Ok(())
+            })?;
         }
         Ok(n)
     }
@@ -361,19 +363,20 @@ impl Device {
         } else {
             let _exclusive = self.edge_lock.write();
             let (first, span) = covering_sectors(offset.0, n);
-            let mut scratch = vec![0u8; span];
-            // Only the first and last sectors are partial; the rest is overwritten anyway.
-            let last = span - SECTOR_SIZE as usize;
-            table.read(first, &mut scratch[..SECTOR_SIZE as usize])?;
-            if last > 0 {
-                table.read(
-                    first + Sectors(last as u64 / SECTOR_SIZE),
-                    &mut scratch[last..],
-                )?;
-            }
-            let skip = offset.sector_offset() as usize;
-            scratch[skip..skip + n].copy_from_slice(data);
-            table.write(first, &scratch)?;
+            crate::scratch::with_buffer(span, |scratch| {
+                // Only the first and last sectors are partial; the rest is overwritten anyway.
+                let last = span - SECTOR_SIZE as usize;
+                table.read(first, &mut scratch[..SECTOR_SIZE as usize])?;
+                if last > 0 {
+                    table.read(
+                        first + Sectors(last as u64 / SECTOR_SIZE),
+                        &mut scratch[last..],
+                    )?;
+                }
+                let skip = offset.sector_offset() as usize;
+                scratch[skip..skip + n].copy_from_slice(data);
+                table.write(first, scratch)
+            })?;
         }
         Ok(())
     }

@@ -1,6 +1,8 @@
 //! dmfs: the Linux device mapper, in user space, behind a filesystem.
 
 mod access;
+#[cfg(test)]
+mod alloc_count;
 mod backing;
 mod cli;
 mod coherence;
@@ -13,8 +15,11 @@ mod fs;
 #[cfg(test)]
 mod fuzz;
 mod kernel;
+#[cfg(test)]
+mod microbench;
 mod registry;
 mod report;
+mod scratch;
 mod snapshot;
 mod table;
 mod target;

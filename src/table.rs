@@ -4,9 +4,11 @@
 //! A `TableBuilder` takes the text a line at a time, so a bad line is refused by the very write
 //! that carried it; `finish` checks the whole table once more before anything goes live.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::backing::{Backing, DeviceResolver};
+use crate::backing::{Backing, DeviceKey, DeviceResolver};
 use crate::error::{DmError, DmResult};
 use crate::target::{self, Ctor, DeviceLink, Target};
 use crate::units::Sectors;
@@ -137,6 +139,10 @@ pub struct Entry {
 #[derive(Clone)]
 pub struct Table {
     entries: Vec<Entry>,
+    /// Each entry's start sector, in order: the binary search for a request's entry probes
+    /// 8 bytes per entry here rather than a 48-byte `Entry`, so a table of many lines keeps
+    /// its search in a sixth of the cache.
+    starts: Vec<u64>,
     len: Sectors,
 }
 
@@ -159,7 +165,7 @@ impl Table {
 
     /// Index of the entry holding `sector` (which must be inside the table).
     fn entry_index(&self, sector: Sectors) -> usize {
-        self.entries.partition_point(|e| e.start <= sector) - 1
+        self.starts.partition_point(|&s| s <= sector.0) - 1
     }
 
     /// Walks the entries covering `count` sectors from `start`, giving each the offset inside
@@ -298,6 +304,42 @@ pub struct TableBuilder {
     entries: Vec<Entry>,
     next_start: Sectors,
     line_no: usize,
+    /// The devices the table's lines have opened, so far: see `Sharing`.
+    opened: HashMap<(bool, DeviceKey), Arc<Backing>>,
+}
+
+/// Hands every line of one table the same open device for the same device, as the kernel's
+/// `dm_get_device` keeps one open per device per table. Each reference is still resolved (and
+/// its writer's rights checked) through the real resolver; a duplicate is then let go for the
+/// one already open. Without this a table of N lines over one file held N descriptors, and a
+/// request paid for a cold kernel `struct file` of its own: 4 KiB reads through 10,000 linear
+/// lines took 2.6 us against 1.0 us through 10 (1.3 us with one shared descriptor; release
+/// build, `microbench_table_lines`).
+struct Sharing<'a> {
+    inner: &'a dyn DeviceResolver,
+    opened: RefCell<HashMap<(bool, DeviceKey), Arc<Backing>>>,
+}
+
+impl Sharing<'_> {
+    fn share(&self, for_writes: bool, dev: Arc<Backing>) -> Arc<Backing> {
+        self.opened
+            .borrow_mut()
+            .entry((for_writes, dev.key()))
+            .or_insert(dev)
+            .clone()
+    }
+}
+
+impl DeviceResolver for Sharing<'_> {
+    fn open(&self, reference: &str) -> DmResult<Arc<Backing>> {
+        let dev = self.inner.open(reference)?;
+        Ok(self.share(false, dev))
+    }
+
+    fn open_for_target_writes(&self, reference: &str) -> DmResult<Arc<Backing>> {
+        let dev = self.inner.open_for_target_writes(reference)?;
+        Ok(self.share(true, dev))
+    }
 }
 
 impl Default for TableBuilder {
@@ -312,6 +354,7 @@ impl TableBuilder {
             entries: Vec::new(),
             next_start: Sectors(0),
             line_no: 0,
+            opened: HashMap::new(),
         }
     }
 
@@ -375,12 +418,22 @@ impl TableBuilder {
                 "too large device (longer than {MAX_DEVICE_SECTORS} sectors)"
             )));
         };
+        let sharing = Sharing {
+            inner: resolver,
+            opened: RefCell::new(std::mem::take(&mut self.opened)),
+        };
         let ctor = Ctor {
             start: line.start,
             len: line.len,
-            resolver,
+            resolver: &sharing,
         };
-        let target = (ty.construct)(&ctor, &line.args).map_err(|e| e.context(ty.name))?;
+        let target = (ty.construct)(&ctor, &line.args).map_err(|e| e.context(ty.name));
+        self.opened = sharing.opened.into_inner();
+        if target.is_err() {
+            // Devices only a refused line opened are let go at once, as before.
+            self.opened.retain(|_, dev| Arc::strong_count(dev) > 1);
+        }
+        let target = target?;
         self.entries.push(Entry {
             start: line.start,
             len: line.len,
@@ -405,6 +458,7 @@ impl TableBuilder {
         }
         Ok(Table {
             entries: self.entries.clone(),
+            starts: self.entries.iter().map(|e| e.start.0).collect(),
             len: expect,
         })
     }
@@ -477,6 +531,53 @@ mod tests {
         assert_eq!(b.lines(), MAX_TABLE_LINES);
         // Comments and blank lines do not count.
         b.add_line("# a comment", &NoDevices).unwrap();
+    }
+
+    /// Lines naming the same file share one open file (the kernel's dm_get_device); a
+    /// refused line keeps nothing open.
+    #[test]
+    fn lines_share_their_devices() {
+        struct Files(Vec<std::path::PathBuf>);
+        impl DeviceResolver for Files {
+            fn open(&self, reference: &str) -> DmResult<Arc<Backing>> {
+                let i = (reference.as_bytes()[0] - b'A') as usize;
+                Backing::open_path(&self.0[i], true).map(Arc::new)
+            }
+        }
+        let files = Files(
+            ["A", "B"]
+                .iter()
+                .map(|n| {
+                    let p =
+                        std::env::temp_dir().join(format!("dmfs-share-{n}-{}", std::process::id()));
+                    std::fs::File::create(&p)
+                        .unwrap()
+                        .set_len(64 * 512)
+                        .unwrap();
+                    p
+                })
+                .collect(),
+        );
+        let mut b = TableBuilder::new();
+        b.add_line("0 8 linear A 0", &files).unwrap();
+        b.add_line("8 8 linear A 8", &files).unwrap();
+        b.add_line("16 16 striped 2 8 A 16 A 32", &files).unwrap();
+        assert_eq!(b.opened.len(), 1);
+        // B opens, then the line is refused (past B's end): B is let go.
+        b.add_line("32 8 linear B 60", &files).unwrap_err();
+        assert_eq!(b.opened.len(), 1);
+        let t = b.table().unwrap();
+        let devs: Vec<Arc<Backing>> = t
+            .entries()
+            .iter()
+            .flat_map(|e| e.target.devices())
+            .collect();
+        assert_eq!(devs.len(), 4);
+        assert!(devs.iter().all(|d| Arc::ptr_eq(d, &devs[0])));
+        assert_eq!(t.devices().len(), 1);
+        for p in &files.0 {
+            std::fs::remove_file(p).unwrap();
+        }
     }
 
     #[test]

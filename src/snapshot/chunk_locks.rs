@@ -7,16 +7,17 @@
 //! order), which rules out deadlock. The set of held chunks is sharded so unrelated chunks do
 //! not contend on one mutex.
 
-use std::collections::HashSet;
 use std::ops::Range;
 
 use parking_lot::{Condvar, Mutex};
+
+use super::chunk_hash::ChunkSet;
 
 const SHARDS: u64 = 64;
 
 #[derive(Default)]
 struct Shard {
-    held: Mutex<HashSet<u64>>,
+    held: Mutex<ChunkSet>,
     released: Condvar,
 }
 

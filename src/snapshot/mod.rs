@@ -9,12 +9,12 @@
 //! the `Snap` over, as the kernel hands exceptions over between tables. Writes through a
 //! `snapshot-origin` target reach every active `Snap` of that origin through `origins`.
 
+pub mod chunk_hash;
 pub mod chunk_locks;
 pub mod merge;
 pub mod origins;
 pub mod persistent;
 
-use std::collections::HashMap;
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -25,6 +25,7 @@ use crate::backing::Backing;
 use crate::error::{DmError, DmResult};
 use crate::target::DeviceLink;
 use crate::units::{SECTOR_SIZE, Sectors};
+use chunk_hash::ChunkMap;
 use chunk_locks::{ChunkGuard, ChunkLocks};
 use persistent::Persistent;
 
@@ -86,7 +87,7 @@ pub struct Snap {
     state: Mutex<StoreState>,
     committed: Condvar,
     /// Completed exceptions: origin chunk -> COW chunk.
-    exceptions: RwLock<HashMap<u64, u64>>,
+    exceptions: RwLock<ChunkMap<u64>>,
     locks: ChunkLocks,
     valid: AtomicBool,
     overflowed: AtomicBool,
@@ -110,18 +111,21 @@ fn eio() -> io::Error {
     io::Error::from_raw_os_error(libc::EIO)
 }
 
-/// Copies `sectors` from `src` at `from` to `dst` at `to`, a bounded piece at a time.
+/// Copies `sectors` from `src` at `from` to `dst` at `to`, a bounded piece at a time, through
+/// the thread's reusable buffer (a copy-out per first write to a chunk allocates no buffer).
 fn copy(src: &Backing, from: u64, dst: &Backing, to: u64, sectors: u64) -> io::Result<()> {
-    let mut buf = vec![0u8; (sectors * SECTOR_SIZE).min(COPY_BYTES) as usize];
-    let mut done = 0;
-    while done < sectors {
-        let n = (sectors - done).min(COPY_BYTES / SECTOR_SIZE);
-        let piece = &mut buf[..(n * SECTOR_SIZE) as usize];
-        src.read_at(Sectors(from + done), piece)?;
-        dst.write_at(Sectors(to + done), piece)?;
-        done += n;
-    }
-    Ok(())
+    let len = (sectors * SECTOR_SIZE).min(COPY_BYTES) as usize;
+    crate::scratch::with_buffer(len, |buf| {
+        let mut done = 0;
+        while done < sectors {
+            let n = (sectors - done).min(COPY_BYTES / SECTOR_SIZE);
+            let piece = &mut buf[..(n * SECTOR_SIZE) as usize];
+            src.read_at(Sectors(from + done), piece)?;
+            dst.write_at(Sectors(to + done), piece)?;
+            done += n;
+        }
+        Ok(())
+    })
 }
 
 impl Snap {
@@ -305,6 +309,10 @@ impl Snap {
         let end = sector + data.len() as u64 / SECTOR_SIZE;
         let chunks = self.chunk_of(sector)..self.chunk_of(end - 1) + 1;
         let _held = self.locks.lock(chunks.clone());
+        // Allocations stay off the path of a write to chunks that have exceptions: these
+        // lists are then empty, and an empty Vec allocates nothing. A write that makes
+        // exceptions (the first to a chunk) allocates the lists and may grow the exception
+        // table: a few small allocations beside a copy-out, a metadata write and a flush.
         let missing: Vec<u64> = chunks.filter(|&c| self.lookup(c).is_none()).collect();
         let allocated = self.prepare(missing.len());
         let full = allocated.len() < missing.len();
@@ -366,6 +374,7 @@ impl Snap {
         }
         let chunks = self.chunk_of(start)..self.chunk_of(end - 1) + 1;
         let held = self.locks.lock(chunks.clone());
+        // As in `write`: nothing is allocated unless exceptions are made.
         let missing: Vec<u64> = chunks.filter(|&c| self.lookup(c).is_none()).collect();
         let allocated = self.prepare(missing.len());
         if allocated.len() < missing.len() {

@@ -15,18 +15,37 @@ use crate::units::{SECTOR_SIZE, Sectors};
 
 #[derive(Default)]
 struct Snapshots {
-    by_origin: HashMap<DeviceKey, Vec<Weak<Snap>>>,
+    /// Each origin's snapshots in id order (the order their chunks are locked in). A list is
+    /// replaced, never changed in place, so an origin write takes it by cloning the `Arc`:
+    /// no allocation per write.
+    by_origin: HashMap<DeviceKey, Arc<[Weak<Snap>]>>,
     by_cow: HashMap<DeviceKey, Weak<Snap>>,
 }
 
 static SNAPSHOTS: LazyLock<Mutex<Snapshots>> = LazyLock::new(Mutex::default);
 
+/// The live snapshots of `list` and `extra`, in id order.
+fn sorted_live(list: &[Weak<Snap>], extra: Option<&Arc<Snap>>) -> Vec<Arc<Snap>> {
+    let mut live: Vec<Arc<Snap>> = list.iter().filter_map(Weak::upgrade).collect();
+    live.extend(extra.cloned());
+    live.sort_by_key(|s| s.id);
+    live
+}
+
+fn weak_list(live: &[Arc<Snap>]) -> Arc<[Weak<Snap>]> {
+    live.iter().map(Arc::downgrade).collect()
+}
+
 pub fn register(snap: &Arc<Snap>) {
     let mut s = SNAPSHOTS.lock();
-    s.by_origin
-        .entry(snap.origin.key())
-        .or_default()
-        .push(Arc::downgrade(snap));
+    let key = snap.origin.key();
+    let old = s
+        .by_origin
+        .get(&key)
+        .cloned()
+        .unwrap_or_else(|| Arc::new([]));
+    let list = weak_list(&sorted_live(&old, Some(snap)));
+    s.by_origin.insert(key, list);
     s.by_cow.insert(snap.cow.key(), Arc::downgrade(snap));
 }
 
@@ -34,7 +53,9 @@ pub fn register(snap: &Arc<Snap>) {
 pub fn unregister() {
     let mut s = SNAPSHOTS.lock();
     s.by_origin.retain(|_, list| {
-        list.retain(|w| w.strong_count() > 0);
+        if list.iter().any(|w| w.strong_count() == 0) {
+            *list = weak_list(&sorted_live(list, None));
+        }
         !list.is_empty()
     });
     s.by_cow.retain(|_, w| w.strong_count() > 0);
@@ -45,31 +66,41 @@ pub fn find_by_cow(cow: DeviceKey) -> Option<Arc<Snap>> {
     SNAPSHOTS.lock().by_cow.get(&cow).and_then(Weak::upgrade)
 }
 
+fn list_of(origin: DeviceKey) -> Option<Arc<[Weak<Snap>]>> {
+    SNAPSHOTS.lock().by_origin.get(&origin).cloned()
+}
+
 /// The snapshots of `origin`, in id order (the order their chunks are locked in).
 pub fn snapshots_of(origin: DeviceKey) -> Vec<Arc<Snap>> {
-    let mut out: Vec<Arc<Snap>> = SNAPSHOTS
-        .lock()
-        .by_origin
-        .get(&origin)
-        .map(|list| list.iter().filter_map(Weak::upgrade).collect())
-        .unwrap_or_default();
-    out.sort_by_key(|s| s.id);
-    out
+    list_of(origin)
+        .map(|list| sorted_live(&list, None))
+        .unwrap_or_default()
 }
 
 /// A write to an origin: every snapshot of it saves the chunks the write touches first, and
 /// holds them until the write has landed.
 pub fn origin_write(origin: &Backing, sector: u64, data: &[u8]) -> io::Result<()> {
-    let snaps = snapshots_of(origin.key());
-    if snaps.is_empty() {
-        return origin.write_at(Sectors(sector), data);
-    }
     let end = sector + data.len() as u64 / SECTOR_SIZE;
-    let held: Vec<_> = snaps
-        .iter()
-        .filter_map(|s| s.copy_out(sector, end))
-        .collect();
-    let r = origin.write_at(Sectors(sector), data);
-    drop(held);
-    r
+    match list_of(origin.key()) {
+        Some(list) => write_holding(&list, origin, sector, end, data),
+        None => origin.write_at(Sectors(sector), data),
+    }
+}
+
+/// Saves the chunks in `[sector, end)` for the first snapshot of `snaps` and holds them while
+/// the rest do the same; the write lands once every snapshot holds its chunks. The guards
+/// live in this recursion's frames rather than in a Vec: nothing is allocated.
+fn write_holding(
+    snaps: &[Weak<Snap>],
+    origin: &Backing,
+    sector: u64,
+    end: u64,
+    data: &[u8],
+) -> io::Result<()> {
+    let Some((first, rest)) = snaps.split_first() else {
+        return origin.write_at(Sectors(sector), data);
+    };
+    let snap = first.upgrade();
+    let _held = snap.as_ref().and_then(|s| s.copy_out(sector, end));
+    write_holding(rest, origin, sector, end, data)
 }

@@ -194,6 +194,8 @@ impl Persistent {
     }
 
     fn zero_disk_area(&self, area: u64) -> io::Result<()> {
+        // Once per filled area (every chunk bytes / 16 exceptions) and at initialisation: rare
+        // enough to allocate.
         let zeros = vec![0u8; self.area.len()];
         self.cow
             .write_at(self.chunk_io_sector(self.area_location(area)), &zeros)

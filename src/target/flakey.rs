@@ -283,11 +283,11 @@ impl Target for Flakey {
             DownWrite::Pass => {}
         }
         match self.write_corruption() {
-            Some(c) => {
-                let mut copy = buf.to_vec();
-                corrupt(&mut copy, c);
-                self.dev.write_at(self.start + offset, &copy)
-            }
+            Some(c) => crate::scratch::with_buffer(buf.len(), |copy| {
+                copy.copy_from_slice(buf);
+                corrupt(copy, c);
+                self.dev.write_at(self.start + offset, copy)
+            }),
             None => self.dev.write_at(self.start + offset, buf),
         }
     }

@@ -788,6 +788,11 @@ fn bad_striped_lines() {
 fn bad_removes_and_device_file_operations() {
     let f = Fixture::new();
     let make_open = |n: &str| format!("echo '0 8 zero' > $MNT/ctl/create/{n}");
+    // Writes past the end fail at write(2) with ENOSPC. With --cache writeback a buffered one
+    // is taken into the kernel's cache (the kernel owns the file size there: dev/keep would
+    // then look longer) and fails only at writeback; cache_coherence.rs::write_past_the_end
+    // checks that. Here, in writeback mode, they are O_DIRECT and must fail at write(2).
+    let past_end = dd_write_through();
     let stacked = "echo \"0 16 linear $PWD/a.img 0\" > $MNT/ctl/create/base && \
                    echo \"0 8 linear $MNT/dev/base 4\" > $MNT/ctl/create/top";
     let cases = vec![
@@ -846,19 +851,25 @@ fn bad_removes_and_device_file_operations() {
         .cleanup(&remove_retrying(&["top", "base"])),
         case(
             "write at the end",
-            "dd if=/dev/zero of=$MNT/dev/keep bs=512 seek=96 count=1 conv=notrunc status=none",
+            format!(
+                "dd if=/dev/zero of=$MNT/dev/keep bs=512 seek=96 count=1 conv=notrunc status=none{past_end}"
+            ),
             "No space left on device",
             None,
         ),
         case(
             "write far past the end",
-            "dd if=/dev/zero of=$MNT/dev/keep bs=512 seek=1000 count=1 conv=notrunc status=none",
+            format!(
+                "dd if=/dev/zero of=$MNT/dev/keep bs=512 seek=1000 count=1 conv=notrunc status=none{past_end}"
+            ),
             "No space left on device",
             None,
         ),
         case(
             "one byte at the end",
-            "printf x | dd of=$MNT/dev/keep bs=1 seek=49152 conv=notrunc status=none",
+            format!(
+                "printf x | dd of=$MNT/dev/keep bs=1 seek=49152 conv=notrunc status=none{past_end}"
+            ),
             "No space left on device",
             None,
         ),

@@ -13,7 +13,7 @@ use common::*;
 
 use std::fs::OpenOptions;
 use std::io::Write;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -85,9 +85,16 @@ fn pread(path: &Path, sector: u64, sectors: u64) -> (u32, Vec<u8>) {
     }
 }
 
-/// One pwrite, as the VM's `dio w`: exit status 0 if every byte was written.
+/// One pwrite, as the VM's `dio w`: exit status 0 if every byte was written. In writeback mode
+/// it is O_DIRECT (`write_through_flags`): a buffered write would succeed into the kernel's
+/// cache, and a flakey device's error would surface only at writeback, where the recording
+/// has it at the write.
 fn pwrite(path: &Path, sector: u64, data: &[u8]) -> u32 {
-    let Ok(file) = OpenOptions::new().write(true).open(path) else {
+    let Ok(file) = OpenOptions::new()
+        .write(true)
+        .custom_flags(write_through_flags())
+        .open(path)
+    else {
         return 1;
     };
     match file.write_at(data, sector * 512) {

@@ -6,7 +6,7 @@ mod common;
 use common::*;
 
 use std::io::{Read, Seek, SeekFrom};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 
 /// Where byte `b` of a device lives: (index of a backing file, byte in it).
 type Map<'a> = &'a dyn Fn(u64) -> (usize, u64);
@@ -345,7 +345,14 @@ fn zero_and_error_targets() {
     // zero: zeros, and writes are accepted and dropped.
     assert_eq!(read_dev(&m, "z"), vec![0u8; 16 * 512]);
     dd_write(&m, "z", 1000, &pseudo_random(1, 3000));
-    assert_eq!(read_dev(&m, "z"), vec![0u8; 16 * 512]);
+    if cache_mode() == CacheMode::Writeback {
+        // With --cache writeback the kernel keeps the pages it wrote back, as the page cache
+        // of a kernel dm-zero device does: a buffered read shows the dropped bytes. The
+        // device's own answer, read with O_DIRECT, is zeros.
+        m.ok("cmp <(dd if=$MNT/dev/z bs=16M iflag=direct status=none) <(head -c 8192 /dev/zero)");
+    } else {
+        assert_eq!(read_dev(&m, "z"), vec![0u8; 16 * 512]);
+    }
     // error: any read or write fails with EIO; arguments are ignored and not printed back.
     assert_eq!(m.read("dm/e2/table").trim_end(), "0 16 error");
     for dev in ["e", "e2"] {
@@ -378,9 +385,13 @@ fn zero_and_error_targets() {
             "skip={skip} count={count}: {err}"
         );
     }
+    // O_DIRECT in writeback mode (write_through_flags), where an O_RDWR open is cached too:
+    // a buffered read is made of whole pages, so one that runs from good sectors into error
+    // ones comes back short instead of failing, as from any page cache.
     let f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
+        .custom_flags(write_through_flags())
         .open(m.mnt.join("dev/mix"))
         .unwrap();
     let mut buf = vec![0u8; 96];

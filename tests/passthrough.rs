@@ -5,9 +5,20 @@
 mod common;
 use common::*;
 
-/// Whether the kernel running the tests offered passthrough to this mount.
+/// Whether the kernel running the tests offered passthrough to this mount, and the mount's
+/// cache mode allows it.
 fn offered(m: &Mount) -> bool {
     let log = m.log();
+    // --cache writeback turns passthrough off (the kernel does not combine writeback caching
+    // with passthrough): no device may use it, and the tests' passthrough checks do not apply.
+    if cache_mode() == CacheMode::Writeback {
+        assert!(
+            !log.contains("use passthrough"),
+            "--cache writeback, yet a device uses passthrough:\n{log}"
+        );
+        eprintln!("--cache writeback: passthrough is off; checked that no device uses it");
+        return false;
+    }
     if log.contains("does not offer FUSE passthrough") {
         eprintln!("skipped: this kernel does not offer FUSE passthrough");
         return false;

@@ -11,7 +11,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::IntoRawFd;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -144,10 +144,13 @@ fn event_nr(m: &Mount, name: &str) -> u32 {
         .unwrap()
 }
 
+/// Opens dev/NAME for reading and writing; O_DIRECT in writeback mode (`write_through_flags`):
+/// these tests check status lines and exception counts right after their writes.
 fn open_dev(m: &Mount, name: &str) -> File {
     OpenOptions::new()
         .read(true)
         .write(true)
+        .custom_flags(write_through_flags())
         .open(m.mnt.join("dev").join(name))
         .unwrap_or_else(|e| panic!("open dev/{name}: {e}"))
 }
@@ -164,9 +167,10 @@ fn read_at(f: &File, len: usize) -> Vec<u8> {
 }
 
 /// Writes `data` at byte `off` of dev/NAME with one dd write(2), conv=notrunc (and
-/// oflag=direct when asked).
+/// oflag=direct when asked, and always in writeback mode: see `write_through_flags`).
 fn dd_write(m: &Mount, dev: &str, off: u64, data: &[u8], direct: bool) {
     std::fs::write(m.path("data.bin"), data).unwrap();
+    let direct = direct || cache_mode() == CacheMode::Writeback;
     let oflag = if direct {
         "direct,seek_bytes"
     } else {
@@ -1033,7 +1037,11 @@ fn kill9_keeps_fsynced_writes_and_the_snapshot() {
                 (done.clone(), started.clone(), stop.clone(), order.clone());
             let path = m.mnt.join("dev/origin");
             std::thread::spawn(move || {
-                let Ok(f) = OpenOptions::new().write(true).open(path) else {
+                let Ok(f) = OpenOptions::new()
+                    .write(true)
+                    .custom_flags(write_through_flags())
+                    .open(path)
+                else {
                     return;
                 };
                 let mut k = next;
@@ -1272,7 +1280,11 @@ fn concurrent_origin_writers_never_show_through_the_snapshot() {
             let (writing, hot) = (writing.clone(), hot.clone());
             let path = m.mnt.join("dev/origin");
             std::thread::spawn(move || {
-                let f = OpenOptions::new().write(true).open(path).unwrap();
+                let f = OpenOptions::new()
+                    .write(true)
+                    .custom_flags(write_through_flags())
+                    .open(path)
+                    .unwrap();
                 for (b, from, data) in plan {
                     hot.store(b, Ordering::SeqCst);
                     f.write_all_at(&data, b * 4096 + from as u64).unwrap();
@@ -1287,7 +1299,11 @@ fn concurrent_origin_writers_never_show_through_the_snapshot() {
         .map(|plan| {
             let path = m.mnt.join("dev/sw");
             std::thread::spawn(move || {
-                let f = OpenOptions::new().write(true).open(path).unwrap();
+                let f = OpenOptions::new()
+                    .write(true)
+                    .custom_flags(write_through_flags())
+                    .open(path)
+                    .unwrap();
                 for (b, from, data) in plan {
                     f.write_all_at(&data, b * 4096 + from as u64).unwrap();
                 }
@@ -2271,7 +2287,11 @@ fn kill9_keeps_fsynced_snapshot_writes() {
             let (done, started) = (done.clone(), started.clone());
             let path = m.mnt.join("dev/snap");
             std::thread::spawn(move || {
-                let Ok(f) = OpenOptions::new().write(true).open(path) else {
+                let Ok(f) = OpenOptions::new()
+                    .write(true)
+                    .custom_flags(write_through_flags())
+                    .open(path)
+                else {
                     return;
                 };
                 for k in next..count as usize {
@@ -2538,6 +2558,7 @@ fn read_only_snapshot_keeps_saving_origin_writes() {
     );
     let w = OpenOptions::new()
         .write(true)
+        .custom_flags(write_through_flags())
         .open(m.mnt.join("dev/snap"))
         .and_then(|f| f.write_all_at(&[0u8; 512], 0));
     assert!(w.is_err(), "a read-only snapshot took a write");

@@ -105,12 +105,16 @@ fn gunzip(file: &str) -> Vec<u8> {
     out.stdout
 }
 
-/// "dd TARGET SEEK COUNT TAG" as the recorder did it: COUNT sectors of `yes TAG` at SEEK.
+/// "dd TARGET SEEK COUNT TAG" as the recorder did it: COUNT sectors of `yes TAG` at SEEK. In
+/// writeback mode with oflag=direct (`dd_write_through`): a buffered write that overflows a
+/// snapshot fails only at writeback, and the kernel's cache keeps showing the bytes it could
+/// not write, where the recording read what the device holds.
 fn dd_script(m: &Mount, target: &str, seek: &str, count: &str, tag: &str) -> String {
     format!(
         "{{ yes '{tag}' | head -c $(({count} * 512)) > data; }} || true\n\
-         dd if=data of='{}' bs=512 seek={seek} count={count} conv=notrunc,fsync status=none 2>/dev/null; echo $?\n",
-        path_of(m, target).display()
+         dd if=data of='{}' bs=512 seek={seek} count={count} conv=notrunc,fsync status=none{} 2>/dev/null; echo $?\n",
+        path_of(m, target).display(),
+        dd_write_through()
     )
 }
 

@@ -3,6 +3,11 @@
 //! `Mount` starts the built binary in the foreground on a fresh mount point and, when dropped
 //! (also when a test fails), unmounts, waits for the daemon, kills it if it hangs, detaches a
 //! mount left behind, and removes the directory.
+//!
+//! `DMFS_TEST_CACHE=MODE` (page-cache, direct or writeback) makes every `Mount` pass
+//! `--cache MODE` (unless its own arguments name a `--cache`), so the same tests check every
+//! cache mode; unset, nothing is added and the daemon's default mode runs. A test whose
+//! expectations depend on the mode asks `cache_mode()`.
 
 #![allow(dead_code)]
 
@@ -32,12 +37,100 @@ fn is_mounted(mnt: &Path) -> bool {
     mounts.lines().any(|l| l.split(' ').nth(1) == Some(&*want))
 }
 
+/// How the daemon's dev/ files use the kernel's page cache (`dmfs mount --cache MODE`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum CacheMode {
+    /// Read-only opens cached, writes direct; aliases invalidated before a write returns.
+    PageCache,
+    /// Nothing cached (FOPEN_DIRECT_IO on every open).
+    Direct,
+    /// FUSE_WRITEBACK_CACHE: writes are cached too and reach the daemon at writeback, close
+    /// or fsync; a write error can surface there instead of at write(2).
+    Writeback,
+}
+
+impl CacheMode {
+    /// The `--cache` argument.
+    pub fn arg(self) -> &'static str {
+        match self {
+            CacheMode::PageCache => "page-cache",
+            CacheMode::Direct => "direct",
+            CacheMode::Writeback => "writeback",
+        }
+    }
+
+    fn parse(s: &str) -> Option<CacheMode> {
+        [
+            CacheMode::PageCache,
+            CacheMode::Direct,
+            CacheMode::Writeback,
+        ]
+        .into_iter()
+        .find(|m| m.arg() == s)
+    }
+}
+
+/// The mode `$DMFS_TEST_CACHE` names, None when it is unset or empty. Any other value stops
+/// the test: a typo must not quietly run the default mode again.
+fn env_cache_mode() -> Option<CacheMode> {
+    let v = std::env::var("DMFS_TEST_CACHE").ok()?;
+    if v.is_empty() {
+        return None;
+    }
+    Some(CacheMode::parse(&v).unwrap_or_else(|| {
+        panic!("DMFS_TEST_CACHE={v:?}: expected page-cache, direct or writeback")
+    }))
+}
+
+/// The cache mode the mounts of this test run use: `$DMFS_TEST_CACHE`, else the daemon's
+/// default (page-cache).
+pub fn cache_mode() -> CacheMode {
+    env_cache_mode().unwrap_or(CacheMode::PageCache)
+}
+
+/// open(2) flags for a test that writes through dev/NAME and then checks what reached dmfs
+/// (backing files, status lines, exception counts) without an fsync: O_DIRECT in writeback
+/// mode, where a buffered write would reach dmfs only at writeback, fsync or close, and as
+/// whole pages; none in the other modes, where a write(2) is dmfs's before it returns.
+/// (cache_coherence.rs checks the buffered writeback path itself.)
+pub fn write_through_flags() -> i32 {
+    if cache_mode() == CacheMode::Writeback {
+        libc::O_DIRECT
+    } else {
+        0
+    }
+}
+
+/// `oflag=direct` for dd in writeback mode (see `write_through_flags`), else nothing.
+pub fn dd_write_through() -> &'static str {
+    if cache_mode() == CacheMode::Writeback {
+        " oflag=direct"
+    } else {
+        ""
+    }
+}
+
+/// `args` plus `--cache $DMFS_TEST_CACHE` when that is set and `args` has no `--cache`.
+fn with_env_cache(args: &[&str]) -> Vec<String> {
+    let mut out: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let has_cache = args
+        .iter()
+        .any(|a| *a == "--cache" || a.starts_with("--cache="));
+    if let (Some(mode), false) = (env_cache_mode(), has_cache) {
+        out.push("--cache".into());
+        out.push(mode.arg().into());
+    }
+    out
+}
+
 pub struct Mount {
     /// Scratch directory holding the mount point, images and the daemon log.
     pub dir: PathBuf,
     /// The mount point.
     pub mnt: PathBuf,
     child: Option<Child>,
+    /// Whether `start` adds `--cache $DMFS_TEST_CACHE`.
+    env_cache: bool,
 }
 
 impl Mount {
@@ -45,8 +138,19 @@ impl Mount {
         Mount::with_args(&[])
     }
 
-    /// Mounts with extra `dmfs mount` arguments.
+    /// Mounts with extra `dmfs mount` arguments (and `--cache $DMFS_TEST_CACHE` when that is
+    /// set and `args` names no `--cache`).
     pub fn with_args(args: &[&str]) -> Mount {
+        Mount::mount(args, true)
+    }
+
+    /// Mounts with exactly these `dmfs mount` arguments, whatever `$DMFS_TEST_CACHE` says: for
+    /// tests of the daemon's own defaults.
+    pub fn with_exact_args(args: &[&str]) -> Mount {
+        Mount::mount(args, false)
+    }
+
+    fn mount(args: &[&str], env_cache: bool) -> Mount {
         let dir = scratch_dir("mnt");
         let mnt = dir.join("mnt");
         std::fs::create_dir(&mnt).unwrap();
@@ -54,6 +158,7 @@ impl Mount {
             dir,
             mnt,
             child: None,
+            env_cache,
         };
         m.start(args);
         m
@@ -62,27 +167,36 @@ impl Mount {
     /// Starts the daemon on this mount point (again, after `stop`).
     pub fn start(&mut self, args: &[&str]) {
         let log = self.dir.join("dmfs.log");
+        let args = if self.env_cache {
+            with_env_cache(args)
+        } else {
+            args.iter().map(|a| a.to_string()).collect()
+        };
         let child = Command::new(DMFS)
             .arg("mount")
             .arg("-f")
             .arg(&self.mnt)
             .arg("--log-file")
             .arg(&log)
-            .args(args)
+            .args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(self.dir.join("dmfs.stderr")).unwrap())
             .spawn()
             .expect("start dmfs");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while !self.mnt.join("ctl/version").exists() {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("dmfs exited early ({status}); log:\n{}", self.log());
+                panic!(
+                    "dmfs mount {args:?} exited early ({status}); stderr:\n{}log:\n{}",
+                    std::fs::read_to_string(self.dir.join("dmfs.stderr")).unwrap_or_default(),
+                    self.log()
+                );
             }
             assert!(
                 Instant::now() < deadline,
-                "dmfs did not mount in time; log:\n{}",
+                "dmfs mount {args:?} did not mount in time; log:\n{}",
                 self.log()
             );
             std::thread::sleep(Duration::from_millis(10));

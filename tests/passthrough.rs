@@ -138,5 +138,5 @@ fn passthrough_off_keeps_every_read_in_dmfs() {
          wait
          cmp r <(head -c 4096 a.img) && echo read");
     assert_eq!(out, "held\nread\n");
-    assert!(!m.log().contains("passthrough"), "{}", m.log());
+    assert!(!m.log().contains("use passthrough"), "{}", m.log());
 }

@@ -377,8 +377,13 @@ snap_fio() {   # snap_fio LABEL FILE RW KIND fio-args...
         printf '%s\tFAIL\n' "$label" >> "$SNAPRAW"
     fi
 }
+# Each pass starts with the disk quiet: the rows before leave gigabytes of a.img's pages dirty,
+# and their writeback would otherwise slow the first write's flushes and not the others.
+sync
 snap_fio plain "$MNT/dev/whole" write bw "${ONEPASS[@]}"
+sync
 snap_fio first "$MNT/dev/sorigin" write bw "${ONEPASS[@]}"
+sync
 echo "   snapshot status after the first pass: $(cat "$MNT/dm/snap/status")" >&2
 snap_fio later "$MNT/dev/sorigin" write bw "${ONEPASS[@]}"
 snap_fio snapseq "$MNT/dev/snap" read bw "${COMMON[@]}" --rw=read --bs=1M --ioengine=psync
@@ -452,6 +457,7 @@ scale_fio() {   # scale_fio DEVICE SIZE
         printf '%s\tFAIL\n' "$1" >> "$SCALERAW"
     fi
 }
+sync   # as for the snapshot rows: no writeback of earlier rows' pages under the measurement
 scale_fio lines10 1000M
 scale_fio lines10000 1000M
 scale_fio exc1k 1M

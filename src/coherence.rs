@@ -200,8 +200,9 @@ static HUB: OnceLock<Hub> = OnceLock::new();
 thread_local! {
     /// What the request running on this thread has made stale, while it is collected.
     static COLLECTED: RefCell<Option<Vec<Stale>>> = const { RefCell::new(None) };
-    /// The device and sectors a writeback write came from: its own pages are the new bytes.
-    static WRITING_BACK: RefCell<Option<(u64, u64, u64)>> = const { RefCell::new(None) };
+    /// The device and sectors a write through `dev/NAME` went to: the kernel keeps that file's
+    /// own pages of them true itself.
+    static OWN_WRITE: RefCell<Option<(u64, u64, u64)>> = const { RefCell::new(None) };
 }
 
 /// The deepest stack a change is followed up (the stacking limit is 16).
@@ -301,7 +302,7 @@ pub fn device_replaced(device: &Device) {
 
 /// Sectors `start..end` of `device` changed: its own pages, then those of devices stacked on it.
 fn changed(hub: &Hub, device: &Device, start: u64, end: u64, depth: usize, out: &mut Vec<Stale>) {
-    if device.page_cached.load(Ordering::Relaxed) && !own_writeback(device.id, start, end) {
+    if device.page_cached.load(Ordering::Relaxed) && !own_write_covers(device.id, start, end) {
         // A suspended device's reads are held and keep their pages locked until resume;
         // waiting for them would hold this write (and every write behind it) until then. Its
         // resume drops all its pages instead.
@@ -340,8 +341,8 @@ fn followers(hub: &Hub, key: DeviceKey, start: u64, end: u64, depth: usize, out:
     }
 }
 
-fn own_writeback(device: u64, start: u64, end: u64) -> bool {
-    WRITING_BACK.with_borrow(|w| {
+fn own_write_covers(device: u64, start: u64, end: u64) -> bool {
+    OWN_WRITE.with_borrow(|w| {
         w.is_some_and(|(d, s, e)| d == device && s <= start && end <= e)
     })
 }
@@ -381,12 +382,12 @@ pub fn collect<R>(work: impl FnOnce() -> R) -> (R, Vec<Stale>) {
     (result, stale)
 }
 
-/// Runs a writeback write (the kernel writing its own dirty pages of `device` back): its own
-/// pages of `start..end` are the bytes written and stay.
-pub fn writing_back<R>(device: u64, start: Sectors, end: Sectors, work: impl FnOnce() -> R) -> R {
-    WRITING_BACK.with_borrow_mut(|w| *w = Some((device, start.0, end.0)));
+/// Runs a write through `dev/NAME` of `device` to sectors `start..end`: that file's own pages
+/// of them are left to the kernel (see `fs::write_device`).
+pub fn own_write<R>(device: u64, start: Sectors, end: Sectors, work: impl FnOnce() -> R) -> R {
+    OWN_WRITE.with_borrow_mut(|w| *w = Some((device, start.0, end.0)));
     let r = work();
-    WRITING_BACK.with_borrow_mut(|w| *w = None);
+    OWN_WRITE.with_borrow_mut(|w| *w = None);
     r
 }
 

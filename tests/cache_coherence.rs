@@ -1095,3 +1095,45 @@ fn read_ahead_of_the_mount() {
         "--cache writeback --read-ahead-kb 256"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// The written device itself.
+// ---------------------------------------------------------------------------------------------
+
+/// A reader holding dev/a open (cached) reads every write made through another open of dev/a
+/// at once. dmfs leaves the written file's own pages to the kernel (it drops them after a
+/// direct-I/O write; a writeback write goes through them): this is what shows that holds.
+fn own_device_reader(mode: Option<CacheMode>) {
+    let (m, mode) = mount(mode);
+    write_pattern_image(&m.path("a.img"), 0, 1024);
+    run(&m, "echo \"0 1024 linear $PWD/a.img 0\" > $MNT/ctl/create/a");
+    warm(&m, mode, "a");
+    let out = run(
+        &m,
+        &format!(
+            "{TIMEOUT} python3 -c '
+import os, random
+random.seed(7)
+r = os.open(\"'$MNT'/dev/a\", os.O_RDONLY)
+w = os.open(\"'$MNT'/dev/a\", os.O_RDWR)
+size = os.fstat(r).st_size
+os.pread(r, size, 0)
+stale = 0
+for i in range(200):
+    off = random.randrange(0, size - 5000)
+    data = os.urandom(random.randrange(1, 5000))
+    os.pwrite(w, data, off)
+    if os.pread(r, len(data), off) != data:
+        stale += 1
+print(\"stale\", stale)
+'"
+        ),
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        "stale 0\n",
+        "--cache {}",
+        mode.arg()
+    );
+}
+in_every_mode!(own_device_reader);

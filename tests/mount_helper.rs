@@ -27,9 +27,11 @@ fn mount_t_fuse_dmfs_creates_tables_from_a_file_and_a_directory() {
             ln -s $HELPERS/mount.fuse.dmfs /sbin/mount.fuse.dmfs
             trap 'rm -f /sbin/mount.fuse.dmfs' EXIT
         fi
-        mount -t fuse.dmfs none $PWD/m1 -o tables=$PWD/tables,log=$PWD/m1.log
+        mount -t fuse.dmfs none $PWD/m1 -o tables=$PWD/tables,log=$PWD/m1.log,cache=direct,read_ahead_kb=256
         mount -t fuse.dmfs none $PWD/m2 -o tables=$PWD/tables.d
         ls m1/dev | tr '\n' ' '; echo
+        grep -q -- "--cache Direct, read-ahead 256 KiB" m1.log && echo m1-options
+        cat /sys/class/bdi/$(mountpoint -d $PWD/m1)/read_ahead_kb
         cmp a.img m1/dev/twoasone && echo same
         cmp <(dd if=a.img bs=512 skip=16 count=16 status=none) m2/dev/part && echo part
         $DMFS umount $PWD/m1
@@ -58,6 +60,6 @@ fn mount_t_fuse_dmfs_creates_tables_from_a_file_and_a_directory() {
     );
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        "twoasone z \nsame\npart\nunmounted\n"
+        "twoasone z \nm1-options\n256\nsame\npart\nunmounted\n"
     );
 }

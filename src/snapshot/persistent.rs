@@ -285,9 +285,13 @@ impl Persistent {
         }
         if self.valid {
             let at = self.chunk_io_sector(self.area_location(self.current_area));
+            // The kernel writes the area with REQ_PREFLUSH | REQ_FUA: the chunks copied out
+            // (and the zeroed next area) are durable before the area that names them, so a
+            // power loss cannot leave an exception pointing at a chunk never written.
             if self
                 .cow
-                .write_at(at, &self.area)
+                .flush()
+                .and_then(|()| self.cow.write_at(at, &self.area))
                 .and_then(|()| self.cow.flush())
                 .is_err()
             {

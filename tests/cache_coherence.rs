@@ -31,16 +31,7 @@ fn mount(mode: Option<CacheMode>) -> (Mount, CacheMode) {
 
 /// Runs a script that must succeed; its stdout as bytes.
 fn run(m: &Mount, script: &str) -> Vec<u8> {
-    let out = m.sh(script);
-    assert!(
-        out.status.success(),
-        "script failed ({}):\n{script}\nstdout:\n{}\nstderr:\n{}\nlog:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-        m.log()
-    );
-    out.stdout
+    m.ok_bytes(script)
 }
 
 /// The whole of dev/NAME, read by `cat` (a read-only open).

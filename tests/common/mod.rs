@@ -299,6 +299,11 @@ impl Mount {
 
     /// Runs a script that must succeed; returns its stdout.
     pub fn ok(&self, script: &str) -> String {
+        String::from_utf8_lossy(&self.ok_bytes(script)).into_owned()
+    }
+
+    /// `ok`, with stdout as bytes (binary output).
+    pub fn ok_bytes(&self, script: &str) -> Vec<u8> {
         let out = self.sh(script);
         assert!(
             out.status.success(),
@@ -308,7 +313,7 @@ impl Mount {
             String::from_utf8_lossy(&out.stderr),
             self.log()
         );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        out.stdout
     }
 
     /// Runs a script that must fail; returns its stderr.

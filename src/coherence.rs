@@ -49,6 +49,16 @@ pub enum CacheMode {
 pub enum View {
     /// The device's sectors from `from` appear one to one from the target's sector 0.
     Linear { key: DeviceKey, from: Sectors },
+    /// Stripe `stripe` of `stripes`: the device's sectors from `from` are the stripe's, dealt
+    /// out in chunks of `chunk` sectors (the target's chunk c of the stripe is its chunk
+    /// `c * stripes + stripe`).
+    Striped {
+        key: DeviceKey,
+        from: Sectors,
+        stripe: u64,
+        stripes: u64,
+        chunk: u64,
+    },
     /// A change to the device's sectors `from..from + len` may show anywhere in the target.
     Within {
         key: DeviceKey,
@@ -57,8 +67,16 @@ pub enum View {
     },
 }
 
+/// How a use maps device sectors back to the viewing device's.
+#[derive(Clone, Copy)]
+enum Map {
+    OneToOne,
+    Striped { stripe: u64, stripes: u64, chunk: u64 },
+    Anywhere,
+}
+
 /// One table line's view of one device: sectors `from..from + len` of the device show in the
-/// viewing device from sector `at` (one to one), or anywhere in `at..at + span` (not).
+/// viewing device's sectors `at..at + span`, as `map` says.
 struct Use {
     /// Weak: the index must not keep a removed device (and its table, and a snapshot it
     /// serves) alive until the next rebuild.
@@ -67,22 +85,41 @@ struct Use {
     len: u64,
     at: u64,
     span: u64,
-    one_to_one: bool,
+    map: Map,
 }
 
+/// More pieces than this from one striped use (a whole stripe replaced) drop the whole line.
+const MAX_PIECES: u64 = 64;
+
 impl Use {
-    /// The viewing device's sectors that show device sectors `start..end`, if any.
-    fn shows(&self, start: u64, end: u64) -> Option<(u64, u64)> {
+    /// Calls `f(start, len)` for each run of the viewing device's sectors that shows device
+    /// sectors `start..end`.
+    fn shows(&self, start: u64, end: u64, mut f: impl FnMut(u64, u64)) {
         let lo = start.max(self.from);
         let hi = end.min(self.from.saturating_add(self.len));
         if lo >= hi {
-            return None;
+            return;
         }
-        Some(if self.one_to_one {
-            (self.at + (lo - self.from), hi - lo)
-        } else {
-            (self.at, self.span)
-        })
+        match self.map {
+            Map::OneToOne => f(self.at + (lo - self.from), hi - lo),
+            Map::Anywhere => f(self.at, self.span),
+            Map::Striped {
+                stripe,
+                stripes,
+                chunk,
+            } => {
+                let (mut k, end) = (lo - self.from, hi - self.from);
+                if (end - 1) / chunk - k / chunk >= MAX_PIECES {
+                    return f(self.at, self.span);
+                }
+                while k < end {
+                    let within = k % chunk;
+                    let n = (chunk - within).min(end - k);
+                    f(self.at + ((k / chunk) * stripes + stripe) * chunk + within, n);
+                    k += n;
+                }
+            }
+        }
     }
 }
 
@@ -142,7 +179,28 @@ impl Index {
                                 len: entry.len.0,
                                 at: entry.start.0,
                                 span: entry.len.0,
-                                one_to_one: true,
+                                map: Map::OneToOne,
+                            },
+                        ),
+                        View::Striped {
+                            key,
+                            from,
+                            stripe,
+                            stripes,
+                            chunk,
+                        } => (
+                            key,
+                            Use {
+                                device: Arc::downgrade(device),
+                                from: from.0,
+                                len: entry.len.0 / stripes,
+                                at: entry.start.0,
+                                span: entry.len.0,
+                                map: Map::Striped {
+                                    stripe,
+                                    stripes,
+                                    chunk,
+                                },
                             },
                         ),
                         View::Within { key, from, len } => (
@@ -153,7 +211,7 @@ impl Index {
                                 len: len.0,
                                 at: entry.start.0,
                                 span: entry.len.0,
-                                one_to_one: false,
+                                map: Map::Anywhere,
                             },
                         ),
                     };
@@ -329,10 +387,8 @@ fn followers(hub: &Hub, key: DeviceKey, start: u64, end: u64, depth: usize, out:
     let mut hits = Vec::new();
     if let Some(uses) = index(hub).by_key.get(&key) {
         uses.overlapping(start, end, |u| {
-            if let Some((at, len)) = u.shows(start, end)
-                && let Some(device) = u.device.upgrade()
-            {
-                hits.push((device, at, at + len));
+            if let Some(device) = u.device.upgrade() {
+                u.shows(start, end, |at, len| hits.push((device.clone(), at, at + len)));
             }
         });
     }
@@ -467,8 +523,14 @@ mod tests {
         );
     }
 
+    fn shown(u: &Use, start: u64, end: u64) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        u.shows(start, end, |at, len| out.push((at, len)));
+        out
+    }
+
     #[test]
-    fn a_use_maps_back_one_to_one_or_whole() {
+    fn a_use_maps_back_one_to_one_striped_or_whole() {
         let device = zero_device();
         let lin = Use {
             device: Arc::downgrade(&device),
@@ -476,16 +538,37 @@ mod tests {
             len: 50,
             at: 10,
             span: 50,
-            one_to_one: true,
+            map: Map::OneToOne,
         };
-        assert_eq!(lin.shows(0, 100), None);
-        assert_eq!(lin.shows(120, 130), Some((30, 10)));
-        assert_eq!(lin.shows(140, 400), Some((50, 10)));
+        assert_eq!(shown(&lin, 0, 100), vec![]);
+        assert_eq!(shown(&lin, 120, 130), vec![(30, 10)]);
+        assert_eq!(shown(&lin, 140, 400), vec![(50, 10)]);
         let within = Use {
-            one_to_one: false,
+            map: Map::Anywhere,
             ..lin
         };
-        assert_eq!(within.shows(120, 121), Some((10, 50)));
+        assert_eq!(shown(&within, 120, 121), vec![(10, 50)]);
+        // Stripe 1 of 2, chunks of 8, from device sector 100, in a line at sector 1000 of
+        // 2 * 64 sectors: stripe sectors 0..8 are target 8..16, 8..16 are 24..32, ...
+        let striped = Use {
+            device: Arc::downgrade(&device),
+            from: 100,
+            len: 64,
+            at: 1000,
+            span: 128,
+            map: Map::Striped {
+                stripe: 1,
+                stripes: 2,
+                chunk: 8,
+            },
+        };
+        assert_eq!(shown(&striped, 102, 104), vec![(1010, 2)]);
+        assert_eq!(
+            shown(&striped, 106, 118),
+            vec![(1014, 2), (1024, 8), (1040, 2)]
+        );
+        assert_eq!(shown(&striped, 0, 100), vec![]);
+        assert_eq!(shown(&striped, 160, 170), vec![(1000 + 7 * 16 + 8 + 4, 4)]);
     }
 
     #[test]
@@ -499,7 +582,7 @@ mod tests {
                 len: 8,
                 at: i * 8,
                 span: 8,
-                one_to_one: true,
+                map: Map::OneToOne,
             });
         }
         uses.seal();

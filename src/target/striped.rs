@@ -131,15 +131,17 @@ impl Target for Striped {
         self.stripes.iter().map(|s| s.dev.clone()).collect()
     }
 
-    /// A stripe's bytes from its start may show anywhere in the target (a changed stripe
-    /// device drops the whole target's pages: aliasing a striped device is rare).
     fn views(&self) -> Vec<View> {
+        let stripes = self.stripes.len() as u64;
         self.stripes
             .iter()
-            .map(|s| View::Within {
+            .enumerate()
+            .map(|(i, s)| View::Striped {
                 key: s.dev.key(),
                 from: s.start,
-                len: Sectors(u64::MAX),
+                stripe: i as u64,
+                stripes,
+                chunk: self.chunk_size,
             })
             .collect()
     }

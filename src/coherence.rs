@@ -439,7 +439,7 @@ pub fn collect<R>(work: impl FnOnce() -> R) -> (R, Vec<Stale>) {
 }
 
 /// Runs a write through `dev/NAME` of `device` to sectors `start..end`: that file's own pages
-/// of them are left to the kernel (see `fs::write_device`).
+/// of them are left to the kernel (see `Device::write`).
 pub fn own_write<R>(device: u64, start: Sectors, end: Sectors, work: impl FnOnce() -> R) -> R {
     OWN_WRITE.with_borrow_mut(|w| *w = Some((device, start.0, end.0)));
     let r = work();

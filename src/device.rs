@@ -341,16 +341,20 @@ impl Device {
         let data = &data[..n];
         let (first, span) = covering_sectors(offset.0, n);
         let changed = Sectors(span as u64 / SECTOR_SIZE);
-        if let Some(kernel) = self.kernel_io() {
-            kernel.write_all_at(data, offset.0)?;
+        // This is a write through dev/NAME: the kernel keeps that file's own pages of the
+        // written range true itself (it drops them after a direct-I/O write; a writeback
+        // write came from them), so only other devices' pages, and other ranges of this one,
+        // are dropped.
+        crate::coherence::own_write(self.id, first, first + changed, || {
+            let result = match self.kernel_io() {
+                Some(kernel) => kernel.write_all_at(data, offset.0),
+                None => self.write_pieces(&table, offset, data),
+            };
+            // Every piece is written even when one fails (see Table::write): the whole range
+            // counts as changed either way.
             crate::coherence::device_written(self, first, changed);
-            return Ok(n);
-        }
-        // Every piece is written even when one fails (see Table::write): report the whole
-        // range as changed either way.
-        let result = self.write_pieces(&table, offset, data);
-        crate::coherence::device_written(self, first, changed);
-        result.map(|()| n)
+            result.map(|()| n)
+        })
     }
 
     /// `write`'s work once the request is inside the device: whole sectors as they are, a

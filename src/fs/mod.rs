@@ -25,7 +25,7 @@ use crate::control::{CommandInput, TableSession, UuidInput};
 use crate::device::Device;
 use crate::error::DmError;
 use crate::registry::Registry;
-use crate::units::{Bytes, Sectors};
+use crate::units::Bytes;
 use nodes::{CtlFile, DmFile, Node};
 pub use passthrough::Mode as PassthroughMode;
 use passthrough::Passthrough;
@@ -89,20 +89,16 @@ fn read_device(device: &Device, offset: u64, size: u32, reply: ReplyData) {
 
 /// Writes through `dev/NAME`, and answers once the pages this made stale in other devices
 /// showing the same bytes (and elsewhere in this one) are dropped. The written range of this
-/// device's own file is the kernel's to keep: it drops its pages after a direct-I/O write
-/// (measured: a held cached reader of the same file saw 200 of 200 writes made through a
-/// direct open), and a writeback write came from them. A writeback write is answered at once:
-/// the kernel holds its pages under writeback until it has the answer.
+/// file's own pages is the kernel's to keep (see `Device::write`; measured: a held cached
+/// reader of the same file saw 200 of 200 writes made through a direct open). A writeback
+/// write is answered at once: the kernel holds its pages under writeback until it has the
+/// answer.
 fn write_device(device: &Device, offset: u64, data: &[u8], writeback: bool, reply: ReplyWrite) {
     let answer = move |result: std::io::Result<usize>| match result {
         Ok(n) => reply.written(n as u32),
         Err(e) => reply.error(io_errno(&e)),
     };
-    let first = Bytes(offset).sectors_floor();
-    let end = Sectors((offset + data.len() as u64).div_ceil(crate::units::SECTOR_SIZE));
-    let (result, stale) = coherence::collect(|| {
-        coherence::own_write(device.id, first, end, || device.write(Bytes(offset), data))
-    });
+    let (result, stale) = coherence::collect(|| device.write(Bytes(offset), data));
     if writeback {
         // Queued before the answer: an fsync the answer lets through queues its own answer
         // behind these drops (coherence::after_pending).

@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Sender, channel};
 use std::sync::{Arc, OnceLock, Weak};
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::RwLock;
 
 use crate::backing::DeviceKey;
 use crate::device::Device;
@@ -224,7 +224,7 @@ impl Index {
     }
 }
 
-/// Pages to drop: `len` bytes from `offset` of a device's file (len 0: to the end).
+/// Pages to drop: `len` bytes from `offset` of a device's file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Stale {
     pub device: u64,
@@ -250,7 +250,7 @@ struct Hub {
     /// Whether any device has been opened through the page cache: until then nothing can be
     /// stale and writes skip the bookkeeping.
     any_cached: AtomicBool,
-    invalidator: Mutex<Option<Sender<Job>>>,
+    invalidator: Sender<Job>,
 }
 
 static HUB: OnceLock<Hub> = OnceLock::new();
@@ -279,7 +279,7 @@ pub fn start(
         index_stale: AtomicBool::new(true),
         devices: Box::new(devices),
         any_cached: AtomicBool::new(false),
-        invalidator: Mutex::new(Some(tx)),
+        invalidator: tx,
     };
     if HUB.set(hub).is_err() {
         log::error!("page cache coherence started twice");
@@ -421,9 +421,8 @@ fn report(hub: &Hub, stale: Vec<Stale>) {
 }
 
 fn send(hub: &Hub, job: Job) {
-    let tx = hub.invalidator.lock().clone();
-    if let Some(tx) = tx
-        && let Err(e) = tx.send(job)
+    // The invalidator gone (it never ends while the process runs): answer anyway.
+    if let Err(e) = hub.invalidator.send(job)
         && let Some(then) = e.0.then
     {
         then();

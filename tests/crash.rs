@@ -28,18 +28,6 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// xorshift64*, seeded: the kill moments and write offsets of a run.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
-
 /// What block `seq` writes: its sequence number in every word, so a torn or misplaced block
 /// shows.
 fn record(seq: u64) -> Vec<u8> {

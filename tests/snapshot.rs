@@ -21,26 +21,6 @@ use std::time::{Duration, Instant};
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-/// A seeded xorshift64* generator: every run makes the same choices.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 /// The absolute path of a file in the mount's scratch directory, as tables name it.
 fn abs(m: &Mount, rel: &str) -> String {
     m.path(rel).display().to_string()
@@ -599,7 +579,7 @@ fn model_of_an_origin_and_writable_snapshots() {
             );
         }
     };
-    let mut rng = Rng::new(7);
+    let mut rng = Rng::seeded(7);
     for op in 0..200u64 {
         if op == 100 {
             add_snap(&mut snaps, &origin, "s4", "PO", 32);
@@ -878,7 +858,7 @@ fn persistent_snapshot_survives_a_remount_and_transient_starts_afresh() {
         let origin = open_dev(&m, "origin");
         let sp = open_dev(&m, "sp");
         let sn = open_dev(&m, "sn");
-        let mut rng = Rng::new(11);
+        let mut rng = Rng::seeded(11);
         // Chunk 2 (1 KiB): 64 exceptions per area, so the writes span several areas.
         for i in 0..60u64 {
             let len = 1 + rng.below(9000);
@@ -1015,7 +995,7 @@ fn kill9_keeps_fsynced_writes_and_the_snapshot() {
     let snap_table = format!("0 {SECTORS} snapshot {o} {} P {CHUNK}", abs(&m, "c.cow"));
     // Record k goes to slot order[k]: bytes [slot*4096 + 1024, +4096), across two chunks.
     let slots = SECTORS / 8 - 1;
-    let mut rng = Rng::new(99);
+    let mut rng = Rng::seeded(99);
     let mut order: Vec<u64> = (0..slots).collect();
     for i in (1..order.len()).rev() {
         order.swap(i, rng.below(i as u64 + 1) as usize);
@@ -1193,7 +1173,7 @@ fn concurrent_origin_writers_never_show_through_the_snapshot() {
     // their writes.
     let mut sw_model = saved.to_vec();
     let mut sw_plans: Vec<Vec<(u64, usize, Vec<u8>)>> = Vec::new();
-    let mut sw_rng = Rng::new(17);
+    let mut sw_rng = Rng::seeded(17);
     for u in 0..2u64 {
         let mut plan = Vec::new();
         for i in 0..150u64 {
@@ -1209,7 +1189,7 @@ fn concurrent_origin_writers_never_show_through_the_snapshot() {
     }
     // (block, byte offset in it, data) per writer, planned here.
     let mut plans: Vec<Vec<(u64, usize, Vec<u8>)>> = Vec::new();
-    let mut rng = Rng::new(5);
+    let mut rng = Rng::seeded(5);
     for t in 0..4u64 {
         let mut plan = Vec::new();
         for b in (t..BLOCKS / 2).step_by(4) {
@@ -1423,7 +1403,7 @@ fn merge_brings_the_origin_back_to_the_snapshot() {
     {
         let origin = open_dev(&m, "origin");
         let snap = open_dev(&m, "snap");
-        let mut rng = Rng::new(3);
+        let mut rng = Rng::seeded(3);
         for i in 0..60u64 {
             let len = 1 + rng.below(20000);
             let off = rng.below(SECTORS * 512 - len);
@@ -1976,7 +1956,7 @@ fn merge_beside_another_snapshot_with_writes_during_the_merge() {
     let mut origin = saved.clone();
     let mut merged = saved.clone();
     let (mut mx, mut kx) = (BTreeSet::new(), BTreeSet::new());
-    let mut rng = Rng::new(13);
+    let mut rng = Rng::seeded(13);
     {
         let of = open_dev(&m, "origin");
         let mf = open_dev(&m, "merged");
@@ -2203,7 +2183,7 @@ fn kill9_during_a_merge_and_the_merge_resumes() {
     create(&m, "origin", &format!("0 {SECTORS} snapshot-origin {o}"));
     create(&m, "snap", &format!("0 {SECTORS} snapshot {o} {c} P 1"));
     let mut image = pattern_image(15, SECTORS);
-    let mut rng = Rng::new(21);
+    let mut rng = Rng::seeded(21);
     {
         // Many short runs: origin writes of one or two sectors at scattered places, and
         // writes to the snapshot.
@@ -2278,7 +2258,7 @@ fn kill9_keeps_fsynced_snapshot_writes() {
     let at = |k: usize| 1700 * k as u64 + 300;
     let record = |k: usize| pseudo_random(20_000 + k as u64, 1500);
     let mut image = saved.clone();
-    let mut rng = Rng::new(23);
+    let mut rng = Rng::seeded(23);
     let mut next = 0usize;
     for cycle in 0..4 {
         let done = Arc::new(AtomicUsize::new(next));
@@ -2484,7 +2464,7 @@ fn snapshot_of_a_snapshot() {
         .into_iter()
         .map(|n| (n, open_dev(&m, n)))
         .collect();
-    let mut rng = Rng::new(29);
+    let mut rng = Rng::seeded(29);
     for i in 0..90u64 {
         let len = 1 + rng.below(12_000);
         let off = rng.below(SECTORS * 512 - len);

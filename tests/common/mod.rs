@@ -268,29 +268,27 @@ impl Mount {
         std::fs::read_to_string(self.dir.join("dmfs.log")).unwrap_or_default()
     }
 
-    /// Runs a bash script in the scratch directory with $MNT set to the mount point.
-    pub fn sh(&self, script: &str) -> Output {
-        Command::new("bash")
-            .arg("-c")
+    /// bash running `script` in the scratch directory, with $MNT set to the mount point.
+    fn bash(&self, script: &str) -> Command {
+        let mut cmd = Command::new("bash");
+        cmd.arg("-c")
             .arg(script)
             .current_dir(&self.dir)
             .env("MNT", &self.mnt)
             .env("DMFS", DMFS)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run bash")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs a bash script in the scratch directory with $MNT set to the mount point.
+    pub fn sh(&self, script: &str) -> Output {
+        self.bash(script).output().expect("run bash")
     }
 
     /// Starts a bash script in the background (as `sh` runs one), for I/O that must be seen
     /// in flight; the caller waits for it or kills it.
     pub fn sh_spawn(&self, script: &str) -> Child {
-        Command::new("bash")
-            .arg("-c")
-            .arg(script)
-            .current_dir(&self.dir)
-            .env("MNT", &self.mnt)
-            .env("DMFS", DMFS)
-            .stdin(Stdio::null())
+        self.bash(script)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -385,16 +383,34 @@ pub fn write_pattern_image(path: &Path, index: u64, sectors: u64) {
     std::fs::write(path, pattern_image(index, sectors)).unwrap();
 }
 
+/// A seeded xorshift64* generator: every run makes the same choices. `Rng(state)` takes a
+/// state as it is (it must not be 0); `Rng::seeded` spreads any seed first.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn seeded(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
 /// Deterministic pseudo-random bytes (xorshift64*), different for every seed: test data that
 /// differs from every pattern image and from zeros.
 pub fn pseudo_random(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut rng = Rng::seeded(seed);
     let mut out = Vec::with_capacity(len + 8);
     while out.len() < len {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        out.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+        out.extend_from_slice(&rng.next().to_le_bytes());
     }
     out.truncate(len);
     out

@@ -122,14 +122,11 @@ mod hot_paths {
     /// sector to 256 KiB, crossing line, stripe and chunk boundaries.
     fn requests(size: u64) -> Vec<(u64, usize)> {
         let mut out = Vec::new();
-        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut rng = crate::fuzz::Rng(0x2545_f491_4f6c_dd1d);
         for len in [512usize, 4096, 1000, 1, 65536, 4097, 262144, 513] {
             for _ in 0..8 {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
                 let room = size - len as u64;
-                let at = x % room;
+                let at = rng.next() % room;
                 out.push((at, len));
                 out.push((at & !4095, len)); // the same length from an aligned offset
             }

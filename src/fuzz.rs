@@ -17,11 +17,12 @@ use crate::snapshot::{Snap, StoreType};
 use crate::table::TableBuilder;
 use crate::units::Sectors;
 
-/// xorshift64*: small, seedable, good enough to drive mutations.
-struct Rng(u64);
+/// xorshift64*: small, seedable, good enough to drive mutations (and the test-only request
+/// generators of `alloc_count` and `microbench`). The state must not be 0.
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;

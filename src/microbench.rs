@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use crate::backing::{Backing, DeviceResolver};
 use crate::error::{DmError, DmResult};
+use crate::fuzz::Rng; // the same request sequence every run
 use crate::table::{Table, TableBuilder};
 use crate::units::Sectors;
 
@@ -59,17 +60,6 @@ impl Drop for Scratch {
     }
 }
 
-/// xorshift64: the same request sequence every run.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
 
 /// Nanoseconds per 4 KiB read of each table at random 4 KiB-aligned places in its first
 /// `span` sectors: the best of `ROUNDS` rounds of `n` reads, the tables taking turns, so a
@@ -85,7 +75,7 @@ fn ns_per_read(tables: &[(&str, &Table, u64)], n: u32) {
             let pages = span / 8;
             let start = Instant::now();
             for _ in 0..n {
-                t.read(Sectors(rng.below(pages) * 8), &mut buf).unwrap();
+                t.read(Sectors((rng.next() % pages) * 8), &mut buf).unwrap();
             }
             let ns = start.elapsed().as_nanos() as f64 / f64::from(n);
             best[i] = best[i].min(ns);
@@ -207,7 +197,7 @@ fn microbench_lookup_structures() {
             let start = Instant::now();
             let mut acc = 0u64;
             for _ in 0..N {
-                acc = acc.wrapping_add(f(rng.below(range)));
+                acc = acc.wrapping_add(f(rng.next() % range));
             }
             black_box(acc);
             best = best.min(start.elapsed().as_nanos() as f64 / f64::from(N));

@@ -169,7 +169,7 @@ fn messages_and_reload_errors() {
         let err = m.fails(&format!("echo '{line}' > $MNT/ctl/message"));
         assert!(err.contains(errno), "{line}: {err}");
         assert!(
-            m.read("ctl/errors").lines().last().unwrap().contains(why),
+            m.last_error().contains(why),
             "{line}"
         );
     }

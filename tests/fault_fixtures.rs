@@ -50,19 +50,9 @@ fn sha256_file(path: &Path) -> String {
     }
 }
 
-/// The last line of ctl/errors: dmfs's reason for the last refusal.
-fn last_error(m: &Mount) -> String {
-    std::fs::read_to_string(m.mnt.join("ctl/errors"))
-        .unwrap_or_default()
-        .lines()
-        .last()
-        .unwrap_or_default()
-        .to_string()
-}
-
 fn create(m: &Mount, name: &str, table: &str) -> Result<(), String> {
     std::fs::write(m.mnt.join("ctl/create").join(name), table)
-        .map_err(|e| format!("create failed ({e}); ctl/errors: {:?}", last_error(m)))
+        .map_err(|e| format!("create failed ({e}); ctl/errors: {:?}", m.last_error()))
 }
 
 fn remove(m: &Mount, name: &str) {
@@ -282,7 +272,7 @@ fn refused_tables_are_refused_with_the_kernels_words() {
                 // dmfs may say ENODEV, ENOENT or ENXIO, as for linear; a missing file is
                 // ENOENT in dmfs everywhere (DESIGN.md), also where unstriped's kernel words
                 // it EINVAL ("Couldn't get striped device").
-                let missing_file = last_error(&m).contains("No such file");
+                let missing_file = m.last_error().contains("No such file");
                 let kernel_einval = !missing_file
                     && b.all("stderr")
                         .iter()
@@ -301,7 +291,7 @@ fn refused_tables_are_refused_with_the_kernels_words() {
                 }
             }
         }
-        let last = last_error(&m);
+        let last = m.last_error();
         if REFUSED_PAST_32_BITS.contains(&b.name.as_str()) {
             if !last.contains("Invalid") {
                 mismatches.push(format!("{}: refused without a reason: {last:?}", b.name));

@@ -157,12 +157,7 @@ fn flakey_refuses_bad_features_with_the_kernels_words() {
             "echo \"0 100 flakey $PWD/a.img {args}\" > $MNT/ctl/create/bad"
         ));
         assert!(err.contains("Invalid argument"), "{args}: {err}");
-        let last = m
-            .read("ctl/errors")
-            .lines()
-            .last()
-            .unwrap_or_default()
-            .to_string();
+        let last = m.last_error();
         assert!(last.contains(&format!("flakey: {why}")), "{args}: {last}");
         assert!(m.devices().is_empty(), "{args}: a device was left behind");
     }
@@ -230,12 +225,7 @@ fn delay_refuses_bad_tables() {
             "echo \"0 100 delay {args}\" > $MNT/ctl/create/bad"
         ));
         assert!(err.contains("Invalid argument"), "{args}: {err}");
-        let last = m
-            .read("ctl/errors")
-            .lines()
-            .last()
-            .unwrap_or_default()
-            .to_string();
+        let last = m.last_error();
         assert!(last.contains(why), "{args}: {last}");
         assert!(m.devices().is_empty(), "{args}: a device was left behind");
     }
@@ -300,12 +290,7 @@ fn unstriped_refuses_bad_tables() {
             "echo \"0 64 unstriped {args}\" > $MNT/ctl/create/bad"
         ));
         assert!(!err.is_empty(), "{args}");
-        let last = m
-            .read("ctl/errors")
-            .lines()
-            .last()
-            .unwrap_or_default()
-            .to_string();
+        let last = m.last_error();
         assert!(last.contains(why), "{args}: {last}");
         assert!(m.devices().is_empty(), "{args}: a device was left behind");
     }

@@ -144,12 +144,7 @@ fn refused_tables_are_refused_with_the_kernels_words() {
             "{}: a device was left behind",
             b.name
         );
-        let last = m
-            .read("ctl/errors")
-            .lines()
-            .last()
-            .unwrap_or_default()
-            .to_string();
+        let last = m.last_error();
         // The kernel's reason, after "device-mapper: table: 254:3: ", with vdX as the images.
         for kmsg in b.all("kmsg") {
             let Some(rest) = kmsg.strip_prefix("device-mapper: table: ") else {

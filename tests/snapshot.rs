@@ -2095,11 +2095,7 @@ fn merge_takes_a_live_snapshot_over() {
     assert_eq!(r.err().and_then(|e| e.raw_os_error()), Some(libc::EINVAL));
     assert!(!m.mnt.join("dev/thief").exists());
     assert!(
-        m.read("ctl/errors")
-            .lines()
-            .last()
-            .unwrap()
-            .contains(refused)
+        m.last_error().contains(refused)
     );
     let merge = format!("0 {SECTORS} snapshot-merge {o} {c} P 8\n");
     must(
@@ -2111,11 +2107,7 @@ fn merge_takes_a_live_snapshot_over() {
     let r = ctl(&m, "resume", "origin");
     assert_eq!(r.err().and_then(|e| e.raw_os_error()), Some(libc::EINVAL));
     assert!(
-        m.read("ctl/errors")
-            .lines()
-            .last()
-            .unwrap()
-            .contains(refused)
+        m.last_error().contains(refused)
     );
     assert_eq!(m.read("dm/origin/suspended"), "1\n");
     assert_eq!(m.read("dm/origin/table"), merge);

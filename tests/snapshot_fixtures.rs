@@ -180,11 +180,7 @@ const ERRNO_DEPARTURES: [&str; 4] = [
 
 /// The last line of ctl/errors.
 fn last_error(m: &Mount) -> String {
-    m.read("ctl/errors")
-        .lines()
-        .last()
-        .unwrap_or_default()
-        .to_string()
+    m.last_error()
 }
 
 /// Replays one case; returns what differed from the kernel.

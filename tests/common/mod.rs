@@ -330,6 +330,15 @@ impl Mount {
     }
 
     /// Names of the devices in dev/.
+    /// The newest line of `ctl/errors` (empty when there is none).
+    pub fn last_error(&self) -> String {
+        self.read("ctl/errors")
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .to_string()
+    }
+
     pub fn devices(&self) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(self.mnt.join("dev"))
             .unwrap()

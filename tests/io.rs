@@ -149,6 +149,11 @@ fn overlapping_linear_mappings_and_unaligned_writes() {
         ("q", 0, 512),
         ("r", 0, 32 * 512),
         ("p", line2 + 3, 511),
+        ("p", 2048, 1000),         // a partial last sector only
+        ("q", 10 * 512 + 12, 500), // a partial first sector only
+        ("p", line1 - 512, 700),   // whole sector, then a partial one across a line
+        ("q", 4096, 100),          // the start of one sector
+        ("r", 2000, 20),           // inside one sector
     ];
     for (i, &(dev, off, len)) in writes.iter().enumerate() {
         let data = pseudo_random(i as u64 + 1, len);

@@ -271,8 +271,8 @@ run_fio() {   # run_fio TARGET METRIC RW KIND fio-args...
         printf '%s\t%s\tFAIL\n' "$t" "$m" >> "$RAW"
     fi
 }
-median_of() {   # median_of TARGET METRIC: replaces the TARGET METRIC lines of RAW by their median
-    python3 - "$RAW" "$1" "$2" <<'EOF'
+median_of() {   # median_of FILE TARGET METRIC: replaces those lines of FILE by their median
+    python3 - "$1" "$2" "$3" <<'EOF'
 import statistics, sys
 raw, t, m = sys.argv[1:4]
 lines = [l.rstrip("\n").split("\t") for l in open(raw)]
@@ -310,7 +310,7 @@ for t in "${ROWS[@]}"; do
         for _ in $(seq "$SYNC_REPS"); do
             run_fio "$t" seqwrite_sync write bw "${SYNCED[@]}" --rw=write --bs=1M --ioengine=psync
         done
-        median_of "$t" seqwrite_sync
+        median_of "$RAW" "$t" seqwrite_sync
     else
         printf '%s\t%s\tNA\n' "$t" seqwrite_sync >> "$RAW"
     fi
@@ -353,16 +353,13 @@ for r in rows:
 EOF
 )
 # ---- 5b. snapshots ------------------------------------------------------------------------
-# A persistent snapshot of a.img (16 KiB chunks, the kernel's default) with a COW file that
-# holds every chunk; writes go through the snapshot-origin device. One pass over the same
-# region each: a plain write through dmfs (linear over a.img), the first write through the
-# origin (every chunk copied out and committed first), a second write (nothing to copy), then
-# reads of the snapshot.
+# A persistent snapshot (16 KiB chunks, the kernel's default) with a sparse COW file that holds
+# every chunk; writes go through the snapshot-origin device. One pass over the same region
+# each: a plain write through dmfs (a linear device over the same image), the first write
+# through the origin (every chunk copied out and committed first), a second write (nothing to
+# copy); then reads of the snapshot.
 SNAP_SIZE=${SNAP_SIZE:-256M}
-log "snapshot rows ($SNAP_SIZE region)"
-truncate -s $((SIZE_MIB + 64))M "$BENCH_DIR/cow.img"
-echo "0 $SECTORS snapshot-origin $BENCH_DIR/a.img" > "$MNT/ctl/create/sorigin"
-echo "0 $SECTORS snapshot $BENCH_DIR/a.img $BENCH_DIR/cow.img P 32" > "$MNT/ctl/create/snap"
+log "snapshot rows ($SNAP_SIZE region, $SYNC_REPS rounds, medians kept)"
 ONEPASS=(--size="$SNAP_SIZE" --invalidate=0 --fallocate=none --create_on_open=0
          --allow_file_create=0 --output-format=json --rw=write --bs=1M --ioengine=psync)
 SNAPRAW=$BENCH_DIR/fio-snap.tsv
@@ -371,40 +368,104 @@ snap_fio() {   # snap_fio LABEL FILE RW KIND fio-args...
     local label=$1 file=$2 rw=$3 kind=$4; shift 4
     local out=$BENCH_DIR/fio-snap-$label.json
     if fio --name="$label" --filename="$file" "$@" > "$out" 2> "$out.err"; then
-        parse "$label" x "$rw" "$kind" < "$out" | cut -f1,3 | tee -a "$SNAPRAW" >&2
+        parse "$label" x "$rw" "$kind" < "$out" | tee -a "$SNAPRAW" >&2
     else
         log "fio failed: $label: $(head -3 "$out.err" | tr '\n' ' ')"
-        printf '%s\tFAIL\n' "$label" >> "$SNAPRAW"
+        printf '%s\tx\tFAIL\n' "$label" >> "$SNAPRAW"
     fi
 }
-# Each pass starts with the disk quiet: the rows before leave gigabytes of a.img's pages dirty,
-# and their writeback would otherwise slow the first write's flushes and not the others.
-sync
-snap_fio plain "$MNT/dev/whole" write bw "${ONEPASS[@]}"
-sync
-snap_fio first "$MNT/dev/sorigin" write bw "${ONEPASS[@]}"
-sync
-echo "   snapshot status after the first pass: $(cat "$MNT/dm/snap/status")" >&2
-snap_fio later "$MNT/dev/sorigin" write bw "${ONEPASS[@]}"
+remove_dev() {   # remove_dev MNT NAME: retried while a just-closed handle's release is on its way
+    for _ in $(seq 100); do
+        [[ -e $1/dev/$2 ]] || return 0
+        echo "$2" > "$1/ctl/remove" 2>/dev/null && return 0
+        sleep 0.05
+    done
+    echo "could not remove $1/dev/$2" >&2; return 1
+}
+# snap_round SUFFIX MNT PLAIN_DEV IMAGE COW SECTORS [fio-args...]: one round of the three passes
+# over a fresh snapshot (sorigin$SUFFIX, snap$SUFFIX) of IMAGE, each pass starting with the
+# disk quiet (the rows before leave gigabytes of dirty pages whose writeback would otherwise
+# slow one pass's flushes and not another's).
+snap_round() {
+    local sfx=$1 m=$2 plain=$3 img=$4 cow=$5 sectors=$6; shift 6
+    remove_dev "$m" "snap$sfx"
+    remove_dev "$m" "sorigin$sfx"
+    rm -f "$cow"
+    truncate -s $((sectors * 512 + 64 * 1048576)) "$cow"
+    echo "0 $sectors snapshot-origin $img" > "$m/ctl/create/sorigin$sfx"
+    echo "0 $sectors snapshot $img $cow P 32" > "$m/ctl/create/snap$sfx"
+    sync
+    snap_fio "plain$sfx" "$m/dev/$plain" write bw "${ONEPASS[@]}" "$@"
+    sync
+    snap_fio "first$sfx" "$m/dev/sorigin$sfx" write bw "${ONEPASS[@]}" "$@"
+    sync
+    snap_fio "later$sfx" "$m/dev/sorigin$sfx" write bw "${ONEPASS[@]}" "$@"
+}
+# What a first write cannot go below when each write(2) waits for its chunks to be saved (the
+# default and direct mounts: every write is a request answered after the commit): the plain
+# write, plus the copy made durable on the backing filesystem before the write may land (the
+# kernel's REQ_PREFLUSH | REQ_FUA metadata write). Measured as fio writing a new region of a
+# sparse file, as the COW file is, with an fdatasync after each 1 MiB write.
+durable_round() {
+    rm -f "$BENCH_DIR/durable.img"
+    truncate -s "$SNAP_SIZE" "$BENCH_DIR/durable.img"
+    sync
+    snap_fio durable "$BENCH_DIR/durable.img" write bw "${ONEPASS[@]}" --fdatasync=1
+    rm -f "$BENCH_DIR/durable.img"
+}
+# The same three passes on the writeback mount, each with --end_fsync=1 (without it they would
+# stop in the kernel's cache): the kernel sends the writes to dmfs in the background, several
+# at once, so one metadata commit serves several requests. Over c.img, an image no other
+# mount snapshots.
+if [[ -n $CACHE_MODES ]]; then
+    head -c "$SNAP_SIZE" /dev/urandom > "$BENCH_DIR/c.img"
+    C_SECTORS=$(( $(stat -c %s "$BENCH_DIR/c.img") / 512 ))
+    echo "0 $C_SECTORS linear $BENCH_DIR/c.img 0" > "$MNT_W/ctl/create/cplain"
+fi
+for round in $(seq "$SYNC_REPS"); do
+    snap_round "" "$MNT" whole "$BENCH_DIR/a.img" "$BENCH_DIR/cow.img" "$SECTORS"
+    echo "   snapshot status after round $round: $(cat "$MNT/dm/snap/status")" >&2
+    durable_round
+    if [[ -n $CACHE_MODES ]]; then
+        snap_round -wb "$MNT_W" cplain "$BENCH_DIR/c.img" "$BENCH_DIR/cow-wb.img" "$C_SECTORS" \
+            --end_fsync=1
+    fi
+done
+for l in plain first later durable; do median_of "$SNAPRAW" "$l" x; done
+for l in plain-wb first-wb later-wb; do
+    if [[ -n $CACHE_MODES ]]; then median_of "$SNAPRAW" "$l" x; else printf '%s\tx\tNOTRUN\n' "$l" >> "$SNAPRAW"; fi
+done
 snap_fio snapseq "$MNT/dev/snap" read bw "${COMMON[@]}" --rw=read --bs=1M --ioengine=psync
 snap_fio snaprand "$MNT/dev/snap" read iops "${COMMON[@]}" --rw=randread --bs=4k \
     --ioengine="$RAND_ENGINE" "${RAND_DEPTH[@]}" --numjobs=2 --group_reporting
 SNAP_TABLE=$(python3 - "$SNAPRAW" "$RAW" <<'EOF2'
 import sys
-snap = dict(l.rstrip("\n").split("\t") for l in open(sys.argv[1]))
+snap = {l.split("\t")[0]: l.rstrip("\n").split("\t")[2] for l in open(sys.argv[1])}
 raw = {}
 for l in open(sys.argv[2]):
     t, m, x = l.rstrip("\n").split("\t")
     raw[(t, m)] = x
 def f(x):
-    return None if x in (None, "FAIL") else float(x)
+    return None if x in (None, "FAIL", "NOTRUN") else float(x)
 def ratio(a, b):
     return "-" if a is None or not b else f"{a / b:.2f}"
 plain = f(snap.get("plain"))
+durable = f(snap.get("durable"))
+floor = None if plain is None or durable is None else 1 / (1 / plain + 1 / durable)
+plain_wb = f(snap.get("plain-wb"))
 rows = [
     ("plain write through dmfs (linear), one pass, MB/s", f(snap.get("plain")), plain, None),
     ("origin first write (copy-out + commit), MB/s", f(snap.get("first")), plain, None),
     ("origin later write (chunks already saved), MB/s", f(snap.get("later")), plain, None),
+    ("durable 1 MiB write on the backing filesystem (pwrite + fdatasync, new region of a "
+     "sparse file), MB/s", durable, plain, None),
+    ("floor for a first write answered after its commit (plain write + durable copy), MB/s",
+     floor, plain, None),
+    ("writeback mount: plain write, one pass + end_fsync, MB/s", plain_wb, plain_wb, None),
+    ("writeback mount: origin first write, one pass + end_fsync, MB/s", f(snap.get("first-wb")),
+     plain_wb, None),
+    ("writeback mount: origin later write, one pass + end_fsync, MB/s", f(snap.get("later-wb")),
+     plain_wb, None),
     ("snapshot seq read 1M, MB/s", f(snap.get("snapseq")), f(raw.get(("native", "seqread"))),
      f(raw.get(("qsd", "seqread")))),
     ("snapshot rand read 4K, IOPS", f(snap.get("snaprand")), f(raw.get(("native", "randread"))),
@@ -451,20 +512,25 @@ scale_fio() {   # scale_fio DEVICE SIZE
            --invalidate=0 --allow_file_create=0 --output-format=json --rw=randread --bs=4k \
            --ioengine="$RAND_ENGINE" "${RAND_DEPTH[@]}" --numjobs=2 --group_reporting \
            > "$out" 2> "$out.err"; then
-        parse "$1" x read iops < "$out" | cut -f1,3 | tee -a "$SCALERAW" >&2
+        parse "$1" x read iops < "$out" | tee -a "$SCALERAW" >&2
     else
         log "fio failed: $1: $(head -3 "$out.err" | tr '\n' ' ')"
-        printf '%s\tFAIL\n' "$1" >> "$SCALERAW"
+        printf '%s\tx\tFAIL\n' "$1" >> "$SCALERAW"
     fi
 }
 sync   # as for the snapshot rows: no writeback of earlier rows' pages under the measurement
-scale_fio lines10 1000M
-scale_fio lines10000 1000M
-scale_fio exc1k 1M
-scale_fio exc1m 1M
+# Small and large alternate, SYNC_REPS rounds, medians kept: on this shared machine one run of
+# each moved by 20% between runs, more than the difference being measured.
+for _ in $(seq "$SYNC_REPS"); do
+    scale_fio lines10 1000M
+    scale_fio lines10000 1000M
+    scale_fio exc1k 1M
+    scale_fio exc1m 1M
+done
+for d in lines10 lines10000 exc1k exc1m; do median_of "$SCALERAW" "$d" x; done
 SCALE_TABLE=$(python3 - "$SCALERAW" "$LOAD_MS" <<'EOF3'
 import sys
-v = dict(l.rstrip("\n").split("\t") for l in open(sys.argv[1]))
+v = {l.split("\t")[0]: l.rstrip("\n").split("\t")[2] for l in open(sys.argv[1])}
 f = lambda x: None if x in (None, "FAIL") else float(x)
 def ratio(a, b):
     return "-" if a is None or not b else f"{a / b:.2f}"
@@ -547,12 +613,18 @@ HEADER=$(
     echo "  data is in a.img and flushed to its disk (dmfs's fsync syncs the backing files, qsd's is"
     echo "  blk_flush) when the clock stops. One pass, so that no row gains by overwriting cached pages."
     echo "- snapshot rows: snapshot-origin over a.img and a persistent snapshot (chunk 32 sectors) with"
-    echo "  its COW file; writes are one pass of $SNAP_SIZE with bs=1M (plain = the same through the"
-    echo "  linear device), then the snapshot is read as above"
+    echo "  a sparse COW file; writes are one pass of $SNAP_SIZE with bs=1M (plain = the same through the"
+    echo "  linear device whole), each write row the median of $SYNC_REPS rounds, each round with a fresh"
+    echo "  snapshot and a sync before every pass; then the snapshot is read as above. durable = fio writing $SNAP_SIZE of a new"
+    echo "  sparse file on the same filesystem with --fdatasync=1 (what saving a copy durably costs);"
+    echo "  floor = 1 / (1/plain + 1/durable): a first write answered after its commit does at least a"
+    echo "  plain write and a durable copy of the same bytes. The writeback-mount rows repeat plain,"
+    echo "  first and later on the -wb mount over c.img ($SNAP_SIZE, its own COW file), each one pass"
+    echo "  + end_fsync, against the plain write there"
     echo "- the snapshot table runs on the default mount: in page-cache mode its reads (read-only"
     echo "  opens) are served from the kernel page cache once warm. The scale table runs on"
     echo "  $(basename "$SCALE_MNT") (every read a request to dmfs), so it measures the table and"
-    echo "  exception lookups, not the cache"
+    echo "  exception lookups, not the cache; small and large alternate, median of $SYNC_REPS rounds each"
 )
 REPORT=$(
     echo "$HEADER"

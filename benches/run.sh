@@ -383,29 +383,31 @@ remove_dev() {   # remove_dev MNT NAME: retried while a just-closed handle's rel
     echo "could not remove $1/dev/$2" >&2; return 1
 }
 # snap_round SUFFIX MNT PLAIN_DEV IMAGE COW SECTORS [fio-args...]: one round of the three passes
-# over a fresh snapshot (sorigin$SUFFIX, snap$SUFFIX) of IMAGE, each pass starting with the
-# disk quiet (the rows before leave gigabytes of dirty pages whose writeback would otherwise
-# slow one pass's flushes and not another's).
+# (labels plain$SUFFIX, first$SUFFIX, later$SUFFIX) over a fresh snapshot of IMAGE (devices
+# sorigin and snap, replacing the ones before), each pass starting with the disk quiet (the
+# rows before leave gigabytes of dirty pages whose writeback would otherwise slow one pass's
+# flushes and not another's).
 snap_round() {
     local sfx=$1 m=$2 plain=$3 img=$4 cow=$5 sectors=$6; shift 6
-    remove_dev "$m" "snap$sfx"
-    remove_dev "$m" "sorigin$sfx"
+    remove_dev "$m" snap
+    remove_dev "$m" sorigin
     rm -f "$cow"
     truncate -s $((sectors * 512 + 64 * 1048576)) "$cow"
-    echo "0 $sectors snapshot-origin $img" > "$m/ctl/create/sorigin$sfx"
-    echo "0 $sectors snapshot $img $cow P 32" > "$m/ctl/create/snap$sfx"
+    echo "0 $sectors snapshot-origin $img" > "$m/ctl/create/sorigin"
+    echo "0 $sectors snapshot $img $cow P 32" > "$m/ctl/create/snap"
     sync
     snap_fio "plain$sfx" "$m/dev/$plain" write bw "${ONEPASS[@]}" "$@"
     sync
-    snap_fio "first$sfx" "$m/dev/sorigin$sfx" write bw "${ONEPASS[@]}" "$@"
+    snap_fio "first$sfx" "$m/dev/sorigin" write bw "${ONEPASS[@]}" "$@"
     sync
-    snap_fio "later$sfx" "$m/dev/sorigin$sfx" write bw "${ONEPASS[@]}" "$@"
+    snap_fio "later$sfx" "$m/dev/sorigin" write bw "${ONEPASS[@]}" "$@"
+    echo "   $(basename "$m") snap status after the passes$sfx: $(cat "$m/dm/snap/status")" >&2
 }
-# What a first write cannot go below when each write(2) waits for its chunks to be saved (the
-# default and direct mounts: every write is a request answered after the commit): the plain
-# write, plus the copy made durable on the backing filesystem before the write may land (the
-# kernel's REQ_PREFLUSH | REQ_FUA metadata write). Measured as fio writing a new region of a
-# sparse file, as the COW file is, with an fdatasync after each 1 MiB write.
+# What making a copy durable costs on this filesystem, part of every first write that waits for
+# its chunks to be saved (the default and direct mounts: a write is a request answered after
+# the commit, which makes the copy durable before the metadata that names it, as the kernel's
+# REQ_PREFLUSH | REQ_FUA metadata write does): fio writing a new region of a sparse file, as the
+# COW file is, with an fdatasync after each 1 MiB write.
 durable_round() {
     rm -f "$BENCH_DIR/durable.img"
     truncate -s "$SNAP_SIZE" "$BENCH_DIR/durable.img"
@@ -423,15 +425,17 @@ if [[ -n $CACHE_MODES ]]; then
     echo "0 $C_SECTORS linear $BENCH_DIR/c.img 0" > "$MNT_W/ctl/create/cplain"
 fi
 for round in $(seq "$SYNC_REPS"); do
+    log "snapshot round $round"
+    # With the fsync, every pass ends with its data on the disk: the plain write's too.
+    snap_round -fsync "$MNT" whole "$BENCH_DIR/a.img" "$BENCH_DIR/cow.img" "$SECTORS" --end_fsync=1
     snap_round "" "$MNT" whole "$BENCH_DIR/a.img" "$BENCH_DIR/cow.img" "$SECTORS"
-    echo "   snapshot status after round $round: $(cat "$MNT/dm/snap/status")" >&2
     durable_round
     if [[ -n $CACHE_MODES ]]; then
         snap_round -wb "$MNT_W" cplain "$BENCH_DIR/c.img" "$BENCH_DIR/cow-wb.img" "$C_SECTORS" \
             --end_fsync=1
     fi
 done
-for l in plain first later durable; do median_of "$SNAPRAW" "$l" x; done
+for l in plain first later plain-fsync first-fsync later-fsync durable; do median_of "$SNAPRAW" "$l" x; done
 for l in plain-wb first-wb later-wb; do
     if [[ -n $CACHE_MODES ]]; then median_of "$SNAPRAW" "$l" x; else printf '%s\tx\tNOTRUN\n' "$l" >> "$SNAPRAW"; fi
 done
@@ -451,16 +455,19 @@ def ratio(a, b):
     return "-" if a is None or not b else f"{a / b:.2f}"
 plain = f(snap.get("plain"))
 durable = f(snap.get("durable"))
-floor = None if plain is None or durable is None else 1 / (1 / plain + 1 / durable)
 plain_wb = f(snap.get("plain-wb"))
+plain_fsync = f(snap.get("plain-fsync"))
 rows = [
     ("plain write through dmfs (linear), one pass, MB/s", f(snap.get("plain")), plain, None),
     ("origin first write (copy-out + commit), MB/s", f(snap.get("first")), plain, None),
     ("origin later write (chunks already saved), MB/s", f(snap.get("later")), plain, None),
+    ("plain write, one pass + end_fsync, MB/s", plain_fsync, plain_fsync, None),
+    ("origin first write, one pass + end_fsync, MB/s", f(snap.get("first-fsync")), plain_fsync,
+     None),
+    ("origin later write, one pass + end_fsync, MB/s", f(snap.get("later-fsync")), plain_fsync,
+     None),
     ("durable 1 MiB write on the backing filesystem (pwrite + fdatasync, new region of a "
      "sparse file), MB/s", durable, plain, None),
-    ("floor for a first write answered after its commit (plain write + durable copy), MB/s",
-     floor, plain, None),
     ("writeback mount: plain write, one pass + end_fsync, MB/s", plain_wb, plain_wb, None),
     ("writeback mount: origin first write, one pass + end_fsync, MB/s", f(snap.get("first-wb")),
      plain_wb, None),
@@ -615,10 +622,11 @@ HEADER=$(
     echo "- snapshot rows: snapshot-origin over a.img and a persistent snapshot (chunk 32 sectors) with"
     echo "  a sparse COW file; writes are one pass of $SNAP_SIZE with bs=1M (plain = the same through the"
     echo "  linear device whole), each write row the median of $SYNC_REPS rounds, each round with a fresh"
-    echo "  snapshot and a sync before every pass; then the snapshot is read as above. durable = fio writing $SNAP_SIZE of a new"
-    echo "  sparse file on the same filesystem with --fdatasync=1 (what saving a copy durably costs);"
-    echo "  floor = 1 / (1/plain + 1/durable): a first write answered after its commit does at least a"
-    echo "  plain write and a durable copy of the same bytes. The writeback-mount rows repeat plain,"
+    echo "  snapshot and a sync before every pass; the + end_fsync rows repeat the three passes with"
+    echo "  an fsync at the end of each, so that the plain write's data reaches the disk too; then the"
+    echo "  snapshot is read as above. durable = fio writing $SNAP_SIZE of a new"
+    echo "  sparse file on the same filesystem with --fdatasync=1 (what saving a copy durably costs, a"
+    echo "  part of every first write answered after its commit). The writeback-mount rows repeat plain,"
     echo "  first and later on the -wb mount over c.img ($SNAP_SIZE, its own COW file), each one pass"
     echo "  + end_fsync, against the plain write there"
     echo "- the snapshot table runs on the default mount: in page-cache mode its reads (read-only"

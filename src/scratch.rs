@@ -11,8 +11,8 @@
 use std::cell::RefCell;
 
 /// Largest buffer a thread keeps: a FUSE request (1 MiB) plus its two edge sectors, or one
-/// snapshot copy (1 MiB).
-const KEEP_BYTES: usize = (1 << 20) + 1024;
+/// snapshot copy (1 MiB) plus the room to align it (`with_aligned_buffer`).
+const KEEP_BYTES: usize = (1 << 20) + crate::backing::DIRECT_ALIGN;
 /// Buffers a thread keeps: enough for a few levels of stacked devices.
 const KEEP_BUFFERS: usize = 4;
 
@@ -40,6 +40,15 @@ pub fn with_buffer<R>(len: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
     r
 }
 
+/// `with_buffer`, with the buffer's start aligned to `DIRECT_ALIGN` (for O_DIRECT writes).
+pub fn with_aligned_buffer<R>(len: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
+    let align = crate::backing::DIRECT_ALIGN;
+    with_buffer(len + align, |buf| {
+        let skip = buf.as_ptr().align_offset(align);
+        f(&mut buf[skip..skip + len])
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -61,6 +70,21 @@ mod tests {
         let (n, ()) = crate::alloc_count::count(|| {
             for len in [512, 4096, 1000] {
                 with_buffer(len, |b| assert_eq!(b.len(), len));
+            }
+        });
+        assert_eq!(n, 0);
+    }
+
+    #[test]
+    fn aligned_buffers_are_aligned_and_reused() {
+        let align = crate::backing::DIRECT_ALIGN;
+        with_aligned_buffer(1 << 20, |_| ());
+        let (n, ()) = crate::alloc_count::count(|| {
+            for len in [512, 1 << 20, 4096] {
+                with_aligned_buffer(len, |b| {
+                    assert_eq!(b.len(), len);
+                    assert_eq!(b.as_ptr() as usize % align, 0);
+                });
             }
         });
         assert_eq!(n, 0);

@@ -431,6 +431,46 @@ fn classic_persistent_overflow_snapshot() {
 /// The lvm layout: `base-real` is a linear device over the disk, the origin and the snapshot
 /// both name it (here as MNT/dev/base-real, a device of this mount), and origin writes go
 /// through `base`, the snapshot-origin device.
+/// A first write's copies go to the COW file past the page cache (O_DIRECT), as kcopyd writes
+/// them to a COW device: after 1 MiB of first writes, `fincore` finds the metadata the store
+/// read and wrote cached in cow.img, not the 1 MiB of copies. The snapshot still reads the old
+/// data. (On tmpfs, whose files are page cache, there is nothing to see: only the data is
+/// checked there.)
+#[test]
+fn first_write_copies_bypass_the_page_cache() {
+    let m = Mount::new();
+    let old = pseudo_random(41, 4 << 20);
+    std::fs::write(m.path("o.img"), &old).unwrap();
+    zero_file(&m.path("cow.img"), 8 << 20);
+    let (o, c) = (abs(&m, "o.img"), abs(&m, "cow.img"));
+    create(&m, "orig", &format!("0 8192 snapshot-origin {o}"));
+    create(&m, "snap", &format!("0 8192 snapshot {o} {c} P 32"));
+    dd_write(&m, "orig", 1 << 20, &pseudo_random(42, 1 << 20), true);
+    assert_eq!(
+        status(&m, "snap"),
+        snap_status("snapshot", 8192, Store::Persistent, 32, 16384, 64)
+    );
+    let fs = m.ok("stat -f -c %T cow.img");
+    if fs.trim() != "tmpfs" {
+        let cached: u64 = m
+            .ok("fincore --bytes --noheadings --output RES cow.img")
+            .trim()
+            .parse()
+            .unwrap();
+        // The header chunk and the first metadata area, 16 KiB each, and nothing of the
+        // 1 MiB copied.
+        assert!(
+            cached <= 64 << 10,
+            "cow.img has {cached} bytes cached on {fs}"
+        );
+    }
+    assert_same(
+        "snapshot after the first write",
+        &read_dev(&m, "snap").unwrap(),
+        &old,
+    );
+}
+
 #[test]
 fn lvm_style_stack_over_a_linear_device() {
     const SECTORS: u64 = 4096;

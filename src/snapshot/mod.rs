@@ -111,17 +111,24 @@ fn eio() -> io::Error {
     io::Error::from_raw_os_error(libc::EIO)
 }
 
-/// Copies `sectors` from `src` at `from` to `dst` at `to`, a bounded piece at a time, through
-/// the thread's reusable buffer (a copy-out per first write to a chunk allocates no buffer).
-fn copy(src: &Backing, from: u64, dst: &Backing, to: u64, sectors: u64) -> io::Result<()> {
+/// Copies `sectors` from `src` at `from` to `to`, written by `write`, a bounded piece at a
+/// time, through the thread's reusable (page-aligned) buffer: a copy-out per first write to a
+/// chunk allocates no buffer.
+fn copy(
+    src: &Backing,
+    from: u64,
+    to: u64,
+    sectors: u64,
+    write: impl Fn(Sectors, &[u8]) -> io::Result<()>,
+) -> io::Result<()> {
     let len = (sectors * SECTOR_SIZE).min(COPY_BYTES) as usize;
-    crate::scratch::with_buffer(len, |buf| {
+    crate::scratch::with_aligned_buffer(len, |buf| {
         let mut done = 0;
         while done < sectors {
             let n = (sectors - done).min(COPY_BYTES / SECTOR_SIZE);
             let piece = &mut buf[..(n * SECTOR_SIZE) as usize];
             src.read_at(Sectors(from + done), piece)?;
-            dst.write_at(Sectors(to + done), piece)?;
+            write(Sectors(to + done), piece)?;
             done += n;
         }
         Ok(())
@@ -418,12 +425,13 @@ impl Snap {
         if from >= size {
             return Ok(());
         }
+        // Past the page cache, as kcopyd writes: the commit's flush follows at once.
         copy(
             &self.origin,
             from,
-            &self.cow,
             new << self.shift,
             (n * self.chunk).min(size - from),
+            |at, piece| self.cow.write_at_uncached(at, piece),
         )
     }
 
@@ -621,8 +629,10 @@ impl Snap {
         let size = self.origin.size().0;
         if dest < size {
             let count = span.min(size - dest);
-            copy(&self.cow, new << self.shift, &self.origin, dest, count)
-                .map_err(|e| format!("Read/write error: shutting down merge ({e})"))?;
+            copy(&self.cow, new << self.shift, dest, count, |at, piece| {
+                self.origin.write_at(at, piece)
+            })
+            .map_err(|e| format!("Read/write error: shutting down merge ({e})"))?;
             self.origin
                 .flush()
                 .map_err(|e| format!("Flush after merge failed: shutting down merge ({e})"))?;

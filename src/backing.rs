@@ -287,9 +287,9 @@ impl Backing {
             direct,
             ..
         } = &self.source
-            && at.bytes().0 % align == 0
-            && buf.len() as u64 % align == 0
-            && (buf.as_ptr() as usize) % DIRECT_ALIGN == 0
+            && at.bytes().0.is_multiple_of(align)
+            && (buf.len() as u64).is_multiple_of(align)
+            && (buf.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN)
             && let Some(direct) = direct.get_or_init(|| reopen_direct(file))
         {
             match write_file(direct, *size, *key, at, buf) {

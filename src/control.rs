@@ -405,22 +405,6 @@ impl CommandInput {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn line_buffer_splits_and_bounds() {
-        let mut b = LineBuffer::default();
-        assert_eq!(b.push(b"ab").unwrap(), Vec::<String>::new());
-        assert_eq!(b.push(b"c\nd\n\ne").unwrap(), vec!["abc", "d", ""]);
-        assert_eq!(b.take_rest().unwrap(), Some("e".to_string()));
-        assert_eq!(b.take_rest().unwrap(), None);
-        assert!(b.push(&vec![b'x'; MAX_LINE_BYTES + 1]).is_err());
-        assert!(b.push(&[0xff, 0xfe, b'\n']).is_err());
-    }
-}
-
 /// Input to `dm/NAME/uuid`: the uuid is set, once, when the writer flushes.
 pub struct UuidInput {
     device: Arc<Device>,
@@ -471,5 +455,21 @@ impl UuidInput {
             .check_manager(&self.caller, &self.device)
             .and_then(|()| registry.set_uuid(&name, uuid))
             .inspect_err(|e| registry.errors.record("uuid", &name, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_buffer_splits_and_bounds() {
+        let mut b = LineBuffer::default();
+        assert_eq!(b.push(b"ab").unwrap(), Vec::<String>::new());
+        assert_eq!(b.push(b"c\nd\n\ne").unwrap(), vec!["abc", "d", ""]);
+        assert_eq!(b.take_rest().unwrap(), Some("e".to_string()));
+        assert_eq!(b.take_rest().unwrap(), None);
+        assert!(b.push(&vec![b'x'; MAX_LINE_BYTES + 1]).is_err());
+        assert!(b.push(&[0xff, 0xfe, b'\n']).is_err());
     }
 }

@@ -107,7 +107,7 @@ fn covering_sectors(offset: u64, len: usize) -> (Sectors, usize) {
 }
 
 fn aligned(offset: u64, len: usize) -> bool {
-    offset % SECTOR_SIZE == 0 && len as u64 % SECTOR_SIZE == 0
+    offset.is_multiple_of(SECTOR_SIZE) && (len as u64).is_multiple_of(SECTOR_SIZE)
 }
 
 impl Device {

@@ -202,17 +202,17 @@ impl Fixture {
                 "state changed:\nbefore {before:?}\nafter  {after:?}"
             ));
         }
-        if let Some(name) = &c.reuse {
-            if !after.devices.contains(name) {
-                let script = format!(
-                    "for i in $(seq 100); do echo '0 8 zero' > $MNT/ctl/create/{name} 2>/dev/null && break; sleep 0.05; done\n\
-                     test -e $MNT/dev/{name} && echo {name} > $MNT/ctl/remove"
-                );
-                if !self.m.sh(&script).status.success() {
-                    problems.push(format!(
-                        "the name {name} was not given back after the failed create"
-                    ));
-                }
+        if let Some(name) = &c.reuse
+            && !after.devices.contains(name)
+        {
+            let script = format!(
+                "for i in $(seq 100); do echo '0 8 zero' > $MNT/ctl/create/{name} 2>/dev/null && break; sleep 0.05; done\n\
+                 test -e $MNT/dev/{name} && echo {name} > $MNT/ctl/remove"
+            );
+            if !self.m.sh(&script).status.success() {
+                problems.push(format!(
+                    "the name {name} was not given back after the failed create"
+                ));
             }
         }
         if !c.cleanup.is_empty() {

@@ -10,6 +10,8 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 
 /// Where byte `b` of a device lives: (index of a backing file, byte in it).
 type Map<'a> = &'a dyn Fn(u64) -> (usize, u64);
+/// The same, owned.
+type MapFn = dyn Fn(u64) -> (usize, u64);
 
 /// In-memory copies of the backing files, in order.
 struct Model {
@@ -659,7 +661,7 @@ fn relative_paths_resolve_against_the_writers_directory() {
         m.read("dm/inside2/table"),
         format!("0 4 linear {mnt}/dev/up 0\n")
     );
-    let maps: Vec<(&str, u64, Box<dyn Fn(u64) -> (usize, u64)>)> = vec![
+    let maps: Vec<(&str, u64, Box<MapFn>)> = vec![
         ("rel", 16, Box::new(|b| (0, b + 4 * 512))),
         ("up", 8, Box::new(|b| (1, b + 2 * 512))),
         ("dots", 4, Box::new(|b| (0, b + 20 * 512))),

@@ -34,7 +34,10 @@ pub fn check_chunk_size(chunk: u32, block_sizes: &[u32]) -> Result<(), &'static 
     if !chunk.is_power_of_two() {
         return Err("Chunk size is not a power of 2");
     }
-    if block_sizes.iter().any(|b| chunk % (b / 512).max(1) != 0) {
+    if block_sizes
+        .iter()
+        .any(|b| !chunk.is_multiple_of((b / 512).max(1)))
+    {
         return Err("Chunk size is not a multiple of device blocksize");
     }
     if chunk > (i32::MAX as u32) >> 9 {

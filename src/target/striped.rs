@@ -38,13 +38,13 @@ fn construct(ctor: &Ctor<'_>, args: &[String]) -> DmResult<Box<dyn Target>> {
         .filter(|&n| n > 0)
         .ok_or_else(|| DmError::invalid("Invalid chunk_size"))?;
     let len = ctor.len.0;
-    if len % stripes as u64 != 0 {
+    if !len.is_multiple_of(stripes as u64) {
         return Err(DmError::invalid(
             "Target length not divisible by number of stripes",
         ));
     }
     let width = Sectors(len / stripes as u64);
-    if width.0 % chunk_size as u64 != 0 {
+    if !width.0.is_multiple_of(chunk_size as u64) {
         return Err(DmError::invalid(
             "Target length not divisible by chunk size",
         ));

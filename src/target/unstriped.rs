@@ -54,7 +54,7 @@ fn construct(ctor: &Ctor<'_>, args: &[String]) -> DmResult<Box<dyn Target>> {
         .map_err(|e| e.context("Couldn't get striped device"))?;
     let start = parse_sector_arg(&args[4])
         .ok_or_else(|| DmError::invalid("Invalid striped device offset"))?;
-    if ctor.len.0 % u64::from(chunk_size) != 0 {
+    if !ctor.len.0.is_multiple_of(u64::from(chunk_size)) {
         return Err(DmError::invalid(
             "Target length not divisible by chunk size",
         ));

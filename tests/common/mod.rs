@@ -141,16 +141,16 @@ impl Mount {
     /// Mounts with extra `dmfs mount` arguments (and `--cache $DMFS_TEST_CACHE` when that is
     /// set and `args` names no `--cache`).
     pub fn with_args(args: &[&str]) -> Mount {
-        Mount::mount(args, true)
+        Mount::mounted(args, true)
     }
 
     /// Mounts with exactly these `dmfs mount` arguments, whatever `$DMFS_TEST_CACHE` says: for
     /// tests of the daemon's own defaults.
     pub fn with_exact_args(args: &[&str]) -> Mount {
-        Mount::mount(args, false)
+        Mount::mounted(args, false)
     }
 
-    fn mount(args: &[&str], env_cache: bool) -> Mount {
+    fn mounted(args: &[&str], env_cache: bool) -> Mount {
         let dir = scratch_dir("mnt");
         let mnt = dir.join("mnt");
         std::fs::create_dir(&mnt).unwrap();

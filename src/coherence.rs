@@ -232,9 +232,11 @@ pub struct Stale {
     pub len: u64,
 }
 
-/// Work for the invalidator: drop these pages, then run `then` (send a reply).
+/// Work for the invalidator: drop these pages (and this `dev/` entry), then run `then` (send a
+/// reply).
 struct Job {
     stale: Vec<Stale>,
+    entry: Option<String>,
     then: Option<Box<dyn FnOnce() + Send>>,
 }
 
@@ -266,11 +268,13 @@ thread_local! {
 /// The deepest stack a change is followed up (the stacking limit is 16).
 const MAX_DEPTH: usize = 32;
 
-/// Starts the invalidator, which drops pages through `drop` (the FUSE notifier); `devices`
-/// lists the mount's devices. Called once, when the mount is made; until then (and in direct
-/// mode, where nothing is opened cached) changes are not followed.
+/// Starts the invalidator, which drops pages through `drop` and `dev/` entries through
+/// `forget` (the FUSE notifier); `devices` lists the mount's devices. Called once, when the
+/// mount is made; until then (and in direct mode, where nothing is opened cached) changes are
+/// not followed.
 pub fn start(
     drop: impl Fn(&Stale) -> std::io::Result<()> + Send + 'static,
+    forget: impl Fn(&str) -> std::io::Result<()> + Send + 'static,
     devices: impl Fn() -> Vec<Arc<Device>> + Send + Sync + 'static,
 ) {
     let (tx, rx) = channel::<Job>();
@@ -295,6 +299,12 @@ pub fn start(
                         // means the mount is going away.
                         log::debug!("invalidate device {} {}+{}: {e}", s.device, s.offset, s.len);
                     }
+                }
+                if let Some(name) = job.entry
+                    && let Err(e) = forget(&name)
+                {
+                    // ENOENT: the kernel has no such entry cached.
+                    log::debug!("forget dev/{name}: {e}");
                 }
                 if let Some(then) = job.then {
                     then();
@@ -358,6 +368,29 @@ pub fn device_replaced(device: &Device) {
     device_written(device, Sectors(0), Sectors(u64::MAX / 2));
 }
 
+/// `device` has a new size, or the kernel's size of it is wrong (`Device::kernel_size_stale`).
+/// With the writeback cache the kernel keeps the size it knows for as long as it keeps the
+/// inode (it owns the size then, and takes none from dmfs); so the `dev/NAME` entry is dropped,
+/// and with it the inode unless a file is open on it: the next lookup makes a fresh one with
+/// the device's size (if a file is open, again at its last close: a lookup meanwhile pins the
+/// old inode anew). Queued before the pages a resume drops, so the command that resized is
+/// answered after both.
+pub fn device_resized(device: &Device) {
+    if device.open_count.load(Ordering::SeqCst) > 0 {
+        device.kernel_size_stale.store(true, Ordering::SeqCst);
+    }
+    if let Some(hub) = HUB.get() {
+        send(
+            hub,
+            Job {
+                stale: Vec::new(),
+                entry: Some(device.name()),
+                then: None,
+            },
+        );
+    }
+}
+
 /// Sectors `start..end` of `device` changed: its own pages, then those of devices stacked on it.
 fn changed(hub: &Hub, device: &Device, start: u64, end: u64, depth: usize, out: &mut Vec<Stale>) {
     if device.page_cached.load(Ordering::Relaxed) && !own_write_covers(device.id, start, end) {
@@ -416,7 +449,14 @@ fn report(hub: &Hub, stale: Vec<Stale>) {
         None => Some(stale),
     });
     if let Some(stale) = stale {
-        send(hub, Job { stale, then: None });
+        send(
+            hub,
+            Job {
+                stale,
+                entry: None,
+                then: None,
+            },
+        );
     }
 }
 
@@ -453,6 +493,7 @@ pub fn then_reply(stale: Vec<Stale>, reply: impl FnOnce() + Send + 'static) {
             hub,
             Job {
                 stale,
+                entry: None,
                 then: Some(Box::new(reply)),
             },
         ),
@@ -469,6 +510,7 @@ pub fn after_pending(reply: impl FnOnce() + Send + 'static) {
             hub,
             Job {
                 stale: Vec::new(),
+                entry: None,
                 then: Some(Box::new(reply)),
             },
         ),

@@ -202,11 +202,13 @@ pub fn mount(opts: MountOptions) {
         Err(e) => fail(format!("mount {}: {e}", mountpoint.display())),
     };
     let notifier = session.notifier();
+    let entries = session.notifier();
     let devices = registry.clone();
     coherence::start(
         move |s| {
             notifier.inval_inode(crate::fs::device_ino(s.device), s.offset as i64, s.len as i64)
         },
+        move |name| entries.inval_entry(crate::fs::dev_dir_ino(), std::ffi::OsStr::new(name)),
         move || devices.list(),
     );
     if opts.read_ahead_kb > 0 {

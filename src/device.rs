@@ -36,6 +36,10 @@ pub struct Device {
     link: DeviceLink,
     /// Open handles on `dev/NAME`.
     pub open_count: AtomicU32,
+    /// The kernel may hold a size for `dev/NAME` that is not the device's, and a file open on
+    /// it keeps that inode alive: a resize while a file was open, or (writeback cache) a write
+    /// past the end taken into the kernel's cache. The entry is dropped at the last close.
+    pub kernel_size_stale: AtomicBool,
     /// Open handles the kernel serves itself (FUSE passthrough): suspend cannot hold them.
     pub passthrough_opens: AtomicU32,
     /// References to this device from other devices' tables.
@@ -123,6 +127,7 @@ impl Device {
             read_only: AtomicBool::new(false),
             link: DeviceLink::default(),
             open_count: AtomicU32::new(0),
+            kernel_size_stale: AtomicBool::new(false),
             passthrough_opens: AtomicU32::new(0),
             holders: AtomicU32::new(0),
             page_cached: AtomicBool::new(false),

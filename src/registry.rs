@@ -410,8 +410,12 @@ impl Registry {
         if let Some(k) = self.kernel.get() {
             k.replace_live(device, &table)?;
         }
+        let size = device.size();
         device.set_table(table);
         self.tables_changed();
+        if device.size() != size {
+            crate::coherence::device_resized(device);
+        }
         crate::coherence::device_replaced(device);
         Ok(())
     }
@@ -444,6 +448,9 @@ impl Registry {
         let result = device.resume();
         if !Arc::ptr_eq(&before, &device.table()) {
             self.tables_changed();
+            if device.size() != before.len() {
+                crate::coherence::device_resized(&device);
+            }
         }
         // Whether a new table went live or not, cached pages go: a suspend and resume is also
         // how a user makes dmfs forget what it cached of files changed behind its back.

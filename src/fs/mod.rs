@@ -60,6 +60,11 @@ pub fn device_ino(id: u64) -> INodeNo {
     Node::DevFile(id).ino()
 }
 
+/// The inode number of `dev/` (for dropping its entries).
+pub fn dev_dir_ino() -> INodeNo {
+    Node::DevDir.ino()
+}
+
 fn errno(e: &DmError) -> Errno {
     Errno::from_i32(e.errno)
 }
@@ -99,6 +104,11 @@ fn write_device(device: &Device, offset: u64, data: &[u8], writeback: bool, repl
         Err(e) => reply.error(io_errno(&e)),
     };
     let (result, stale) = coherence::collect(|| device.write(Bytes(offset), data));
+    if writeback && offset + data.len() as u64 > device.size().bytes().0 {
+        // The kernel took these bytes into its cache and grew its size of dev/NAME to hold
+        // them (it owns the size with the writeback cache): forget that inode at last close.
+        device.kernel_size_stale.store(true, Ordering::SeqCst);
+    }
     if writeback {
         // Queued before the answer: an fsync the answer lets through queues its own answer
         // behind these drops (coherence::after_pending).
@@ -718,9 +728,12 @@ impl Filesystem for DmFs {
             if let Some(handle) = handle {
                 match &*handle {
                     Handle::Dev(device, backing) => {
-                        device.open_count.fetch_sub(1, Ordering::SeqCst);
+                        let last = device.open_count.fetch_sub(1, Ordering::SeqCst) == 1;
                         if backing.is_some() {
                             device.passthrough_opens.fetch_sub(1, Ordering::SeqCst);
+                        }
+                        if last && device.kernel_size_stale.swap(false, Ordering::SeqCst) {
+                            coherence::device_resized(device);
                         }
                     }
                     Handle::Table(session) => {

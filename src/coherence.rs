@@ -240,6 +240,17 @@ struct Job {
     then: Option<Box<dyn FnOnce() + Send>>,
 }
 
+impl Job {
+    /// Pages to drop, and what to run after; no entry (only a resize drops one).
+    fn pages(stale: Vec<Stale>, then: Option<Box<dyn FnOnce() + Send>>) -> Job {
+        Job {
+            stale,
+            entry: None,
+            then,
+        }
+    }
+}
+
 type DeviceList = Box<dyn Fn() -> Vec<Arc<Device>> + Send + Sync>;
 
 struct Hub {
@@ -449,14 +460,7 @@ fn report(hub: &Hub, stale: Vec<Stale>) {
         None => Some(stale),
     });
     if let Some(stale) = stale {
-        send(
-            hub,
-            Job {
-                stale,
-                entry: None,
-                then: None,
-            },
-        );
+        send(hub, Job::pages(stale, None));
     }
 }
 
@@ -489,14 +493,7 @@ pub fn own_write<R>(device: u64, start: Sectors, end: Sectors, work: impl FnOnce
 /// Sends `reply` once the pages in `stale` are gone (at once if there are none).
 pub fn then_reply(stale: Vec<Stale>, reply: impl FnOnce() + Send + 'static) {
     match HUB.get() {
-        Some(hub) if !stale.is_empty() => send(
-            hub,
-            Job {
-                stale,
-                entry: None,
-                then: Some(Box::new(reply)),
-            },
-        ),
+        Some(hub) if !stale.is_empty() => send(hub, Job::pages(stale, Some(Box::new(reply)))),
         _ => reply(),
     }
 }
@@ -506,14 +503,7 @@ pub fn then_reply(stale: Vec<Stale>, reply: impl FnOnce() + Send + 'static) {
 /// every other device shows what they wrote.
 pub fn after_pending(reply: impl FnOnce() + Send + 'static) {
     match active() {
-        Some(hub) => send(
-            hub,
-            Job {
-                stale: Vec::new(),
-                entry: None,
-                then: Some(Box::new(reply)),
-            },
-        ),
+        Some(hub) => send(hub, Job::pages(Vec::new(), Some(Box::new(reply)))),
         None => reply(),
     }
 }

@@ -52,6 +52,28 @@ fn cached_pages(m: &Mount, name: &str) -> u64 {
         .unwrap_or_else(|_| panic!("fincore said {text:?}"))
 }
 
+/// The size of dev/NAME a fresh `stat` shows.
+fn dev_size(m: &Mount, name: &str) -> u64 {
+    let out = run(m, &format!("{TIMEOUT} stat -c %s $MNT/dev/{name}"));
+    String::from_utf8_lossy(&out).trim().parse().unwrap()
+}
+
+/// The size of dev/NAME once it is `want`, or after 5 s of retries: a close's release reaches
+/// dmfs after `close(2)` returns, and what dmfs does at the last close comes a little later.
+fn dev_size_settling_at(m: &Mount, name: &str, want: u64) -> u64 {
+    let out = run(
+        m,
+        &format!(
+            "for i in $(seq 100); do
+                 test $({TIMEOUT} stat -c %s $MNT/dev/{name}) = {want} && break
+                 sleep 0.05
+             done"
+        ),
+    );
+    assert!(out.is_empty());
+    dev_size(m, name)
+}
+
 /// Reads all of dev/NAME through a read-only open, then checks with `fincore` that the mode
 /// did what it says: pages cached in page-cache and writeback modes, none in direct mode.
 fn warm(m: &Mount, mode: CacheMode, name: &str) {
@@ -389,13 +411,8 @@ fn reload_resume(mode: Option<CacheMode>) {
         warm(&m, mode, "x");
         run(&m, "echo x > $MNT/ctl/suspend && echo x > $MNT/ctl/resume");
         x_want = want;
-        let size: u64 = String::from_utf8(run(&m, "stat -c %s $MNT/dev/x"))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
         assert_eq!(
-            size,
+            dev_size(&m, "x"),
             x_want.len() as u64,
             "step {i}: size of dev/x after resume"
         );
@@ -930,19 +947,10 @@ fn write_past_the_end(mode: Option<CacheMode>) {
                 m.log()
             );
             // The kernel grew its size of dev/w to hold the write; after the last close dmfs
-            // drops dev/w's entry, and with it that size (the release reaches dmfs after
-            // close(2) returns, hence the retries).
-            let settled = run(
-                &m,
-                "for i in $(seq 100); do
-                     test $(stat -c %s $MNT/dev/w) = 32768 && break
-                     sleep 0.05
-                 done
-                 stat -c %s $MNT/dev/w",
-            );
+            // drops dev/w's entry, and with it that size.
             assert_eq!(
-                String::from_utf8_lossy(&settled).trim(),
-                "32768",
+                dev_size_settling_at(&m, "w", 32768),
+                32768,
                 "--cache writeback: size of dev/w after the last close ({out})"
             );
         }
@@ -1071,20 +1079,13 @@ fn unknown_cache_mode_is_refused() {
 /// With the writeback cache the kernel owns the size of an inode it knows and takes none from
 /// dmfs, so a resize drops the `dev/NAME` entry: with no file open the next `stat` makes a new
 /// inode with the new size; a file open across the resize keeps the old inode (and size) until
-/// its last close, after which the new size shows (the close's release reaches dmfs after
-/// `close(2)` returns, hence the retries). In page-cache mode every `stat` already asks dmfs.
+/// its last close, after which the new size shows. In page-cache mode every `stat` already asks
+/// dmfs.
 #[test]
 fn resize_is_seen_in_every_mode_once_no_file_is_open() {
     for mode in [CacheMode::PageCache, CacheMode::Direct, CacheMode::Writeback] {
         let (m, mode) = mount(Some(mode));
         run(&m, "head -c 1M /dev/urandom > a.img");
-        let size = || -> u64 {
-            String::from_utf8(run(&m, "stat -c %s $MNT/dev/g"))
-                .unwrap()
-                .trim()
-                .parse()
-                .unwrap()
-        };
         let resize = |sectors: u64| {
             run(
                 &m,
@@ -1096,11 +1097,11 @@ fn resize_is_seen_in_every_mode_once_no_file_is_open() {
         };
         run(&m, "echo \"0 8 linear $PWD/a.img 0\" > $MNT/ctl/create/g");
         warm(&m, mode, "g");
-        assert_eq!(size(), 4096, "--cache {}: before", mode.arg());
+        assert_eq!(dev_size(&m, "g"), 4096, "--cache {}: before", mode.arg());
         resize(16);
-        assert_eq!(size(), 8192, "--cache {}: grown, nothing open", mode.arg());
+        assert_eq!(dev_size(&m, "g"), 8192, "--cache {}: grown, nothing open", mode.arg());
         resize(4);
-        assert_eq!(size(), 2048, "--cache {}: shrunk, nothing open", mode.arg());
+        assert_eq!(dev_size(&m, "g"), 2048, "--cache {}: shrunk, nothing open", mode.arg());
         assert_same(
             &format!("--cache {}: dev/g after the shrink", mode.arg()),
             &read_dev(&m, "g"),
@@ -1113,21 +1114,17 @@ fn resize_is_seen_in_every_mode_once_no_file_is_open() {
              echo \"0 24 linear $PWD/a.img 0\" > $MNT/ctl/reload/g
              echo g > $MNT/ctl/suspend && echo g > $MNT/ctl/resume
              stat -c %s $MNT/dev/g
-             exec 3<&-
-             for i in $(seq 100); do
-                 test $(stat -c %s $MNT/dev/g) = 12288 && break
-                 sleep 0.05
-             done
-             stat -c %s $MNT/dev/g",
+             exec 3<&-",
         );
         let out = String::from_utf8(out).unwrap();
-        let (during, after) = out.trim().split_once('\n').unwrap();
+        let during = out.trim();
+        let after = dev_size_settling_at(&m, "g", 12288);
         if mode == CacheMode::Writeback {
             assert_eq!(during, "2048", "--cache writeback: the open file keeps its inode");
         } else {
             assert_eq!(during, "12288", "--cache {}: while open", mode.arg());
         }
-        assert_eq!(after, "12288", "--cache {}: after the last close", mode.arg());
+        assert_eq!(after, 12288, "--cache {}: after the last close", mode.arg());
     }
 }
 

@@ -104,12 +104,17 @@ fn write_device(device: &Device, offset: u64, data: &[u8], writeback: bool, repl
         Err(e) => reply.error(io_errno(&e)),
     };
     let (result, stale) = coherence::collect(|| device.write(Bytes(offset), data));
-    if writeback && offset + data.len() as u64 > device.size().bytes().0 {
-        // The kernel took these bytes into its cache and grew its size of dev/NAME to hold
-        // them (it owns the size with the writeback cache): forget that inode at last close.
-        device.kernel_size_stale.store(true, Ordering::SeqCst);
-    }
     if writeback {
+        // Cut short at the device's end, or refused past it (Device::write says which): the
+        // kernel took these bytes into its cache and grew its size of dev/NAME to hold them
+        // (it owns the size with the writeback cache), so that inode goes at the last close.
+        let past_end = match &result {
+            Ok(n) => *n < data.len(),
+            Err(e) => e.raw_os_error() == Some(libc::ENOSPC),
+        };
+        if past_end {
+            device.kernel_size_stale.store(true, Ordering::SeqCst);
+        }
         // Queued before the answer: an fsync the answer lets through queues its own answer
         // behind these drops (coherence::after_pending).
         coherence::then_reply(stale, || {});

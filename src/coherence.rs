@@ -71,7 +71,11 @@ pub enum View {
 #[derive(Clone, Copy)]
 enum Map {
     OneToOne,
-    Striped { stripe: u64, stripes: u64, chunk: u64 },
+    Striped {
+        stripe: u64,
+        stripes: u64,
+        chunk: u64,
+    },
     Anywhere,
 }
 
@@ -115,7 +119,10 @@ impl Use {
                 while k < end {
                     let within = k % chunk;
                     let n = (chunk - within).min(end - k);
-                    f(self.at + ((k / chunk) * stripes + stripe) * chunk + within, n);
+                    f(
+                        self.at + ((k / chunk) * stripes + stripe) * chunk + within,
+                        n,
+                    );
                     k += n;
                 }
             }
@@ -420,7 +427,14 @@ fn changed(hub: &Hub, device: &Device, start: u64, end: u64, depth: usize, out: 
             }
         }
     }
-    followers(hub, DeviceKey::Mapped { id: device.id }, start, end, depth, out);
+    followers(
+        hub,
+        DeviceKey::Mapped { id: device.id },
+        start,
+        end,
+        depth,
+        out,
+    );
 }
 
 /// The devices whose tables show sectors `start..end` of `key`, and what of them changed.
@@ -432,7 +446,9 @@ fn followers(hub: &Hub, key: DeviceKey, start: u64, end: u64, depth: usize, out:
     if let Some(uses) = index(hub).by_key.get(&key) {
         uses.overlapping(start, end, |u| {
             if let Some(device) = u.device.upgrade() {
-                u.shows(start, end, |at, len| hits.push((device.clone(), at, at + len)));
+                u.shows(start, end, |at, len| {
+                    hits.push((device.clone(), at, at + len))
+                });
             }
         });
     }
@@ -442,9 +458,7 @@ fn followers(hub: &Hub, key: DeviceKey, start: u64, end: u64, depth: usize, out:
 }
 
 fn own_write_covers(device: u64, start: u64, end: u64) -> bool {
-    OWN_WRITE.with_borrow(|w| {
-        w.is_some_and(|(d, s, e)| d == device && s <= start && end <= e)
-    })
+    OWN_WRITE.with_borrow(|w| w.is_some_and(|(d, s, e)| d == device && s <= start && end <= e))
 }
 
 /// Hands what went stale to the request collecting it, or to the invalidator.
@@ -477,7 +491,9 @@ fn send(hub: &Hub, job: Job) {
 pub fn collect<R>(work: impl FnOnce() -> R) -> (R, Vec<Stale>) {
     let outer = COLLECTED.with_borrow_mut(|c| c.replace(Vec::new()));
     let result = work();
-    let stale = COLLECTED.with_borrow_mut(|c| std::mem::replace(c, outer)).unwrap_or_default();
+    let stale = COLLECTED
+        .with_borrow_mut(|c| std::mem::replace(c, outer))
+        .unwrap_or_default();
     (result, stale)
 }
 
@@ -549,7 +565,12 @@ mod tests {
             len,
         };
         assert_eq!(
-            coalesce(vec![s(2, 0, 512), s(1, 1024, 512), s(1, 0, 1024), s(1, 4096, 512)]),
+            coalesce(vec![
+                s(2, 0, 512),
+                s(1, 1024, 512),
+                s(1, 0, 1024),
+                s(1, 4096, 512)
+            ]),
             vec![s(1, 0, 1536), s(1, 4096, 512), s(2, 0, 512)]
         );
     }

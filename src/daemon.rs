@@ -206,7 +206,11 @@ pub fn mount(opts: MountOptions) {
     let devices = registry.clone();
     coherence::start(
         move |s| {
-            notifier.inval_inode(crate::fs::device_ino(s.device), s.offset as i64, s.len as i64)
+            notifier.inval_inode(
+                crate::fs::device_ino(s.device),
+                s.offset as i64,
+                s.len as i64,
+            )
         },
         move |name| entries.inval_entry(crate::fs::dev_dir_ino(), std::ffi::OsStr::new(name)),
         move || devices.list(),
@@ -264,7 +268,10 @@ fn mount_device_number(mountpoint: &Path) -> Option<String> {
 /// default stays, and the log says so.
 fn set_read_ahead(mountpoint: &Path, kb: u32) {
     let Some(dev) = mount_device_number(mountpoint) else {
-        log::warn!("read-ahead: {} not found in mountinfo", mountpoint.display());
+        log::warn!(
+            "read-ahead: {} not found in mountinfo",
+            mountpoint.display()
+        );
         return;
     };
     let path = format!("/sys/class/bdi/{dev}/read_ahead_kb");

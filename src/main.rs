@@ -1,30 +1,7 @@
-//! dmfs: the Linux device mapper, in user space, behind a filesystem.
+//! The `dmfs` command: clap turns the command line into a call of the daemon (`mount`,
+//! `umount`) or of a dmsetup-style verb on a mount (`cli`); everything else is the library.
 
-mod access;
-#[cfg(test)]
-mod alloc_count;
-mod backing;
-mod cli;
-mod coherence;
-mod control;
-mod daemon;
-mod device;
-mod errlog;
-mod error;
-mod fs;
-#[cfg(test)]
-mod fuzz;
-mod kernel;
-#[cfg(test)]
-mod microbench;
-mod registry;
-mod report;
-mod scratch;
-mod snapshot;
-mod table;
-mod target;
-mod units;
-
+use dmfs::{access, cli, coherence, daemon, fs};
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};

@@ -67,7 +67,7 @@ mod tests {
     #[test]
     fn buffers_are_reused() {
         with_buffer(4096, |_| ());
-        let (n, ()) = crate::alloc_count::count(|| {
+        let (n, ()) = crate::test_support::alloc_count::count(|| {
             for len in [512, 4096, 1000] {
                 with_buffer(len, |b| assert_eq!(b.len(), len));
             }
@@ -79,7 +79,7 @@ mod tests {
     fn aligned_buffers_are_aligned_and_reused() {
         let align = crate::backing::DIRECT_ALIGN;
         with_aligned_buffer(1 << 20, |_| ());
-        let (n, ()) = crate::alloc_count::count(|| {
+        let (n, ()) = crate::test_support::alloc_count::count(|| {
             for len in [512, 1 << 20, 4096] {
                 with_aligned_buffer(len, |b| {
                     assert_eq!(b.len(), len);

@@ -722,7 +722,10 @@ fn mmap_reader(mode: Option<CacheMode>) {
     let out = held_reader(&m, mode, true);
     if mode == CacheMode::Direct {
         // Direct mode caches nothing, so it refuses mmap (which would cache pages) with ENODEV.
-        assert!(out.contains("[Errno 19]"), "--cache direct: mmap gave {out}");
+        assert!(
+            out.contains("[Errno 19]"),
+            "--cache direct: mmap gave {out}"
+        );
         return;
     }
     assert_eq!(
@@ -1083,7 +1086,11 @@ fn unknown_cache_mode_is_refused() {
 /// dmfs.
 #[test]
 fn resize_is_seen_in_every_mode_once_no_file_is_open() {
-    for mode in [CacheMode::PageCache, CacheMode::Direct, CacheMode::Writeback] {
+    for mode in [
+        CacheMode::PageCache,
+        CacheMode::Direct,
+        CacheMode::Writeback,
+    ] {
         let (m, mode) = mount(Some(mode));
         run(&m, "head -c 1M /dev/urandom > a.img");
         let resize = |sectors: u64| {
@@ -1099,9 +1106,19 @@ fn resize_is_seen_in_every_mode_once_no_file_is_open() {
         warm(&m, mode, "g");
         assert_eq!(dev_size(&m, "g"), 4096, "--cache {}: before", mode.arg());
         resize(16);
-        assert_eq!(dev_size(&m, "g"), 8192, "--cache {}: grown, nothing open", mode.arg());
+        assert_eq!(
+            dev_size(&m, "g"),
+            8192,
+            "--cache {}: grown, nothing open",
+            mode.arg()
+        );
         resize(4);
-        assert_eq!(dev_size(&m, "g"), 2048, "--cache {}: shrunk, nothing open", mode.arg());
+        assert_eq!(
+            dev_size(&m, "g"),
+            2048,
+            "--cache {}: shrunk, nothing open",
+            mode.arg()
+        );
         assert_same(
             &format!("--cache {}: dev/g after the shrink", mode.arg()),
             &read_dev(&m, "g"),
@@ -1120,7 +1137,10 @@ fn resize_is_seen_in_every_mode_once_no_file_is_open() {
         let during = out.trim();
         let after = dev_size_settling_at(&m, "g", 12288);
         if mode == CacheMode::Writeback {
-            assert_eq!(during, "2048", "--cache writeback: the open file keeps its inode");
+            assert_eq!(
+                during, "2048",
+                "--cache writeback: the open file keeps its inode"
+            );
         } else {
             assert_eq!(during, "12288", "--cache {}: while open", mode.arg());
         }
@@ -1167,7 +1187,10 @@ fn read_ahead_of_the_mount() {
 fn own_device_reader(mode: Option<CacheMode>) {
     let (m, mode) = mount(mode);
     write_pattern_image(&m.path("a.img"), 0, 1024);
-    run(&m, "echo \"0 1024 linear $PWD/a.img 0\" > $MNT/ctl/create/a");
+    run(
+        &m,
+        "echo \"0 1024 linear $PWD/a.img 0\" > $MNT/ctl/create/a",
+    );
     warm(&m, mode, "a");
     let out = run(
         &m,

@@ -162,10 +162,7 @@ fn messages_and_reload_errors() {
     ] {
         let err = m.fails(&format!("echo '{line}' > $MNT/ctl/message"));
         assert!(err.contains(errno), "{line}: {err}");
-        assert!(
-            m.last_error().contains(why),
-            "{line}"
-        );
+        assert!(m.last_error().contains(why), "{line}");
     }
     let err = m.fails("echo '0 8 zero' > $MNT/ctl/reload/nosuch");
     assert!(err.contains("No such file or directory"), "{err}");

@@ -270,7 +270,7 @@ fn refused_tables_are_refused_with_the_kernels_words() {
             Err(e) => {
                 // EINVAL where the kernel said EINVAL. Where it said ENODEV (device lookup),
                 // dmfs may say ENODEV, ENOENT or ENXIO, as for linear; a missing file is
-                // ENOENT in dmfs everywhere (DESIGN.md), also where unstriped's kernel words
+                // ENOENT in dmfs everywhere (docs/REFERENCE.md, Errors), also where unstriped's kernel words
                 // it EINVAL ("Couldn't get striped device").
                 let missing_file = m.last_error().contains("No such file");
                 let kernel_einval = !missing_file

@@ -21,6 +21,12 @@ if [ ! -c /dev/fuse ]; then
     echo "run-all: /dev/fuse is missing: the integration tests need FUSE" >&2
     exit 1
 fi
+# Formatting and lints first: a red here fails CI before any test runs.
+for part in rustfmt:fmt clippy:clippy; do
+    cargo "${part#*:}" --version >/dev/null 2>&1 || rustup component add "${part%%:*}"
+done
+cargo fmt --check
+cargo clippy --all-targets -- -D warnings
 failed=()
 cargo test --no-fail-fast --all-targets 2>&1 || failed+=("cargo test --no-fail-fast --all-targets")
 # The integration tests that do I/O through dev/ again in the other page-cache modes (the run

@@ -2134,9 +2134,7 @@ fn merge_takes_a_live_snapshot_over() {
     let r = write_table(&m, "create", "thief", &t);
     assert_eq!(r.err().and_then(|e| e.raw_os_error()), Some(libc::EINVAL));
     assert!(!m.mnt.join("dev/thief").exists());
-    assert!(
-        m.last_error().contains(refused)
-    );
+    assert!(m.last_error().contains(refused));
     let merge = format!("0 {SECTORS} snapshot-merge {o} {c} P 8\n");
     must(
         &m,
@@ -2146,9 +2144,7 @@ fn merge_takes_a_live_snapshot_over() {
     must(&m, "suspend origin", ctl(&m, "suspend", "origin"));
     let r = ctl(&m, "resume", "origin");
     assert_eq!(r.err().and_then(|e| e.raw_os_error()), Some(libc::EINVAL));
-    assert!(
-        m.last_error().contains(refused)
-    );
+    assert!(m.last_error().contains(refused));
     assert_eq!(m.read("dm/origin/suspended"), "1\n");
     assert_eq!(m.read("dm/origin/table"), merge);
     assert_same("dev/snap still", &read_dev(&m, "snap").unwrap(), &image);

@@ -672,7 +672,9 @@ impl Filesystem for DmFs {
                 Handle::Command(input) => {
                     coherence::collect(|| input.lock().write(&self.registry, data))
                 }
-                Handle::Uuid(input) => coherence::collect(|| input.lock().write(&self.registry, data)),
+                Handle::Uuid(input) => {
+                    coherence::collect(|| input.lock().write(&self.registry, data))
+                }
                 Handle::Text(_) => return reply.error(Errno::EBADF),
             };
             let (result, stale) = result;

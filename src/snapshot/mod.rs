@@ -409,7 +409,9 @@ impl Snap {
             {
                 run += 1;
             }
-            let copied = self.copy_out_chunks(batch[i].old, batch[i].new, run as u64).is_ok();
+            let copied = self
+                .copy_out_chunks(batch[i].old, batch[i].new, run as u64)
+                .is_ok();
             batch[i..i + run].iter_mut().for_each(|e| e.copied = copied);
             i += run;
         }

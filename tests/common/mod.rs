@@ -392,26 +392,9 @@ pub fn write_pattern_image(path: &Path, index: u64, sectors: u64) {
     std::fs::write(path, pattern_image(index, sectors)).unwrap();
 }
 
-/// A seeded xorshift64* generator: every run makes the same choices. `Rng(state)` takes a
-/// state as it is (it must not be 0); `Rng::seeded` spreads any seed first.
-pub struct Rng(pub u64);
-
-impl Rng {
-    pub fn seeded(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-
-    pub fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+#[path = "../../src/test_support/rng.rs"]
+mod rng;
+pub use rng::Rng;
 
 /// Deterministic pseudo-random bytes (xorshift64*), different for every seed: test data that
 /// differs from every pattern image and from zeros.

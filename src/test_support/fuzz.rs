@@ -10,33 +10,13 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use super::rng::Rng;
 use crate::backing::{Backing, DeviceResolver};
 use crate::error::{DmError, DmResult};
 use crate::snapshot::persistent::Persistent;
 use crate::snapshot::{Snap, StoreType};
 use crate::table::TableBuilder;
 use crate::units::Sectors;
-
-/// xorshift64*: small, seedable, good enough to drive mutations (and the test-only request
-/// generators of `alloc_count` and `microbench`). The state must not be 0.
-pub(crate) struct Rng(pub(crate) u64);
-
-impl Rng {
-    pub(crate) fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-
-    fn pick<'a>(&mut self, from: &[&'a str]) -> &'a str {
-        from[self.below(from.len())]
-    }
-}
 
 fn rounds(default: usize) -> usize {
     std::env::var("DMFS_FUZZ_ROUNDS")
@@ -137,9 +117,9 @@ const TOKENS: &[&str] = &[
 
 fn mutate_line(rng: &mut Rng, line: &str) -> String {
     let mut words: Vec<String> = line.split(' ').map(String::from).collect();
-    for _ in 0..1 + rng.below(3) {
-        let i = rng.below(words.len());
-        match rng.below(5) {
+    for _ in 0..1 + rng.index(3) {
+        let i = rng.index(words.len());
+        match rng.index(5) {
             0 => words[i] = rng.pick(TOKENS).to_string(),
             1 => {
                 words.remove(i);
@@ -151,14 +131,14 @@ fn mutate_line(rng: &mut Rng, line: &str) -> String {
             3 => {
                 let w = &mut words[i];
                 if !w.is_empty() {
-                    let at = rng.below(w.len());
+                    let at = rng.index(w.len());
                     if w.is_char_boundary(at) {
                         w.insert_str(at, rng.pick(TOKENS));
                     }
                 }
             }
             _ => {
-                let j = rng.below(words.len());
+                let j = rng.index(words.len());
                 words.swap(i, j);
             }
         }
@@ -241,14 +221,14 @@ fn cow_devices_never_panic() {
     let mut rng = Rng(seed() ^ 0xc0ffee);
     for _ in 0..rounds(400) {
         let mut image = valid.clone();
-        for _ in 0..1 + rng.below(8) {
+        for _ in 0..1 + rng.index(8) {
             // Mostly the header and the metadata areas, where the parser looks.
-            let at = match rng.below(3) {
-                0 => rng.below(16),
-                1 => 1024 + rng.below(1024),
-                _ => rng.below(image.len()),
+            let at = match rng.index(3) {
+                0 => rng.index(16),
+                1 => 1024 + rng.index(1024),
+                _ => rng.index(image.len()),
             };
-            image[at] = match rng.below(3) {
+            image[at] = match rng.index(3) {
                 0 => 0,
                 1 => 0xff,
                 _ => rng.next() as u8,

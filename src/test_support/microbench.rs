@@ -6,15 +6,15 @@
 //! cargo test --release --bin dmfs microbench -- --ignored --nocapture --test-threads 1
 //! ```
 //!
-//! They print nanoseconds per 4 KiB read; they assert nothing about time (DESIGN.md 4).
+//! They print nanoseconds per 4 KiB read; they assert nothing about time (benchmarks prove speed; tests do not time).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::rng::Rng; // the same request sequence every run
 use crate::backing::{Backing, DeviceResolver};
 use crate::error::{DmError, DmResult};
-use crate::fuzz::Rng; // the same request sequence every run
 use crate::table::{Table, TableBuilder};
 use crate::units::Sectors;
 
@@ -59,7 +59,6 @@ impl Drop for Scratch {
         let _ = std::fs::remove_file(&self.0);
     }
 }
-
 
 /// Nanoseconds per 4 KiB read of each table at random 4 KiB-aligned places in its first
 /// `span` sectors: the best of `ROUNDS` rounds of `n` reads, the tables taking turns, so a

@@ -122,7 +122,7 @@ mod hot_paths {
     /// sector to 256 KiB, crossing line, stripe and chunk boundaries.
     fn requests(size: u64) -> Vec<(u64, usize)> {
         let mut out = Vec::new();
-        let mut rng = crate::fuzz::Rng(0x2545_f491_4f6c_dd1d);
+        let mut rng = crate::test_support::rng::Rng(0x2545_f491_4f6c_dd1d);
         for len in [512usize, 4096, 1000, 1, 65536, 4097, 262144, 513] {
             for _ in 0..8 {
                 let room = size - len as u64;

@@ -89,20 +89,6 @@ fn errno_symbol(shell_text: &str) -> &'static str {
     }
 }
 
-/// Removes device NAME, retrying while the kernel's asynchronous release of a just-closed
-/// handle has not reached dmfs yet.
-fn remove_retrying(names: &[&str]) -> String {
-    names
-        .iter()
-        .map(|n| {
-            format!(
-                "for i in $(seq 100); do echo {n} > $MNT/ctl/remove 2>/dev/null && break; sleep 0.05; done; \
-                 test ! -e $MNT/dev/{n}\n"
-            )
-        })
-        .collect()
-}
-
 /// A mount with two pattern images, a directory, and the device `keep` made before the cases.
 struct Fixture {
     m: Mount,

@@ -112,18 +112,6 @@ fn dd_write(m: &Mount, mode: CacheMode, dev: &str, off: u64, data: &[u8]) {
     );
 }
 
-/// Removes a device, retrying while the asynchronous release of a just-closed handle has not
-/// reached dmfs yet.
-fn remove(m: &Mount, name: &str) {
-    run(
-        m,
-        &format!(
-            "for i in $(seq 200); do echo {name} > $MNT/ctl/remove 2>/dev/null && break; \
-             sleep 0.05; done; test ! -e $MNT/dev/{name}"
-        ),
-    );
-}
-
 /// A device whose table maps byte ranges of the scene's one backing file: (sectors, file
 /// sector) per line, in order. A device stacked on another is described by the file sectors
 /// it reaches through it.
@@ -556,7 +544,7 @@ fn snapshot_merge(mode: Option<CacheMode>) {
         origin[off as usize..off as usize + len].copy_from_slice(&data);
     }
     check_snapshot_scene(&m, mode, "before the merge", &origin, &snap);
-    remove(&m, "snap");
+    m.remove("snap");
     for d in ["origin", "l"] {
         warm(&m, mode, d);
     }

@@ -50,15 +50,6 @@ fn sha256_file(path: &Path) -> String {
     }
 }
 
-fn create(m: &Mount, name: &str, table: &str) -> Result<(), String> {
-    std::fs::write(m.mnt.join("ctl/create").join(name), table)
-        .map_err(|e| format!("create failed ({e}); ctl/errors: {:?}", m.last_error()))
-}
-
-fn remove(m: &Mount, name: &str) {
-    let _ = std::fs::write(m.mnt.join("ctl/remove"), format!("{name}\n"));
-}
-
 /// One pread of `sectors` sectors at `sector`, as the VM's `dio r`: (exit status as dio gives
 /// it, the bytes read). A failed or short read is exit status 1.
 fn pread(path: &Path, sector: u64, sectors: u64) -> (u32, Vec<u8>) {
@@ -181,13 +172,13 @@ fn accepted_tables_print_and_read_as_the_kernel() {
         let name = &b.name;
         if REFUSED_PAST_32_BITS.contains(&name.as_str()) {
             // The kernel accepted it by cutting a number to 32 bits; dmfs must refuse it.
-            if create(&m, name, &table_text(&m, b)).is_ok() {
+            if m.try_create(name, &table_text(&m, b)).is_ok() {
                 mismatches.push(format!("{name}: dmfs accepted a number past 32 bits"));
-                remove(&m, name);
+                m.remove(name);
             }
             continue;
         }
-        if let Err(e) = create(&m, name, &table_text(&m, b)) {
+        if let Err(e) = m.try_create(name, &table_text(&m, b)) {
             mismatches.push(format!("{name}: the kernel accepted it; dmfs: {e}"));
             continue;
         }
@@ -229,7 +220,7 @@ fn accepted_tables_print_and_read_as_the_kernel() {
                 ));
             }
         }
-        remove(&m, name);
+        m.remove(name);
     }
     report("accepted tables", &mismatches, checked);
     assert!(checked >= 50, "only {checked} accepted cases");
@@ -252,11 +243,11 @@ fn refused_tables_are_refused_with_the_kernels_words() {
     }) {
         checked += 1;
         let table = table_text(&m, b);
-        let result = std::fs::write(m.mnt.join("ctl/create/refused"), &table);
+        let result = m.write_table("create", "refused", &table);
         let devices = m.devices();
         if devices != ["keep"] {
             mismatches.push(format!("{}: devices left behind: {devices:?}", b.name));
-            remove(&m, "refused");
+            m.remove("refused");
         }
         match result {
             Ok(()) => {
@@ -327,7 +318,7 @@ fn writes_land_where_the_kernel_put_them() {
         let m = Mount::new();
         make_disks(&m);
         let name = &b.name;
-        if let Err(e) = create(&m, name, &table_text(&m, b)) {
+        if let Err(e) = m.try_create(name, &table_text(&m, b)) {
             mismatches.push(format!("{name}: {e}"));
             continue;
         }
@@ -346,7 +337,7 @@ fn writes_land_where_the_kernel_put_them() {
         if rc != 0 {
             mismatches.push(format!("{name}: the write failed in dmfs"));
         }
-        remove(&m, name);
+        m.remove(name);
         for h in b.all("diskhash") {
             let (disk, hash) = h.split_once(' ').unwrap();
             let ours = sha256_file(&m.path(&format!("{disk}.img")));
@@ -412,7 +403,7 @@ fn reads_and_writes_behave_as_in_the_kernel() {
         make_disks(&m);
         let name = b.name.as_str();
         let dev = m.mnt.join("dev").join(name);
-        let created = create(&m, name, &table_text(&m, b));
+        let created = m.try_create(name, &table_text(&m, b));
         if b.one("createfail").is_some() {
             if created.is_ok() {
                 mismatches.push(format!("{name}: dmfs accepted what the kernel refused"));
@@ -525,7 +516,7 @@ fn reads_and_writes_behave_as_in_the_kernel() {
                 "diskhash" => {
                     if !removed {
                         step.finish(&m, name, &mut mismatches);
-                        remove(&m, name);
+                        m.remove(name);
                         removed = true;
                     }
                     let (disk, hash) = value.split_once(' ').unwrap();

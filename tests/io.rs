@@ -79,33 +79,6 @@ fn linear_map(lines: &[(u64, usize, u64)]) -> impl Fn(u64) -> (usize, u64) + '_ 
     }
 }
 
-/// Writes `data` at byte `off` of dev/NAME with one dd write(2) (conv=notrunc).
-fn dd_write(m: &Mount, dev: &str, off: u64, data: &[u8]) {
-    std::fs::write(m.path("data.bin"), data).unwrap();
-    m.ok(&format!(
-        "dd if=data.bin of=$MNT/dev/{dev} bs=16M oflag=seek_bytes seek={off} conv=notrunc status=none"
-    ));
-}
-
-/// Removes dev/NAME, retrying while the asynchronous release of a just-closed handle has not
-/// reached dmfs yet; fails if the device is still there.
-fn remove_retrying(name: &str) -> String {
-    format!(
-        "for i in $(seq 100); do echo {name} > $MNT/ctl/remove 2>/dev/null && break; sleep 0.05; done; \
-         test ! -e $MNT/dev/{name}"
-    )
-}
-
-fn read_dev(m: &Mount, dev: &str) -> Vec<u8> {
-    std::fs::read(m.mnt.join("dev").join(dev)).unwrap()
-}
-
-fn dev_size(m: &Mount, dev: &str) -> u64 {
-    std::fs::metadata(m.mnt.join("dev").join(dev))
-        .unwrap()
-        .len()
-}
-
 #[test]
 fn overlapping_linear_mappings_and_unaligned_writes() {
     let m = Mount::new();
@@ -129,10 +102,10 @@ fn overlapping_linear_mappings_and_unaligned_writes() {
         ("r", &rm, 32 * 512),
     ];
     for (name, map, size) in devs {
-        assert_eq!(dev_size(&m, name), size, "size of dev/{name}");
+        assert_eq!(m.dev_size(name), size, "size of dev/{name}");
         assert_same(
             &format!("dev/{name} before writes"),
-            &read_dev(&m, name),
+            &m.read_dev(name).unwrap(),
             &model.device(size, map),
         );
     }
@@ -159,7 +132,7 @@ fn overlapping_linear_mappings_and_unaligned_writes() {
     ];
     for (i, &(dev, off, len)) in writes.iter().enumerate() {
         let data = pseudo_random(i as u64 + 1, len);
-        dd_write(&m, dev, off, &data);
+        m.dd_write(dev, off, &data);
         let (_, map, _) = devs.iter().find(|d| d.0 == dev).unwrap();
         model.write(off, &data, *map);
         let context = format!("after write {i} ({len} bytes at {off} of dev/{dev})");
@@ -167,7 +140,7 @@ fn overlapping_linear_mappings_and_unaligned_writes() {
         for (name, map, size) in devs {
             assert_same(
                 &format!("{context}: dev/{name}"),
-                &read_dev(&m, name),
+                &m.read_dev(name).unwrap(),
                 &model.device(size, map),
             );
         }
@@ -303,10 +276,10 @@ fn striped_layouts_map_and_write_as_the_kernel_does() {
         m.ok(&format!("cat table.txt > $MNT/ctl/create/{dev}"));
         assert_eq!(m.read(&format!("dm/{dev}/table")), table, "layout {li}");
         let size = (prefix + len) * 512;
-        assert_eq!(dev_size(&m, &dev), size);
+        assert_eq!(m.dev_size(&dev), size);
         assert_same(
             &format!("layout {li}: dev/{dev}"),
-            &read_dev(&m, &dev),
+            &m.read_dev(&dev).unwrap(),
             &model.device(size, &map),
         );
 
@@ -314,25 +287,25 @@ fn striped_layouts_map_and_write_as_the_kernel_does() {
         let off = prefix * 512 + chunk * 512 - 100;
         let wlen = std::cmp::min(3 * chunk * 512 + 250, size - off - 1) as usize;
         let data = pseudo_random(100 + li as u64, wlen);
-        dd_write(&m, &dev, off, &data);
+        m.dd_write(&dev, off, &data);
         model.write(off, &data, &map);
         model.check_files(
             &m,
             &format!("layout {li} after a write of {wlen} bytes at {off}"),
         );
-        dd_write(&m, &dev, size - 1, &[0xA5]);
+        m.dd_write(&dev, size - 1, &[0xA5]);
         model.write(size - 1, &[0xA5], &map);
         // A write covering the prefix line and the first chunks together.
         let data = pseudo_random(
             200 + li as u64,
             (prefix * 512 + 2 * chunk * 512 + 7) as usize,
         );
-        dd_write(&m, &dev, 1, &data);
+        m.dd_write(&dev, 1, &data);
         model.write(1, &data, &map);
         model.check_files(&m, &format!("layout {li} after all writes"));
         assert_same(
             &format!("layout {li}: dev/{dev} after writes"),
-            &read_dev(&m, &dev),
+            &m.read_dev(&dev).unwrap(),
             &model.device(size, &map),
         );
     }
@@ -350,15 +323,15 @@ fn zero_and_error_targets() {
         printf "0 8 linear $PWD/a.img 0\n8 8 error\n16 8 zero\n" > $MNT/ctl/create/mix
     "#);
     // zero: zeros, and writes are accepted and dropped.
-    assert_eq!(read_dev(&m, "z"), vec![0u8; 16 * 512]);
-    dd_write(&m, "z", 1000, &pseudo_random(1, 3000));
+    assert_eq!(m.read_dev("z").unwrap(), vec![0u8; 16 * 512]);
+    m.dd_write("z", 1000, &pseudo_random(1, 3000));
     if cache_mode() == CacheMode::Writeback {
         // With --cache writeback the kernel keeps the pages it wrote back, as the page cache
         // of a kernel dm-zero device does: a buffered read shows the dropped bytes. The
         // device's own answer, read with O_DIRECT, is zeros.
         m.ok("cmp <(dd if=$MNT/dev/z bs=16M iflag=direct status=none) <(head -c 8192 /dev/zero)");
     } else {
-        assert_eq!(read_dev(&m, "z"), vec![0u8; 16 * 512]);
+        assert_eq!(m.read_dev("z").unwrap(), vec![0u8; 16 * 512]);
     }
     // error: any read or write fails with EIO; arguments are ignored and not printed back.
     assert_eq!(m.read("dm/e2/table").trim_end(), "0 16 error");
@@ -423,7 +396,7 @@ fn zero_and_error_targets() {
     assert_eq!(zeros, vec![0u8; 1000]);
     // Writes: into the linear part they land in a.img; into the error part they fail and
     // change nothing; into the zero part they vanish.
-    dd_write(&m, "mix", 100, &pseudo_random(2, 300));
+    m.dd_write("mix", 100, &pseudo_random(2, 300));
     model.write(100, &pseudo_random(2, 300), &head);
     let err = m
         .fails("dd if=/dev/urandom of=$MNT/dev/mix bs=512 seek=8 count=1 conv=notrunc status=none");
@@ -432,7 +405,7 @@ fn zero_and_error_targets() {
         f.write_at(&[9u8; 10], 4090).unwrap_err().raw_os_error(),
         Some(libc_eio())
     );
-    dd_write(&m, "mix", 16 * 512 + 3, &pseudo_random(3, 600));
+    m.dd_write("mix", 16 * 512 + 3, &pseudo_random(3, 600));
     model.check_files(&m, "mix after writes");
     f.read_exact_at(&mut zeros, 16 * 512).unwrap();
     assert_eq!(zeros, vec![0u8; 1000]);
@@ -467,10 +440,14 @@ fn stacked_devices() {
     );
     assert_same(
         "base",
-        &read_dev(&m, "base"),
+        &m.read_dev("base").unwrap(),
         &model.device(64 * 512, &base),
     );
-    assert_same("top", &read_dev(&m, "top"), &model.device(40 * 512, &top));
+    assert_same(
+        "top",
+        &m.read_dev("top").unwrap(),
+        &model.device(40 * 512, &top),
+    );
     // The top's sector 20 is the base's 32, where a.img gives way to b.img.
     for (dev, off, len, seed) in [
         ("top", 20 * 512 - 240, 4097usize, 1u64),
@@ -479,7 +456,7 @@ fn stacked_devices() {
         ("top", 40 * 512 - 513, 513, 4),
     ] {
         let data = pseudo_random(seed, len);
-        dd_write(&m, dev, off, &data);
+        m.dd_write(dev, off, &data);
         if dev == "top" {
             model.write(off, &data, &top);
         } else {
@@ -489,12 +466,12 @@ fn stacked_devices() {
         model.check_files(&m, &context);
         assert_same(
             &format!("{context}: base"),
-            &read_dev(&m, "base"),
+            &m.read_dev("base").unwrap(),
             &model.device(64 * 512, &base),
         );
         assert_same(
             &format!("{context}: top"),
-            &read_dev(&m, "top"),
+            &m.read_dev("top").unwrap(),
             &model.device(40 * 512, &top),
         );
     }
@@ -505,9 +482,9 @@ fn stacked_devices() {
     assert_eq!(m.devices(), vec!["base", "top"]);
     // The kernel sends RELEASE for the handles the reads above closed asynchronously: retry a
     // remove that races with it.
-    m.ok(&remove_retrying("top"));
+    m.ok(&remove_retrying(&["top"]));
     assert_eq!(m.devices(), vec!["base"]);
-    m.ok(&remove_retrying("base"));
+    m.ok(&remove_retrying(&["base"]));
     assert!(m.devices().is_empty());
 }
 
@@ -617,7 +594,7 @@ fn concurrent_writers_and_readers() {
     model.check_files(&m, "after concurrent writes");
     assert_same(
         "dev/c after concurrent writes",
-        &read_dev(&m, "c"),
+        &m.read_dev("c").unwrap(),
         &model.device(size, &map),
     );
 }
@@ -673,14 +650,14 @@ fn relative_paths_resolve_against_the_writers_directory() {
         for (dev, sectors, map) in &maps {
             assert_same(
                 &format!("{context}: dev/{dev}"),
-                &read_dev(&m, dev),
+                &m.read_dev(dev).unwrap(),
                 &model.device(sectors * 512, &**map),
             );
         }
     };
     check(&model, "before writes");
     let data = pseudo_random(1, 777);
-    dd_write(&m, "inside", 333, &data);
+    m.dd_write("inside", 333, &data);
     model.write(333, &data, &*maps[4].2);
     model.check_files(&m, "after a write through inside");
     check(&model, "after a write through inside");

@@ -31,8 +31,7 @@ fn accepted_tables_print_and_read_as_the_kernel() {
         .filter(|b| b.kind == "case" && b.one("createfail").is_none())
     {
         let name = &b.name;
-        std::fs::write(m.mnt.join("ctl/create").join(name), table_text(&m, b))
-            .unwrap_or_else(|e| panic!("{name}: create failed: {e}\n{}", m.read("ctl/errors")));
+        m.create(name, &table_text(&m, b));
         let expect = |key| {
             b.all(key)
                 .iter()
@@ -87,7 +86,7 @@ fn writes_land_where_the_kernel_put_them() {
         let m = Mount::new();
         make_disks(&m);
         let name = &b.name;
-        std::fs::write(m.mnt.join("ctl/create").join(name), table_text(&m, b)).unwrap();
+        m.create(name, &table_text(&m, b));
         let (seek, count) = (b.one("seek").unwrap(), b.one("count").unwrap());
         m.ok(&format!(
             "head -c $(({count} * 512)) /dev/zero | tr '\\0' '\\253' | \
@@ -131,8 +130,7 @@ fn refused_tables_are_refused_with_the_kernels_words() {
             continue; // name cases: the tables are fine; names are covered by bad_input.rs
         }
         let table = table_text(&m, b);
-        let target = m.mnt.join("ctl/create/refused");
-        let result = std::fs::write(&target, &table);
+        let result = m.write_table("create", "refused", &table);
         assert!(
             result.is_err(),
             "{}: dmfs accepted what the kernel refused:\n{table}",

@@ -5,297 +5,16 @@
 //! dm-snap-transient.c), never read back from dmfs.
 
 mod common;
+use common::snapshot::*;
 use common::*;
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
-use std::os::fd::IntoRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-
-// ---------------------------------------------------------------------------------------------
-// Helpers
-// ---------------------------------------------------------------------------------------------
-
-/// The absolute path of a file in the mount's scratch directory, as tables name it.
-fn abs(m: &Mount, rel: &str) -> String {
-    m.path(rel).display().to_string()
-}
-
-/// A zero-filled file of `bytes` bytes (a fresh COW device).
-fn zero_file(path: &Path, bytes: u64) {
-    File::create(path).unwrap().set_len(bytes).unwrap();
-}
-
-/// close(2) of a descriptor, with its error: dmfs answers table and command writes there.
-fn checked_close(f: File) -> io::Result<()> {
-    let fd = f.into_raw_fd();
-    // SAFETY: `fd` was just released by `into_raw_fd` and is closed exactly once.
-    if unsafe { libc::close(fd) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// Writes `text` into ctl/DIR/NAME (one write(2)) and closes it, returning the first failure.
-fn write_table(m: &Mount, dir: &str, name: &str, text: &str) -> io::Result<()> {
-    let path = m.mnt.join("ctl").join(dir).join(name);
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)?;
-    f.write_all(text.as_bytes())?;
-    checked_close(f)
-}
-
-/// Writes `NAME\n` into ctl/FILE (remove, suspend, resume) and closes it.
-fn ctl(m: &Mount, file: &str, name: &str) -> io::Result<()> {
-    let mut f = OpenOptions::new()
-        .write(true)
-        .open(m.mnt.join("ctl").join(file))?;
-    f.write_all(format!("{name}\n").as_bytes())?;
-    checked_close(f)
-}
-
-fn must(m: &Mount, what: &str, r: io::Result<()>) {
-    if let Err(e) = r {
-        panic!(
-            "{what}: {e}\nctl/errors:\n{}\nlog:\n{}",
-            m.read("ctl/errors"),
-            m.log()
-        );
-    }
-}
-
-fn create(m: &Mount, name: &str, table: &str) {
-    let r = write_table(m, "create", name, &format!("{table}\n"));
-    must(m, &format!("create {name}: {table}"), r);
-    assert!(m.mnt.join("dev").join(name).exists(), "dev/{name} missing");
-}
-
-/// reload + suspend + resume, as lvm swaps a table.
-fn replace_table(m: &Mount, name: &str, table: &str) {
-    let r = write_table(m, "reload", name, &format!("{table}\n"));
-    must(m, &format!("reload {name}: {table}"), r);
-    must(m, &format!("suspend {name}"), ctl(m, "suspend", name));
-    must(m, &format!("resume {name}"), ctl(m, "resume", name));
-}
-
-/// Removes a device, retrying while the asynchronous release of a just-closed handle has not
-/// reached dmfs yet (EBUSY); the device must then be gone.
-fn remove(m: &Mount, name: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match ctl(m, "remove", name) {
-            Ok(()) => break,
-            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(20))
-            }
-            Err(e) => panic!("remove {name}: {e}\nctl/errors:\n{}", m.read("ctl/errors")),
-        }
-    }
-    assert!(
-        !m.mnt.join("dev").join(name).exists(),
-        "dev/{name} still there"
-    );
-}
-
-/// `dmsetup status NAME`, without the newline.
-fn status(m: &Mount, name: &str) -> String {
-    m.read(&format!("dm/{name}/status"))
-        .strip_suffix('\n')
-        .expect("status ends with a newline")
-        .to_string()
-}
-
-/// The event number `dmsetup info NAME` shows.
-fn event_nr(m: &Mount, name: &str) -> u32 {
-    let info = m.read(&format!("dm/{name}/info"));
-    info.lines()
-        .find_map(|l| l.strip_prefix("Event number:"))
-        .unwrap_or_else(|| panic!("no event number in {info:?}"))
-        .trim()
-        .parse()
-        .unwrap()
-}
-
-/// Opens dev/NAME for reading and writing; O_DIRECT in writeback mode (`write_through_flags`):
-/// these tests check status lines and exception counts right after their writes.
-fn open_dev(m: &Mount, name: &str) -> File {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(write_through_flags())
-        .open(m.mnt.join("dev").join(name))
-        .unwrap_or_else(|e| panic!("open dev/{name}: {e}"))
-}
-
-/// The whole of dev/NAME, read with one open and pread(2)s.
-fn read_dev(m: &Mount, name: &str) -> io::Result<Vec<u8>> {
-    std::fs::read(m.mnt.join("dev").join(name))
-}
-
-fn read_at(f: &File, len: usize) -> Vec<u8> {
-    let mut buf = vec![0u8; len];
-    f.read_exact_at(&mut buf, 0).unwrap();
-    buf
-}
-
-/// Writes `data` at byte `off` of dev/NAME with one dd write(2), conv=notrunc (and
-/// oflag=direct when asked, and always in writeback mode: see `write_through_flags`).
-fn dd_write(m: &Mount, dev: &str, off: u64, data: &[u8], direct: bool) {
-    std::fs::write(m.path("data.bin"), data).unwrap();
-    let direct = direct || cache_mode() == CacheMode::Writeback;
-    let oflag = if direct {
-        "direct,seek_bytes"
-    } else {
-        "seek_bytes"
-    };
-    m.ok(&format!(
-        "dd if=data.bin of=$MNT/dev/{dev} bs=16M oflag={oflag} seek={off} conv=notrunc status=none"
-    ));
-}
-
-/// The chunks (of `chunk` sectors) a write of `len` bytes at byte `off` touches: the kernel
-/// sees whole sectors, so a partial sector counts as the sector.
-fn chunks_of(off: u64, len: u64, chunk: u64) -> std::ops::RangeInclusive<u64> {
-    let first = off / 512;
-    let last = (off + len).div_ceil(512) - 1;
-    first / chunk..=last / chunk
-}
-
-#[derive(Clone, Copy, PartialEq, Debug)]
-enum Store {
-    /// `P` / `PO`.
-    Persistent,
-    /// `N`.
-    Transient,
-}
-
-/// The kernel's `persistent_usage` after `n` exceptions with `chunk`-sector chunks:
-/// `next_free` starts at 2 (the header chunk and the first metadata area), each exception
-/// takes the next chunk, skipping the metadata chunks (`next_free % (epa + 1) == 1`, the
-/// kernel's `skip_metadata`); an area holds `epa = chunk bytes / 16` exceptions and the next
-/// area is started once it is full. Returns (allocated, metadata) sectors.
-fn persistent_usage(chunk: u64, n: u64) -> (u64, u64) {
-    let epa = chunk * 512 / 16;
-    let mut next_free = 2;
-    for _ in 0..n {
-        next_free += 1;
-        if next_free % (epa + 1) == 1 {
-            next_free += 1;
-        }
-    }
-    (next_free * chunk, (n / epa + 2) * chunk)
-}
-
-/// The `dmsetup status` line of a snapshot of `len` sectors with `n` exceptions: the
-/// persistent store as above, the transient one `next_free/size 0` (dm-snap-transient.c).
-fn snap_status(
-    target: &str,
-    len: u64,
-    store: Store,
-    chunk: u64,
-    cow_sectors: u64,
-    n: u64,
-) -> String {
-    let (allocated, metadata) = match store {
-        Store::Persistent => persistent_usage(chunk, n),
-        Store::Transient => (n * chunk, 0),
-    };
-    format!("0 {len} {target} {allocated}/{cow_sectors} {metadata}")
-}
-
-fn store_of(ty: &str) -> Store {
-    if ty.starts_with('N') {
-        Store::Transient
-    } else {
-        Store::Persistent
-    }
-}
-
-/// The errno of a failed I/O, for messages.
-fn errno_of(r: &io::Result<Vec<u8>>) -> Option<i32> {
-    r.as_ref().err().and_then(io::Error::raw_os_error)
-}
-
-/// A persistent COW file read back in the kernel's on-disk format (dm-snap-persistent.c),
-/// independently of dmfs: chunk 0 holds the header (magic "SnAp", valid, version 1, chunk
-/// size, little-endian u32s); metadata areas sit at chunk `1 + (epa + 1) * i`, each with up to
-/// `epa = chunk bytes / 16` (old chunk, new chunk) u64 pairs; a pair whose new chunk is 0 ends
-/// the list, and only a full area is followed by another.
-struct Cow {
-    valid: bool,
-    chunk: u64,
-    exceptions: Vec<(u64, u64)>,
-}
-
-fn parse_cow(bytes: &[u8]) -> Cow {
-    let word = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
-    assert_eq!(&bytes[..4], b"SnAp", "COW magic");
-    assert_eq!(word(8), 1, "COW version");
-    let chunk = word(12) as u64;
-    let chunk_bytes = chunk as usize * 512;
-    let epa = chunk_bytes / 16;
-    let mut exceptions = Vec::new();
-    let mut area = 0;
-    'areas: loop {
-        let at = (1 + (epa + 1) * area) * chunk_bytes;
-        for i in 0..epa {
-            let e = at + i * 16;
-            let old = u64::from_le_bytes(bytes[e..e + 8].try_into().unwrap());
-            let new = u64::from_le_bytes(bytes[e + 8..e + 16].try_into().unwrap());
-            if new == 0 {
-                break 'areas;
-            }
-            exceptions.push((old, new));
-        }
-        area += 1;
-    }
-    Cow {
-        valid: word(4) == 1,
-        chunk,
-        exceptions,
-    }
-}
-
-/// Checks a persistent COW file against what the snapshot must hold: exactly the origin
-/// chunks `excepted`, each new chunk a data chunk (not the header, not a metadata area, used
-/// once), holding `image`'s bytes for that chunk (the snapshot's image: the original data, or
-/// what was written to the snapshot).
-fn check_cow(what: &str, cow: &[u8], image: &[u8], excepted: &BTreeSet<u64>) {
-    let parsed = parse_cow(cow);
-    assert!(parsed.valid, "{what}: COW marked invalid");
-    let chunk_bytes = parsed.chunk as usize * 512;
-    let epa = parsed.chunk * 512 / 16;
-    let olds: BTreeSet<u64> = parsed.exceptions.iter().map(|e| e.0).collect();
-    assert_eq!(
-        olds.len(),
-        parsed.exceptions.len(),
-        "{what}: an origin chunk saved twice"
-    );
-    assert_eq!(&olds, excepted, "{what}: the chunks in the COW metadata");
-    let mut news = BTreeSet::new();
-    for &(old, new) in &parsed.exceptions {
-        assert!(
-            new >= 2 && new % (epa + 1) != 1 && news.insert(new),
-            "{what}: chunk {old} saved in chunk {new}, a header, metadata or reused chunk"
-        );
-        let from = old as usize * chunk_bytes;
-        let len = chunk_bytes.min(image.len() - from);
-        let got = &cow[new as usize * chunk_bytes..][..len];
-        assert_same(
-            &format!("{what}: COW chunk {new} (origin chunk {old})"),
-            got,
-            &image[from..from + len],
-        );
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // 1. The classic tables
@@ -314,8 +33,8 @@ fn classic(ty: &str, direct: bool) {
     std::fs::write(m.path("saved.img"), &saved).unwrap();
     let (o, c) = (abs(&m, "origin.img"), abs(&m, "cow.img"));
     let store = store_of(ty);
-    create(&m, "origin", &format!("0 {SECTORS} snapshot-origin {o}"));
-    create(&m, "snap", &format!("0 {SECTORS} snapshot {o} {c} {ty} 8"));
+    m.create("origin", &format!("0 {SECTORS} snapshot-origin {o}"));
+    m.create("snap", &format!("0 {SECTORS} snapshot {o} {c} {ty} 8"));
     assert_eq!(
         m.read("dm/origin/table"),
         format!("0 {SECTORS} snapshot-origin {o}\n")
@@ -335,15 +54,12 @@ fn classic(ty: &str, direct: bool) {
         format!("1 dependencies\t: ({o})\n")
     );
     // The kernel's origin_status emits nothing; dmsetup prints the line with a blank after it.
-    assert_eq!(
-        status(&m, "origin"),
-        format!("0 {SECTORS} snapshot-origin ")
-    );
+    assert_eq!(m.status("origin"), format!("0 {SECTORS} snapshot-origin "));
     let none_yet = match store {
         Store::Persistent => "0 8192 snapshot 16/8192 16",
         Store::Transient => "0 8192 snapshot 0/8192 0",
     };
-    assert_eq!(status(&m, "snap"), none_yet);
+    assert_eq!(m.status("snap"), none_yet);
     if store == Store::Persistent {
         // The header went to disk at create: magic "SnAp", valid 1, version 1, chunk 8.
         let cow = std::fs::read(m.path("cow.img")).unwrap();
@@ -371,12 +87,12 @@ fn classic(ty: &str, direct: bool) {
     let mut excepted = BTreeSet::new();
     for (i, &(off, len)) in writes.iter().enumerate() {
         let data = pseudo_random(100 + i as u64, len);
-        dd_write(&m, "origin", off, &data, direct);
+        m.dd_write_through("origin", off, &data, direct);
         model[off as usize..off as usize + len].copy_from_slice(&data);
         excepted.extend(chunks_of(off, len as u64, 8));
         let want = snap_status("snapshot", SECTORS, store, 8, 8192, excepted.len() as u64);
         assert_eq!(
-            status(&m, "snap"),
+            m.status("snap"),
             want,
             "after write {i} ({len} bytes at {off})"
         );
@@ -386,7 +102,7 @@ fn classic(ty: &str, direct: bool) {
                 Store::Persistent => "0 8192 snapshot 24/8192 16",
                 Store::Transient => "0 8192 snapshot 8/8192 0",
             };
-            assert_eq!(status(&m, "snap"), first);
+            assert_eq!(m.status("snap"), first);
         }
     }
     m.ok("cmp $MNT/dev/snap saved.img");
@@ -394,8 +110,8 @@ fn classic(ty: &str, direct: bool) {
         let cow = std::fs::read(m.path("cow.img")).unwrap();
         check_cow("cow.img", &cow, &saved, &excepted);
     }
-    assert_same("dev/snap", &read_dev(&m, "snap").unwrap(), &saved);
-    assert_same("dev/origin", &read_dev(&m, "origin").unwrap(), &model);
+    assert_same("dev/snap", &m.read_dev("snap").unwrap(), &saved);
+    assert_same("dev/origin", &m.read_dev("origin").unwrap(), &model);
     assert_same(
         "origin.img",
         &std::fs::read(m.path("origin.img")).unwrap(),
@@ -443,11 +159,11 @@ fn first_write_copies_bypass_the_page_cache() {
     std::fs::write(m.path("o.img"), &old).unwrap();
     zero_file(&m.path("cow.img"), 8 << 20);
     let (o, c) = (abs(&m, "o.img"), abs(&m, "cow.img"));
-    create(&m, "orig", &format!("0 8192 snapshot-origin {o}"));
-    create(&m, "snap", &format!("0 8192 snapshot {o} {c} P 32"));
-    dd_write(&m, "orig", 1 << 20, &pseudo_random(42, 1 << 20), true);
+    m.create("orig", &format!("0 8192 snapshot-origin {o}"));
+    m.create("snap", &format!("0 8192 snapshot {o} {c} P 32"));
+    m.dd_write_through("orig", 1 << 20, &pseudo_random(42, 1 << 20), true);
     assert_eq!(
-        status(&m, "snap"),
+        m.status("snap"),
         snap_status("snapshot", 8192, Store::Persistent, 32, 16384, 64)
     );
     let fs = m.ok("stat -f -c %T cow.img");
@@ -466,7 +182,7 @@ fn first_write_copies_bypass_the_page_cache() {
     }
     assert_same(
         "snapshot after the first write",
-        &read_dev(&m, "snap").unwrap(),
+        &m.read_dev("snap").unwrap(),
         &old,
     );
 }
@@ -481,13 +197,12 @@ fn lvm_style_stack_over_a_linear_device() {
     let saved = disk[100 * 512..].to_vec();
     let real = format!("{}/dev/base-real", m.mnt.display());
     let c = abs(&m, "cow.img");
-    create(
-        &m,
+    m.create(
         "base-real",
         &format!("0 {SECTORS} linear {} 100", abs(&m, "disk.img")),
     );
-    create(&m, "base", &format!("0 {SECTORS} snapshot-origin {real}"));
-    create(&m, "snap", &format!("0 {SECTORS} snapshot {real} {c} P 16"));
+    m.create("base", &format!("0 {SECTORS} snapshot-origin {real}"));
+    m.create("snap", &format!("0 {SECTORS} snapshot {real} {c} P 16"));
     let mut model = saved.clone();
     let mut excepted = BTreeSet::new();
     for (i, &(off, len)) in [(0u64, 8192usize), (70000, 3000), (1 << 20, 200000)]
@@ -495,12 +210,12 @@ fn lvm_style_stack_over_a_linear_device() {
         .enumerate()
     {
         let data = pseudo_random(200 + i as u64, len);
-        dd_write(&m, "base", off, &data, false);
+        m.dd_write_through("base", off, &data, false);
         model[off as usize..off as usize + len].copy_from_slice(&data);
         excepted.extend(chunks_of(off, len as u64, 16));
     }
     assert_eq!(
-        status(&m, "snap"),
+        m.status("snap"),
         snap_status(
             "snapshot",
             SECTORS,
@@ -510,9 +225,9 @@ fn lvm_style_stack_over_a_linear_device() {
             excepted.len() as u64
         )
     );
-    assert_same("dev/snap", &read_dev(&m, "snap").unwrap(), &saved);
-    assert_same("dev/base", &read_dev(&m, "base").unwrap(), &model);
-    assert_same("dev/base-real", &read_dev(&m, "base-real").unwrap(), &model);
+    assert_same("dev/snap", &m.read_dev("snap").unwrap(), &saved);
+    assert_same("dev/base", &m.read_dev("base").unwrap(), &model);
+    assert_same("dev/base-real", &m.read_dev("base-real").unwrap(), &model);
     let on_disk = std::fs::read(m.path("disk.img")).unwrap();
     assert_same(
         "disk.img before the device",
@@ -562,23 +277,22 @@ fn model_of_an_origin_and_writable_snapshots() {
     let m = Mount::new();
     write_pattern_image(&m.path("origin.img"), 2, SECTORS);
     let o = abs(&m, "origin.img");
-    create(&m, "origin", &format!("0 {SECTORS} snapshot-origin {o}"));
-    create(&m, "lin", &format!("0 {SECTORS} linear {o} 0"));
+    m.create("origin", &format!("0 {SECTORS} snapshot-origin {o}"));
+    m.create("lin", &format!("0 {SECTORS} linear {o} 0"));
     let mut origin = pattern_image(2, SECTORS);
-    let origin_file = open_dev(&m, "origin");
-    let lin = open_dev(&m, "lin");
+    let origin_file = m.open_dev("origin");
+    let lin = m.open_dev("lin");
     let mut snaps: Vec<View> = Vec::new();
     let add_snap = |snaps: &mut Vec<View>, origin: &[u8], name: &str, ty: &str, chunk: u64| {
         let cow = format!("{name}.cow");
         zero_file(&m.path(&cow), 2 << 20);
-        create(
-            &m,
+        m.create(
             name,
             &format!("0 {SECTORS} snapshot {o} {} {ty} {chunk}", abs(&m, &cow)),
         );
         snaps.push(View {
             name: name.to_string(),
-            file: open_dev(&m, name),
+            file: m.open_dev(name),
             data: origin.to_vec(),
             store: store_of(ty),
             chunk,
@@ -612,7 +326,7 @@ fn model_of_an_origin_and_writable_snapshots() {
                 &s.data,
             );
             assert_eq!(
-                status(&m, &s.name),
+                m.status(&s.name),
                 s.expected_status(SECTORS),
                 "{when}: status of {}",
                 s.name
@@ -684,11 +398,11 @@ fn overflow_invalidates_persistent_and_transient_snapshots() {
     let (o, p, n) = (abs(&m, "origin.img"), abs(&m, "p.cow"), abs(&m, "n.cow"));
     let p_table = format!("0 {SECTORS} snapshot {o} {p} P 8");
     let n_table = format!("0 {SECTORS} snapshot {o} {n} N 8");
-    create(&m, "origin", &format!("0 {SECTORS} snapshot-origin {o}"));
-    create(&m, "sp", &p_table);
-    create(&m, "sn", &n_table);
+    m.create("origin", &format!("0 {SECTORS} snapshot-origin {o}"));
+    m.create("sp", &p_table);
+    m.create("sn", &n_table);
     let mut model = saved.clone();
-    let origin = open_dev(&m, "origin");
+    let origin = m.open_dev("origin");
     let eio = Some(libc::EIO);
     for i in 0..12u64 {
         // Chunk 3i: never two writes in one chunk.
@@ -709,28 +423,28 @@ fn overflow_invalidates_persistent_and_transient_snapshots() {
         } else {
             format!("0 {SECTORS} snapshot Invalid")
         };
-        assert_eq!(status(&m, "sp"), want_p, "after {done} writes");
-        assert_eq!(status(&m, "sn"), want_n, "after {done} writes");
+        assert_eq!(m.status("sp"), want_p, "after {done} writes");
+        assert_eq!(m.status("sn"), want_n, "after {done} writes");
         // Invalidation raises one event on the snapshot device (__invalidate_snapshot ->
         // dm_table_event), once.
         assert_eq!(
-            event_nr(&m, "sp"),
+            m.event_nr("sp"),
             u32::from(done > 6),
             "sp events after {done}"
         );
         assert_eq!(
-            event_nr(&m, "sn"),
+            m.event_nr("sn"),
             u32::from(done > 8),
             "sn events after {done}"
         );
-        assert_eq!(event_nr(&m, "origin"), 0);
+        assert_eq!(m.event_nr("origin"), 0);
         for (name, valid) in [("sp", done <= 6), ("sn", done <= 8)] {
-            let r = read_dev(&m, name);
+            let r = m.read_dev(name);
             if valid {
                 assert_same(&format!("dev/{name} after {done}"), &r.unwrap(), &saved);
             } else {
                 assert_eq!(errno_of(&r), eio, "dev/{name} after {done}: {r:?}");
-                let w = open_dev(&m, name).write_all_at(&[1u8; 512], 0);
+                let w = m.open_dev(name).write_all_at(&[1u8; 512], 0);
                 assert_eq!(w.err().and_then(|e| e.raw_os_error()), eio);
             }
         }
@@ -750,38 +464,34 @@ fn overflow_invalidates_persistent_and_transient_snapshots() {
         &model,
     );
     drop(origin);
-    remove(&m, "sp");
-    remove(&m, "sn");
-    create(&m, "sp", &p_table);
-    assert_eq!(status(&m, "sp"), format!("0 {SECTORS} snapshot Invalid"));
-    assert_eq!(errno_of(&read_dev(&m, "sp")), eio);
+    m.remove("sp");
+    m.remove("sn");
+    m.create("sp", &p_table);
+    assert_eq!(m.status("sp"), format!("0 {SECTORS} snapshot Invalid"));
+    assert_eq!(errno_of(&m.read_dev("sp")), eio);
     assert_eq!(std::fs::read(m.path("p.cow")).unwrap()[4], 0);
-    create(&m, "sn", &n_table);
+    m.create("sn", &n_table);
     assert_eq!(
-        status(&m, "sn"),
+        m.status("sn"),
         snap_status("snapshot", SECTORS, Store::Transient, 8, 64, 0)
     );
-    assert_same("re-created dev/sn", &read_dev(&m, "sn").unwrap(), &model);
+    assert_same("re-created dev/sn", &m.read_dev("sn").unwrap(), &model);
     // An invalid snapshot cannot be merged: snapshot-merge on its COW says `Invalid` and
     // passes all I/O to the origin (snapshot_merge_map: "Full merging snapshots are
     // redirected to the origin").
-    remove(&m, "sp");
-    replace_table(
-        &m,
-        "origin",
-        &format!("0 {SECTORS} snapshot-merge {o} {p} P 8"),
-    );
+    m.remove("sp");
+    m.replace_table("origin", &format!("0 {SECTORS} snapshot-merge {o} {p} P 8"));
     assert_eq!(
-        status(&m, "origin"),
+        m.status("origin"),
         format!("0 {SECTORS} snapshot-merge Invalid")
     );
     assert_same(
         "dev/origin merging an invalid snapshot",
-        &read_dev(&m, "origin").unwrap(),
+        &m.read_dev("origin").unwrap(),
         &model,
     );
     let data = pseudo_random(320, 3000);
-    open_dev(&m, "origin").write_all_at(&data, 100).unwrap();
+    m.open_dev("origin").write_all_at(&data, 100).unwrap();
     model[100..3100].copy_from_slice(&data);
     assert_same(
         "origin.img after a write through the merge target",
@@ -791,10 +501,10 @@ fn overflow_invalidates_persistent_and_transient_snapshots() {
     // The N snapshot still saves what origin writes overwrite.
     assert_same(
         "dev/sn at the end",
-        &read_dev(&m, "sn").unwrap()[3100..],
+        &m.read_dev("sn").unwrap()[3100..],
         &model[3100..],
     );
-    assert_ne!(read_dev(&m, "sn").unwrap()[100..3100], model[100..3100]);
+    assert_ne!(m.read_dev("sn").unwrap()[100..3100], model[100..3100]);
 }
 
 /// PO: a snapshot write that finds the COW device full fails with EIO and marks the snapshot
@@ -809,12 +519,12 @@ fn overflow_of_a_po_snapshot() {
     write_pattern_image(&m.path("origin.img"), 4, SECTORS);
     zero_file(&m.path("c.cow"), 32 << 10);
     let (o, c) = (abs(&m, "origin.img"), abs(&m, "c.cow"));
-    create(&m, "origin", &format!("0 {SECTORS} snapshot-origin {o}"));
-    create(&m, "po", &format!("0 {SECTORS} snapshot {o} {c} PO 8"));
+    m.create("origin", &format!("0 {SECTORS} snapshot-origin {o}"));
+    m.create("po", &format!("0 {SECTORS} snapshot {o} {c} PO 8"));
     let mut origin_model = pattern_image(4, SECTORS);
     let mut snap_model = origin_model.clone();
-    let snap = open_dev(&m, "po");
-    let origin = open_dev(&m, "origin");
+    let snap = m.open_dev("po");
+    let origin = m.open_dev("origin");
     let eio = Some(libc::EIO);
     // Six chunks fit: whole-chunk writes and a partial one.
     for i in 0..6u64 {
@@ -828,14 +538,14 @@ fn overflow_of_a_po_snapshot() {
         snap_model[off as usize..off as usize + len].copy_from_slice(&data);
     }
     assert_eq!(
-        status(&m, "po"),
+        m.status("po"),
         snap_status("snapshot", SECTORS, Store::Persistent, 8, 64, 6)
     );
     let w = snap.write_all_at(&pseudo_random(406, 4096), 10 * 4096);
     assert_eq!(w.err().and_then(|e| e.raw_os_error()), eio);
-    assert_eq!(status(&m, "po"), format!("0 {SECTORS} snapshot Overflow"));
+    assert_eq!(m.status("po"), format!("0 {SECTORS} snapshot Overflow"));
     // Overflowing raises no event (snapshot_map only logs it); invalidating does, below.
-    assert_eq!(event_nr(&m, "po"), 0);
+    assert_eq!(m.event_nr("po"), 0);
     // Even a chunk that has its exception: an overflowed snapshot takes no more writes.
     let w = snap.write_all_at(&[7u8; 512], 0);
     assert_eq!(w.err().and_then(|e| e.raw_os_error()), eio);
@@ -849,14 +559,14 @@ fn overflow_of_a_po_snapshot() {
     let data = pseudo_random(407, 4096);
     origin.write_all_at(&data, 4096).unwrap();
     origin_model[4096..8192].copy_from_slice(&data);
-    assert_eq!(status(&m, "po"), format!("0 {SECTORS} snapshot Overflow"));
+    assert_eq!(m.status("po"), format!("0 {SECTORS} snapshot Overflow"));
     assert_same("dev/po", &read_at(&snap, snap_model.len()), &snap_model);
     // One that needs a new exception invalidates it.
     let data = pseudo_random(408, 4096);
     origin.write_all_at(&data, 20 * 4096).unwrap();
     origin_model[20 * 4096..21 * 4096].copy_from_slice(&data);
-    assert_eq!(status(&m, "po"), format!("0 {SECTORS} snapshot Invalid"));
-    assert_eq!(event_nr(&m, "po"), 1);
+    assert_eq!(m.status("po"), format!("0 {SECTORS} snapshot Invalid"));
+    assert_eq!(m.event_nr("po"), 1);
     let mut buf = [0u8; 512];
     let r = snap.read_exact_at(&mut buf, 0);
     assert_eq!(r.err().and_then(|e| e.raw_os_error()), eio);
@@ -892,12 +602,12 @@ fn persistent_snapshot_survives_a_remount_and_transient_starts_afresh() {
     let mut p_model = origin_model.clone();
     let mut p_excepted = BTreeSet::new();
     {
-        create(&m, "origin", &origin_table);
-        create(&m, "sp", &p_table);
-        create(&m, "sn", &n_table);
-        let origin = open_dev(&m, "origin");
-        let sp = open_dev(&m, "sp");
-        let sn = open_dev(&m, "sn");
+        m.create("origin", &origin_table);
+        m.create("sp", &p_table);
+        m.create("sn", &n_table);
+        let origin = m.open_dev("origin");
+        let sp = m.open_dev("sp");
+        let sn = m.open_dev("sn");
         let mut rng = Rng::seeded(11);
         // Chunk 2 (1 KiB): 64 exceptions per area, so the writes span several areas.
         for i in 0..60u64 {
@@ -924,7 +634,7 @@ fn persistent_snapshot_survives_a_remount_and_transient_starts_afresh() {
         assert!(p_excepted.len() > 128, "the test should fill areas");
         assert_same("dev/sp", &read_at(&sp, p_model.len()), &p_model);
         assert_eq!(
-            status(&m, "sp"),
+            m.status("sp"),
             snap_status(
                 "snapshot",
                 SECTORS,
@@ -935,51 +645,47 @@ fn persistent_snapshot_survives_a_remount_and_transient_starts_afresh() {
             )
         );
         assert_ne!(
-            status(&m, "sn"),
+            m.status("sn"),
             snap_status("snapshot", SECTORS, Store::Transient, 8, 2048, 0)
         );
     }
-    let p_status = status(&m, "sp");
-    remove(&m, "sp");
-    remove(&m, "sn");
-    remove(&m, "origin");
+    let p_status = m.status("sp");
+    m.remove("sp");
+    m.remove("sn");
+    m.remove("origin");
     m.stop();
     assert!(!m.is_mounted());
     m.start(&[]);
-    create(&m, "origin", &origin_table);
+    m.create("origin", &origin_table);
     // The chunk size in the COW header overrides the table's (persistent_read_metadata), and
     // the table then shows the header's.
-    create(&m, "sp", &p_table.replace(" P 2", " P 16"));
+    m.create("sp", &p_table.replace(" P 2", " P 16"));
     assert_eq!(m.read("dm/sp/table"), format!("{p_table}\n"));
-    create(&m, "sn", &n_table);
-    assert_eq!(status(&m, "sp"), p_status);
+    m.create("sn", &n_table);
+    assert_eq!(m.status("sp"), p_status);
     check_cow(
         "p.cow after remount",
         &std::fs::read(m.path("p.cow")).unwrap(),
         &p_model,
         &p_excepted,
     );
-    assert_same(
-        "dev/sp after remount",
-        &read_dev(&m, "sp").unwrap(),
-        &p_model,
-    );
+    assert_same("dev/sp after remount", &m.read_dev("sp").unwrap(), &p_model);
     assert_eq!(
-        status(&m, "sn"),
+        m.status("sn"),
         snap_status("snapshot", SECTORS, Store::Transient, 8, 2048, 0)
     );
     assert_same(
         "dev/sn after remount",
-        &read_dev(&m, "sn").unwrap(),
+        &m.read_dev("sn").unwrap(),
         &origin_model,
     );
     assert_same(
         "dev/origin after remount",
-        &read_dev(&m, "origin").unwrap(),
+        &m.read_dev("origin").unwrap(),
         &origin_model,
     );
     // New exceptions after the reload go to fresh COW chunks: nothing reloaded is overwritten.
-    let origin = open_dev(&m, "origin");
+    let origin = m.open_dev("origin");
     for i in 0..40u64 {
         let off = i * 25 * 1024 + 512;
         let data = pseudo_random(600 + i, 1024);
@@ -989,7 +695,7 @@ fn persistent_snapshot_survives_a_remount_and_transient_starts_afresh() {
     }
     assert_same(
         "dev/sp after new writes",
-        &read_dev(&m, "sp").unwrap(),
+        &m.read_dev("sp").unwrap(),
         &p_model,
     );
     assert_same(
@@ -998,7 +704,7 @@ fn persistent_snapshot_survives_a_remount_and_transient_starts_afresh() {
         &origin_model,
     );
     assert_eq!(
-        status(&m, "sp"),
+        m.status("sp"),
         snap_status(
             "snapshot",
             SECTORS,
@@ -1046,8 +752,8 @@ fn kill9_keeps_fsynced_writes_and_the_snapshot() {
     let mut model = saved.clone();
     let mut excepted: BTreeSet<u64> = BTreeSet::new();
     let mut next = 0usize;
-    create(&m, "origin", &origin_table);
-    create(&m, "snap", &snap_table);
+    m.create("origin", &origin_table);
+    m.create("snap", &snap_table);
     for cycle in 0..5 {
         let done = Arc::new(AtomicUsize::new(next));
         let started = Arc::new(AtomicUsize::new(next));
@@ -1119,16 +825,16 @@ fn kill9_keeps_fsynced_writes_and_the_snapshot() {
         }
         assert_same(&format!("cycle {cycle}: origin.img"), &disk, &model);
         m.start(&[]);
-        create(&m, "origin", &origin_table);
-        create(&m, "snap", &snap_table);
+        m.create("origin", &origin_table);
+        m.create("snap", &snap_table);
         assert_same(
             &format!("cycle {cycle}: dev/snap"),
-            &read_dev(&m, "snap").unwrap(),
+            &m.read_dev("snap").unwrap(),
             &saved,
         );
         assert_same(
             &format!("cycle {cycle}: dev/origin"),
-            &read_dev(&m, "origin").unwrap(),
+            &m.read_dev("origin").unwrap(),
             &model,
         );
         // The exceptions of the record in flight may or may not have reached the store
@@ -1153,7 +859,7 @@ fn kill9_keeps_fsynced_writes_and_the_snapshot() {
             &excepted,
         );
         assert_eq!(
-            status(&m, "snap"),
+            m.status("snap"),
             snap_status(
                 "snapshot",
                 SECTORS,
@@ -1191,20 +897,17 @@ fn concurrent_origin_writers_never_show_through_the_snapshot() {
     zero_file(&m.path("n.cow"), 4 << 20);
     let saved = Arc::new(pattern_image(7, SECTORS));
     let o = abs(&m, "origin.img");
-    create(&m, "origin", &format!("0 {SECTORS} snapshot-origin {o}"));
-    create(
-        &m,
+    m.create("origin", &format!("0 {SECTORS} snapshot-origin {o}"));
+    m.create(
         "sp",
         &format!("0 {SECTORS} snapshot {o} {} P 8", abs(&m, "p.cow")),
     );
-    create(
-        &m,
+    m.create(
         "sn",
         &format!("0 {SECTORS} snapshot {o} {} N 32", abs(&m, "n.cow")),
     );
     zero_file(&m.path("w.cow"), 4 << 20);
-    create(
-        &m,
+    m.create(
         "sw",
         &format!("0 {SECTORS} snapshot {o} {} P 16", abs(&m, "w.cow")),
     );
@@ -1337,7 +1040,7 @@ fn concurrent_origin_writers_never_show_through_the_snapshot() {
         let passes = r.join().unwrap();
         assert!(passes >= 3);
     }
-    let got = read_dev(&m, "origin").unwrap();
+    let got = m.read_dev("origin").unwrap();
     let mut want = saved.to_vec();
     let mut candidates: HashMap<u64, Vec<Vec<u8>>> = HashMap::new();
     let mut touched = BTreeSet::new();
@@ -1372,15 +1075,15 @@ fn concurrent_origin_writers_never_show_through_the_snapshot() {
             ),
         }
     }
-    assert_same("dev/sp", &read_dev(&m, "sp").unwrap(), &saved);
-    assert_same("dev/sn", &read_dev(&m, "sn").unwrap(), &saved);
+    assert_same("dev/sp", &m.read_dev("sp").unwrap(), &saved);
+    assert_same("dev/sn", &m.read_dev("sn").unwrap(), &saved);
     check_cow(
         "p.cow",
         &std::fs::read(m.path("p.cow")).unwrap(),
         &saved,
         &touched,
     );
-    assert_same("dev/sw", &read_dev(&m, "sw").unwrap(), &sw_model);
+    assert_same("dev/sw", &m.read_dev("sw").unwrap(), &sw_model);
     let mut w_chunks: BTreeSet<u64> = touched.iter().map(|b| b / 2).collect();
     w_chunks.extend(sw_plans.iter().flatten().map(|(b, _, _)| b / 2));
     check_cow(
@@ -1390,7 +1093,7 @@ fn concurrent_origin_writers_never_show_through_the_snapshot() {
         &w_chunks,
     );
     assert_eq!(
-        status(&m, "sw"),
+        m.status("sw"),
         snap_status(
             "snapshot",
             SECTORS,
@@ -1403,11 +1106,11 @@ fn concurrent_origin_writers_never_show_through_the_snapshot() {
     let p_chunks = touched.len() as u64;
     let n_chunks = touched.iter().map(|b| b / 4).collect::<BTreeSet<_>>().len() as u64;
     assert_eq!(
-        status(&m, "sp"),
+        m.status("sp"),
         snap_status("snapshot", SECTORS, Store::Persistent, 8, 8192, p_chunks)
     );
     assert_eq!(
-        status(&m, "sn"),
+        m.status("sn"),
         snap_status("snapshot", SECTORS, Store::Transient, 32, 8192, n_chunks)
     );
 }
@@ -1431,18 +1134,14 @@ fn merge_brings_the_origin_back_to_the_snapshot() {
     write_pattern_image(&m.path("origin.img"), 8, SECTORS);
     zero_file(&m.path("c.cow"), 4 << 20);
     let (o, c) = (abs(&m, "origin.img"), abs(&m, "c.cow"));
-    create(&m, "origin", &format!("0 {SECTORS} snapshot-origin {o}"));
-    create(
-        &m,
-        "snap",
-        &format!("0 {SECTORS} snapshot {o} {c} P {CHUNK}"),
-    );
+    m.create("origin", &format!("0 {SECTORS} snapshot-origin {o}"));
+    m.create("snap", &format!("0 {SECTORS} snapshot {o} {c} P {CHUNK}"));
     let mut origin_model = pattern_image(8, SECTORS);
     let mut snap_model = origin_model.clone();
     let mut excepted = BTreeSet::new();
     {
-        let origin = open_dev(&m, "origin");
-        let snap = open_dev(&m, "snap");
+        let origin = m.open_dev("origin");
+        let snap = m.open_dev("snap");
         let mut rng = Rng::seeded(3);
         for i in 0..60u64 {
             let len = 1 + rng.below(20000);
@@ -1468,7 +1167,7 @@ fn merge_brings_the_origin_back_to_the_snapshot() {
     }
     let cow_sectors = 8192;
     assert_eq!(
-        status(&m, "snap"),
+        m.status("snap"),
         snap_status(
             "snapshot",
             SECTORS,
@@ -1478,9 +1177,8 @@ fn merge_brings_the_origin_back_to_the_snapshot() {
             excepted.len() as u64
         )
     );
-    remove(&m, "snap");
-    replace_table(
-        &m,
+    m.remove("snap");
+    m.replace_table(
         "origin",
         &format!("0 {SECTORS} snapshot-merge {o} {c} P {CHUNK}"),
     );
@@ -1495,27 +1193,27 @@ fn merge_brings_the_origin_back_to_the_snapshot() {
     );
     // Suspending pauses the merge (snapshot_merge_presuspend -> stop_merge): the count holds
     // still until resume.
-    must(&m, "suspend origin", ctl(&m, "suspend", "origin"));
-    let paused = status(&m, "origin");
+    m.must("suspend origin", m.ctl("suspend", "origin"));
+    let paused = m.status("origin");
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(
-        status(&m, "origin"),
+        m.status("origin"),
         paused,
         "the merge went on while suspended"
     );
-    must(&m, "resume origin", ctl(&m, "resume", "origin"));
+    m.must("resume origin", m.ctl("resume", "origin"));
     if paused == done {
         eprintln!("note: the merge was over before the suspend");
     }
     assert_same(
         "dev/origin while merging",
-        &read_dev(&m, "origin").unwrap(),
+        &m.read_dev("origin").unwrap(),
         &snap_model,
     );
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut last = u64::MAX;
     loop {
-        let s = status(&m, "origin");
+        let s = m.status("origin");
         let usage = s
             .strip_prefix(&format!("0 {SECTORS} snapshot-merge "))
             .and_then(|u| u.split('/').next())
@@ -1531,7 +1229,7 @@ fn merge_brings_the_origin_back_to_the_snapshot() {
     }
     assert_same(
         "dev/origin merged",
-        &read_dev(&m, "origin").unwrap(),
+        &m.read_dev("origin").unwrap(),
         &snap_model,
     );
     assert_same(
@@ -1540,17 +1238,17 @@ fn merge_brings_the_origin_back_to_the_snapshot() {
         &snap_model,
     );
     let data = pseudo_random(800, 5000);
-    open_dev(&m, "origin").write_all_at(&data, 333).unwrap();
+    m.open_dev("origin").write_all_at(&data, 333).unwrap();
     snap_model[333..5333].copy_from_slice(&data);
     assert_same(
         "origin.img after a write",
         &std::fs::read(m.path("origin.img")).unwrap(),
         &snap_model,
     );
-    replace_table(&m, "origin", &format!("0 {SECTORS} snapshot-origin {o}"));
+    m.replace_table("origin", &format!("0 {SECTORS} snapshot-origin {o}"));
     assert_same(
         "dev/origin at the end",
-        &read_dev(&m, "origin").unwrap(),
+        &m.read_dev("origin").unwrap(),
         &snap_model,
     );
 }
@@ -1574,9 +1272,9 @@ fn bad_snapshot_tables_are_refused_and_change_nothing() {
         abs(&m, "c.cow"),
         abs(&m, "fresh.cow"),
     );
-    create(&m, "origin", &format!("0 {SECTORS} snapshot-origin {o}"));
-    create(&m, "snap", &format!("0 {SECTORS} snapshot {o} {c} P 8"));
-    dd_write(&m, "origin", 4096, &pseudo_random(900, 8192), false);
+    m.create("origin", &format!("0 {SECTORS} snapshot-origin {o}"));
+    m.create("snap", &format!("0 {SECTORS} snapshot {o} {c} P 8"));
+    m.dd_write_through("origin", 4096, &pseudo_random(900, 8192), false);
     let files = |m: &Mount| {
         ["origin.img", "c.cow", "fresh.cow"]
             .map(|n| std::fs::read(m.path(n)).unwrap())
@@ -1587,10 +1285,10 @@ fn bad_snapshot_tables_are_refused_and_change_nothing() {
             m.devices(),
             m.read("dm/origin/table"),
             m.read("dm/snap/table"),
-            status(m, "origin"),
-            status(m, "snap"),
-            read_dev(m, "snap").unwrap(),
-            read_dev(m, "origin").unwrap(),
+            m.status("origin"),
+            m.status("snap"),
+            m.read_dev("snap").unwrap(),
+            m.read_dev("origin").unwrap(),
         )
     };
     let files_before = files(&m);
@@ -1711,7 +1409,7 @@ fn bad_snapshot_tables_are_refused_and_change_nothing() {
             SECTORS
         };
         let table = format!("0 {len} {args}\n");
-        let r = write_table(&m, "create", "bad", &table);
+        let r = m.write_table("create", "bad", &table);
         let err = r
             .err()
             .unwrap_or_else(|| panic!("{what}: {table} was accepted"));
@@ -1738,18 +1436,18 @@ fn bad_snapshot_tables_are_refused_and_change_nothing() {
     }
     // P with chunk 0 is no mistake (dm-exception-store.c `set_chunk_size`): the COW header's
     // chunk size decides, or on a fresh COW file the default, 32.
-    create(&m, "zero", &format!("0 {SECTORS} snapshot {o} {f} P 0"));
+    m.create("zero", &format!("0 {SECTORS} snapshot {o} {f} P 0"));
     assert_eq!(
         m.read("dm/zero/table"),
         format!("0 {SECTORS} snapshot {o} {f} P 32\n")
     );
-    assert_eq!(status(&m, "zero"), "0 1024 snapshot 64/2048 64");
+    assert_eq!(m.status("zero"), "0 1024 snapshot 64/2048 64");
     // The store type's first letter is taken in either case, `O` too; a transient store
     // ignores what follows its letter (dm-exception-store.c, dm-snap-transient.c).
     for (name, ty, shown) in [("lp", "po", "PO"), ("ln", "nfoo", "N")] {
         let cow = abs(&m, &format!("{name}.cow"));
         zero_file(Path::new(&cow), 1 << 20);
-        create(&m, name, &format!("0 {SECTORS} snapshot {o} {cow} {ty} 8"));
+        m.create(name, &format!("0 {SECTORS} snapshot {o} {cow} {ty} 8"));
         assert_eq!(
             m.read(&format!("dm/{name}/table")),
             format!("0 {SECTORS} snapshot {o} {cow} {shown} 8\n")
@@ -1775,19 +1473,13 @@ fn partial_last_chunk_and_a_snapshot_shorter_than_its_origin() {
         zero_file(&m.path(cow), 1 << 20);
     }
     let o = abs(&m, "origin.img");
-    create(&m, "origin", &format!("0 {SECTORS} snapshot-origin {o}"));
-    create(
-        &m,
+    m.create("origin", &format!("0 {SECTORS} snapshot-origin {o}"));
+    m.create(
         "a",
         &format!("0 {SECTORS} snapshot {o} {} P 16", abs(&m, "a.cow")),
     );
-    create(
-        &m,
-        "b",
-        &format!("0 512 snapshot {o} {} N 8", abs(&m, "b.cow")),
-    );
-    create(
-        &m,
+    m.create("b", &format!("0 512 snapshot {o} {} N 8", abs(&m, "b.cow")));
+    m.create(
         "c",
         &format!("0 {SECTORS} snapshot {o} {} P 16", abs(&m, "c.cow")),
     );
@@ -1799,7 +1491,7 @@ fn partial_last_chunk_and_a_snapshot_shorter_than_its_origin() {
     let end = SECTORS * 512;
     // c first: a write of its own into the last, partial chunk (62: sectors 992..1008).
     let data = pseudo_random(1100, 1500);
-    open_dev(&m, "c").write_all_at(&data, end - 3000).unwrap();
+    m.open_dev("c").write_all_at(&data, end - 3000).unwrap();
     c[(end - 3000) as usize..(end - 1500) as usize].copy_from_slice(&data);
     cx.extend(chunks_of(end - 3000, 1500, 16));
     let writes: [(u64, u64); 4] = [
@@ -1810,7 +1502,7 @@ fn partial_last_chunk_and_a_snapshot_shorter_than_its_origin() {
     ];
     for (i, &(off, len)) in writes.iter().enumerate() {
         let data = pseudo_random(1101 + i as u64, len as usize);
-        open_dev(&m, "origin").write_all_at(&data, off).unwrap();
+        m.open_dev("origin").write_all_at(&data, off).unwrap();
         origin[off as usize..(off + len) as usize].copy_from_slice(&data);
         ax.extend(chunks_of(off, len, 16));
         cx.extend(chunks_of(off, len, 16));
@@ -1820,14 +1512,14 @@ fn partial_last_chunk_and_a_snapshot_shorter_than_its_origin() {
     }
     // a's own write into its (already saved) last chunk.
     let data = pseudo_random(1110, 4096);
-    open_dev(&m, "a").write_all_at(&data, end - 4096).unwrap();
+    m.open_dev("a").write_all_at(&data, end - 4096).unwrap();
     a[(end - 4096) as usize..].copy_from_slice(&data);
-    assert_same("dev/origin", &read_dev(&m, "origin").unwrap(), &origin);
-    assert_same("dev/a", &read_dev(&m, "a").unwrap(), &a);
-    assert_same("dev/b", &read_dev(&m, "b").unwrap(), &b);
-    assert_same("dev/c", &read_dev(&m, "c").unwrap(), &c);
+    assert_same("dev/origin", &m.read_dev("origin").unwrap(), &origin);
+    assert_same("dev/a", &m.read_dev("a").unwrap(), &a);
+    assert_same("dev/b", &m.read_dev("b").unwrap(), &b);
+    assert_same("dev/c", &m.read_dev("c").unwrap(), &c);
     assert_eq!(
-        status(&m, "a"),
+        m.status("a"),
         snap_status(
             "snapshot",
             SECTORS,
@@ -1838,12 +1530,12 @@ fn partial_last_chunk_and_a_snapshot_shorter_than_its_origin() {
         )
     );
     assert_eq!(
-        status(&m, "b"),
+        m.status("b"),
         snap_status("snapshot", 512, Store::Transient, 8, 2048, bx.len() as u64)
     );
     assert_eq!(bx, BTreeSet::from([0, 62, 63]));
     assert_eq!(
-        status(&m, "c"),
+        m.status("c"),
         snap_status(
             "snapshot",
             SECTORS,
@@ -1873,14 +1565,14 @@ fn reload_hands_exceptions_over_and_a_new_cow_starts_at_resume() {
     let o = abs(&m, "origin.img");
     let t1 = format!("0 {SECTORS} snapshot {o} {} P 8", abs(&m, "c1.cow"));
     let t2 = format!("0 {SECTORS} snapshot {o} {} P 8", abs(&m, "c2.cow"));
-    create(&m, "origin", &format!("0 {SECTORS} snapshot-origin {o}"));
-    create(&m, "snap", &t1);
+    m.create("origin", &format!("0 {SECTORS} snapshot-origin {o}"));
+    m.create("snap", &t1);
     let mut origin = pattern_image(11, SECTORS);
     let mut snap = origin.clone();
     let mut x1 = BTreeSet::new();
     let write = |dev: &str, image: &mut Vec<u8>, seed: u64, off: u64, len: u64| {
         let data = pseudo_random(seed, len as usize);
-        open_dev(&m, dev).write_all_at(&data, off).unwrap();
+        m.open_dev(dev).write_all_at(&data, off).unwrap();
         image[off as usize..(off + len) as usize].copy_from_slice(&data);
     };
     write("origin", &mut origin, 1200, 0, 10000);
@@ -1888,18 +1580,17 @@ fn reload_hands_exceptions_over_and_a_new_cow_starts_at_resume() {
     write("snap", &mut snap, 1201, 300_000, 5000);
     x1.extend(chunks_of(300_000, 5000, 8));
     // Handover: the same COW file.
-    must(
-        &m,
+    m.must(
         "reload snap",
-        write_table(&m, "reload", "snap", &format!("{t1}\n")),
+        m.write_table("reload", "snap", &format!("{t1}\n")),
     );
-    must(&m, "suspend snap", ctl(&m, "suspend", "snap"));
+    m.must("suspend snap", m.ctl("suspend", "snap"));
     write("origin", &mut origin, 1202, 600_000, 9000);
     x1.extend(chunks_of(600_000, 9000, 8));
-    must(&m, "resume snap", ctl(&m, "resume", "snap"));
+    m.must("resume snap", m.ctl("resume", "snap"));
     assert_same(
         "dev/snap after the handover",
-        &read_dev(&m, "snap").unwrap(),
+        &m.read_dev("snap").unwrap(),
         &snap,
     );
     let s1 = snap_status(
@@ -1910,14 +1601,14 @@ fn reload_hands_exceptions_over_and_a_new_cow_starts_at_resume() {
         4096,
         x1.len() as u64,
     );
-    assert_eq!(status(&m, "snap"), s1);
+    assert_eq!(m.status("snap"), s1);
     write("snap", &mut snap, 1203, 700_000, 3000);
     x1.extend(chunks_of(700_000, 3000, 8));
     write("origin", &mut origin, 1204, 800_000, 3000);
     x1.extend(chunks_of(800_000, 3000, 8));
     assert_same(
         "dev/snap after more writes",
-        &read_dev(&m, "snap").unwrap(),
+        &m.read_dev("snap").unwrap(),
         &snap,
     );
     check_cow(
@@ -1927,21 +1618,20 @@ fn reload_hands_exceptions_over_and_a_new_cow_starts_at_resume() {
         &x1,
     );
     // A new COW file: a new snapshot, taken at resume.
-    must(
-        &m,
+    m.must(
         "reload snap",
-        write_table(&m, "reload", "snap", &format!("{t2}\n")),
+        m.write_table("reload", "snap", &format!("{t2}\n")),
     );
     write("origin", &mut origin, 1205, 900_000, 4000);
     x1.extend(chunks_of(900_000, 4000, 8));
-    must(&m, "suspend snap", ctl(&m, "suspend", "snap"));
+    m.must("suspend snap", m.ctl("suspend", "snap"));
     write("origin", &mut origin, 1206, 950_000, 4000);
     x1.extend(chunks_of(950_000, 4000, 8));
-    must(&m, "resume snap", ctl(&m, "resume", "snap"));
+    m.must("resume snap", m.ctl("resume", "snap"));
     let mut snap2 = origin.clone();
-    assert_same("dev/snap on c2", &read_dev(&m, "snap").unwrap(), &snap2);
+    assert_same("dev/snap on c2", &m.read_dev("snap").unwrap(), &snap2);
     assert_eq!(
-        status(&m, "snap"),
+        m.status("snap"),
         snap_status("snapshot", SECTORS, Store::Persistent, 8, 4096, 0)
     );
     write("origin", &mut origin, 1207, 100_000, 4096);
@@ -1949,12 +1639,8 @@ fn reload_hands_exceptions_over_and_a_new_cow_starts_at_resume() {
     write("snap", &mut snap2, 1208, 0, 512);
     let mut x2 = x2;
     x2.extend(chunks_of(0, 512, 8));
-    assert_same(
-        "dev/snap on c2 later",
-        &read_dev(&m, "snap").unwrap(),
-        &snap2,
-    );
-    assert_same("dev/origin", &read_dev(&m, "origin").unwrap(), &origin);
+    assert_same("dev/snap on c2 later", &m.read_dev("snap").unwrap(), &snap2);
+    assert_same("dev/origin", &m.read_dev("origin").unwrap(), &origin);
     check_cow(
         "c2.cow",
         &std::fs::read(m.path("c2.cow")).unwrap(),
@@ -1985,10 +1671,9 @@ fn merge_beside_another_snapshot_with_writes_during_the_merge() {
     zero_file(&m.path("k.cow"), 4 << 20);
     let o = abs(&m, "origin.img");
     let mc = abs(&m, "m.cow");
-    create(&m, "origin", &format!("0 {SECTORS} snapshot-origin {o}"));
-    create(&m, "merged", &format!("0 {SECTORS} snapshot {o} {mc} P 1"));
-    create(
-        &m,
+    m.create("origin", &format!("0 {SECTORS} snapshot-origin {o}"));
+    m.create("merged", &format!("0 {SECTORS} snapshot {o} {mc} P 1"));
+    m.create(
         "kept",
         &format!("0 {SECTORS} snapshot {o} {} N 8", abs(&m, "k.cow")),
     );
@@ -1998,8 +1683,8 @@ fn merge_beside_another_snapshot_with_writes_during_the_merge() {
     let (mut mx, mut kx) = (BTreeSet::new(), BTreeSet::new());
     let mut rng = Rng::seeded(13);
     {
-        let of = open_dev(&m, "origin");
-        let mf = open_dev(&m, "merged");
+        let of = m.open_dev("origin");
+        let mf = m.open_dev("merged");
         for i in 0..80u64 {
             let len = 1 + rng.below(6000);
             let off = rng.below(SECTORS * 512 - len);
@@ -2017,17 +1702,16 @@ fn merge_beside_another_snapshot_with_writes_during_the_merge() {
         }
         assert_same("dev/merged", &read_at(&mf, merged.len()), &merged);
     }
-    assert_same("dev/kept", &read_dev(&m, "kept").unwrap(), &saved);
-    remove(&m, "merged");
-    replace_table(
-        &m,
+    assert_same("dev/kept", &m.read_dev("kept").unwrap(), &saved);
+    m.remove("merged");
+    m.replace_table(
         "origin",
         &format!("0 {SECTORS} snapshot-merge {o} {mc} P 1"),
     );
     // Writes while the merge runs (some of them, at least: it may be quick).
     let mut expect = merged.clone();
     {
-        let of = open_dev(&m, "origin");
+        let of = m.open_dev("origin");
         for i in 0..20u64 {
             let len = 1 + rng.below(3000);
             let off = rng.below(SECTORS * 512 - len);
@@ -2044,19 +1728,15 @@ fn merge_beside_another_snapshot_with_writes_during_the_merge() {
     }
     let done = format!("0 {SECTORS} snapshot-merge 2/4096 2");
     let deadline = Instant::now() + Duration::from_secs(30);
-    while status(&m, "origin") != done {
+    while m.status("origin") != done {
         assert!(
             Instant::now() < deadline,
             "merge did not finish: {}",
-            status(&m, "origin")
+            m.status("origin")
         );
         std::thread::sleep(Duration::from_millis(10));
     }
-    assert_same(
-        "dev/origin merged",
-        &read_dev(&m, "origin").unwrap(),
-        &expect,
-    );
+    assert_same("dev/origin merged", &m.read_dev("origin").unwrap(), &expect);
     assert_same(
         "origin.img merged",
         &std::fs::read(m.path("origin.img")).unwrap(),
@@ -2064,14 +1744,14 @@ fn merge_beside_another_snapshot_with_writes_during_the_merge() {
     );
     assert_same(
         "dev/kept after the merge",
-        &read_dev(&m, "kept").unwrap(),
+        &m.read_dev("kept").unwrap(),
         &saved,
     );
     // The kept snapshot saved every chunk the merge wrote (all the merged snapshot's
     // exceptions) and every chunk written through the origin.
     kx.extend(mx.iter().map(|s| s / 8));
     assert_eq!(
-        status(&m, "kept"),
+        m.status("kept"),
         snap_status(
             "snapshot",
             SECTORS,
@@ -2096,12 +1776,12 @@ fn merge_takes_a_live_snapshot_over() {
     write_pattern_image(&m.path("origin.img"), 14, SECTORS);
     zero_file(&m.path("c.cow"), 1 << 20);
     let (o, c) = (abs(&m, "origin.img"), abs(&m, "c.cow"));
-    create(&m, "origin", &format!("0 {SECTORS} snapshot-origin {o}"));
-    create(&m, "snap", &format!("0 {SECTORS} snapshot {o} {c} P 8"));
+    m.create("origin", &format!("0 {SECTORS} snapshot-origin {o}"));
+    m.create("snap", &format!("0 {SECTORS} snapshot {o} {c} P 8"));
     let mut image = pattern_image(14, SECTORS);
     {
-        let of = open_dev(&m, "origin");
-        let sf = open_dev(&m, "snap");
+        let of = m.open_dev("origin");
+        let sf = m.open_dev("snap");
         for i in 0..10u64 {
             of.write_all_at(&pseudo_random(1500 + i, 7000), i * 90_000)
                 .unwrap();
@@ -2114,8 +1794,8 @@ fn merge_takes_a_live_snapshot_over() {
     // A second table on the COW of a live snapshot that is not merging: refused, as the
     // kernel refuses two destinations.
     let t = format!("0 {SECTORS} snapshot {o} {c} P 8\n");
-    must(&m, "reload snap", write_table(&m, "reload", "snap", &t));
-    let second = write_table(&m, "create", "other", &t);
+    m.must("reload snap", m.write_table("reload", "snap", &t));
+    let second = m.write_table("create", "other", &t);
     assert_eq!(
         second.err().and_then(|e| e.raw_os_error()),
         Some(libc::EINVAL),
@@ -2124,56 +1804,52 @@ fn merge_takes_a_live_snapshot_over() {
     assert!(m.read("ctl/errors").contains("handover failed"));
     assert!(!m.mnt.join("dev/other").exists());
     // Drop the pending reload again: resume swaps it in (a handover to itself).
-    must(&m, "suspend snap", ctl(&m, "suspend", "snap"));
-    must(&m, "resume snap", ctl(&m, "resume", "snap"));
-    assert_same("dev/snap", &read_dev(&m, "snap").unwrap(), &image);
+    m.must("suspend snap", m.ctl("suspend", "snap"));
+    m.must("resume snap", m.ctl("resume", "snap"));
+    assert_same("dev/snap", &m.read_dev("snap").unwrap(), &image);
     // The kernel hands over only from a suspended source (snapshot_preresume): a new device
     // on the COW of a live snapshot is not created, and the origin's resume into
     // snapshot-merge is refused, leaving it suspended with the new table live.
     let refused = "Unable to perform snapshot handover until source is suspended.";
-    let r = write_table(&m, "create", "thief", &t);
+    let r = m.write_table("create", "thief", &t);
     assert_eq!(r.err().and_then(|e| e.raw_os_error()), Some(libc::EINVAL));
     assert!(!m.mnt.join("dev/thief").exists());
     assert!(m.last_error().contains(refused));
     let merge = format!("0 {SECTORS} snapshot-merge {o} {c} P 8\n");
-    must(
-        &m,
-        "reload origin",
-        write_table(&m, "reload", "origin", &merge),
-    );
-    must(&m, "suspend origin", ctl(&m, "suspend", "origin"));
-    let r = ctl(&m, "resume", "origin");
+    m.must("reload origin", m.write_table("reload", "origin", &merge));
+    m.must("suspend origin", m.ctl("suspend", "origin"));
+    let r = m.ctl("resume", "origin");
     assert_eq!(r.err().and_then(|e| e.raw_os_error()), Some(libc::EINVAL));
     assert!(m.last_error().contains(refused));
     assert_eq!(m.read("dm/origin/suspended"), "1\n");
     assert_eq!(m.read("dm/origin/table"), merge);
-    assert_same("dev/snap still", &read_dev(&m, "snap").unwrap(), &image);
+    assert_same("dev/snap still", &m.read_dev("snap").unwrap(), &image);
     // As lvm does: the snapshot device suspended first, resumed after; it is then invalid.
-    must(&m, "suspend snap", ctl(&m, "suspend", "snap"));
-    must(&m, "resume origin", ctl(&m, "resume", "origin"));
-    must(&m, "resume snap", ctl(&m, "resume", "snap"));
-    assert_same("dev/origin", &read_dev(&m, "origin").unwrap(), &image);
-    assert_eq!(errno_of(&read_dev(&m, "snap")), Some(libc::EIO));
-    assert_eq!(status(&m, "snap"), format!("0 {SECTORS} snapshot Invalid"));
+    m.must("suspend snap", m.ctl("suspend", "snap"));
+    m.must("resume origin", m.ctl("resume", "origin"));
+    m.must("resume snap", m.ctl("resume", "snap"));
+    assert_same("dev/origin", &m.read_dev("origin").unwrap(), &image);
+    assert_eq!(errno_of(&m.read_dev("snap")), Some(libc::EIO));
+    assert_eq!(m.status("snap"), format!("0 {SECTORS} snapshot Invalid"));
     // Suspending and resuming the old device again hands nothing back.
-    must(&m, "suspend snap", ctl(&m, "suspend", "snap"));
-    must(&m, "resume snap", ctl(&m, "resume", "snap"));
-    assert_eq!(status(&m, "snap"), format!("0 {SECTORS} snapshot Invalid"));
+    m.must("suspend snap", m.ctl("suspend", "snap"));
+    m.must("resume snap", m.ctl("resume", "snap"));
+    assert_eq!(m.status("snap"), format!("0 {SECTORS} snapshot Invalid"));
     let data = pseudo_random(1650, 5000);
-    open_dev(&m, "origin").write_all_at(&data, 70_000).unwrap();
+    m.open_dev("origin").write_all_at(&data, 70_000).unwrap();
     image[70_000..75_000].copy_from_slice(&data);
     assert_same(
         "dev/origin after a write",
-        &read_dev(&m, "origin").unwrap(),
+        &m.read_dev("origin").unwrap(),
         &image,
     );
     let done = format!("0 {SECTORS} snapshot-merge 16/2048 16");
     let deadline = Instant::now() + Duration::from_secs(30);
-    while status(&m, "origin") != done {
-        assert!(Instant::now() < deadline, "{}", status(&m, "origin"));
+    while m.status("origin") != done {
+        assert!(Instant::now() < deadline, "{}", m.status("origin"));
         std::thread::sleep(Duration::from_millis(10));
     }
-    remove(&m, "snap");
+    m.remove("snap");
     assert_same(
         "origin.img merged",
         &std::fs::read(m.path("origin.img")).unwrap(),
@@ -2185,7 +1861,7 @@ fn merge_takes_a_live_snapshot_over() {
 fn wait_status(m: &Mount, name: &str, want: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let s = status(m, name);
+        let s = m.status(name);
         if s == want {
             return;
         }
@@ -2208,15 +1884,15 @@ fn kill9_during_a_merge_and_the_merge_resumes() {
     write_pattern_image(&m.path("origin.img"), 15, SECTORS);
     zero_file(&m.path("c.cow"), 4 << 20);
     let (o, c) = (abs(&m, "origin.img"), abs(&m, "c.cow"));
-    create(&m, "origin", &format!("0 {SECTORS} snapshot-origin {o}"));
-    create(&m, "snap", &format!("0 {SECTORS} snapshot {o} {c} P 1"));
+    m.create("origin", &format!("0 {SECTORS} snapshot-origin {o}"));
+    m.create("snap", &format!("0 {SECTORS} snapshot {o} {c} P 1"));
     let mut image = pattern_image(15, SECTORS);
     let mut rng = Rng::seeded(21);
     {
         // Many short runs: origin writes of one or two sectors at scattered places, and
         // writes to the snapshot.
-        let of = open_dev(&m, "origin");
-        let sf = open_dev(&m, "snap");
+        let of = m.open_dev("origin");
+        let sf = m.open_dev("snap");
         for i in 0..600u64 {
             let off = rng.below(SECTORS - 2) * 512;
             let len = 512 * (1 + rng.below(2));
@@ -2230,32 +1906,28 @@ fn kill9_during_a_merge_and_the_merge_resumes() {
         }
         assert_same("dev/snap", &read_at(&sf, image.len()), &image);
     }
-    remove(&m, "snap");
+    m.remove("snap");
     let merge = format!("0 {SECTORS} snapshot-merge {o} {c} P 1");
-    replace_table(&m, "origin", &merge);
+    m.replace_table("origin", &merge);
     let done = format!("0 {SECTORS} snapshot-merge 2/8192 2");
     let mut killed_mid_merge = 0;
     for cycle in 0..3 {
         std::thread::sleep(Duration::from_millis(rng.below(60)));
-        let before = status(&m, "origin");
+        let before = m.status("origin");
         m.kill9();
         if before != done {
             killed_mid_merge += 1;
         }
         m.start(&[]);
-        create(&m, "origin", &merge);
+        m.create("origin", &merge);
         assert_same(
             &format!("cycle {cycle}: dev/origin"),
-            &read_dev(&m, "origin").unwrap(),
+            &m.read_dev("origin").unwrap(),
             &image,
         );
     }
     wait_status(&m, "origin", &done);
-    assert_same(
-        "dev/origin merged",
-        &read_dev(&m, "origin").unwrap(),
-        &image,
-    );
+    assert_same("dev/origin merged", &m.read_dev("origin").unwrap(), &image);
     assert_same(
         "origin.img merged",
         &std::fs::read(m.path("origin.img")).unwrap(),
@@ -2279,8 +1951,8 @@ fn kill9_keeps_fsynced_snapshot_writes() {
     let o = abs(&m, "origin.img");
     let origin_table = format!("0 {SECTORS} snapshot-origin {o}");
     let snap_table = format!("0 {SECTORS} snapshot {o} {} P 2", abs(&m, "c.cow"));
-    create(&m, "origin", &origin_table);
-    create(&m, "snap", &snap_table);
+    m.create("origin", &origin_table);
+    m.create("snap", &snap_table);
     // Record k: 1500 bytes at byte 1700 * k + 300 (never overlapping).
     let count = (SECTORS * 512 - 2000) / 1700;
     let at = |k: usize| 1700 * k as u64 + 300;
@@ -2331,9 +2003,9 @@ fn kill9_keeps_fsynced_snapshot_writes() {
             image[off..off + 1500].copy_from_slice(&record(k));
         }
         m.start(&[]);
-        create(&m, "origin", &origin_table);
-        create(&m, "snap", &snap_table);
-        let got = read_dev(&m, "snap").unwrap();
+        m.create("origin", &origin_table);
+        m.create("snap", &snap_table);
+        let got = m.read_dev("snap").unwrap();
         // The record in flight may have landed, or not, or partly: take it as it reads.
         for k in done..started {
             let off = at(k) as usize;
@@ -2342,7 +2014,7 @@ fn kill9_keeps_fsynced_snapshot_writes() {
         assert_same(&format!("cycle {cycle}: dev/snap"), &got, &image);
         assert_same(
             &format!("cycle {cycle}: dev/origin"),
-            &read_dev(&m, "origin").unwrap(),
+            &m.read_dev("origin").unwrap(),
             &saved,
         );
         next = started;
@@ -2362,34 +2034,30 @@ fn lvm_snapshot_activation_with_a_mapped_cow() {
     zero_file(&m.path("vg.img"), 3 << 20);
     let disk = abs(&m, "disk.img");
     let dev = |n: &str| format!("{}/dev/{n}", m.mnt.display());
-    create(&m, "base", &format!("0 {SECTORS} linear {disk} 0"));
+    m.create("base", &format!("0 {SECTORS} linear {disk} 0"));
     let saved = pattern_image(17, SECTORS);
     let mut origin = saved.clone();
     // Written before the snapshot: part of what it must keep.
     let data = pseudo_random(1800, 10_000);
-    open_dev(&m, "base").write_all_at(&data, 5000).unwrap();
+    m.open_dev("base").write_all_at(&data, 5000).unwrap();
     origin[5000..15_000].copy_from_slice(&data);
     let at_snapshot = origin.clone();
-    create(&m, "base-real", &format!("0 {SECTORS} linear {disk} 0"));
+    m.create("base-real", &format!("0 {SECTORS} linear {disk} 0"));
     // The COW: 2 MiB of vg.img from 512 KiB on.
-    create(
-        &m,
+    m.create(
         "snap-cow",
         &format!("0 4096 linear {} 1024", abs(&m, "vg.img")),
     );
-    must(
-        &m,
+    m.must(
         "reload base",
-        write_table(
-            &m,
+        m.write_table(
             "reload",
             "base",
             &format!("0 {SECTORS} snapshot-origin {}\n", dev("base-real")),
         ),
     );
-    must(&m, "suspend base", ctl(&m, "suspend", "base"));
-    create(
-        &m,
+    m.must("suspend base", m.ctl("suspend", "base"));
+    m.create(
         "snap",
         &format!(
             "0 {SECTORS} snapshot {} {} P 8",
@@ -2397,13 +2065,13 @@ fn lvm_snapshot_activation_with_a_mapped_cow() {
             dev("snap-cow")
         ),
     );
-    must(&m, "resume base", ctl(&m, "resume", "base"));
+    m.must("resume base", m.ctl("resume", "base"));
     assert_eq!(
-        status(&m, "snap"),
+        m.status("snap"),
         snap_status("snapshot", SECTORS, Store::Persistent, 8, 4096, 0)
     );
     let mut excepted = BTreeSet::new();
-    let base = open_dev(&m, "base");
+    let base = m.open_dev("base");
     for (i, (off, len)) in [(0u64, 4096u64), (7000, 20_000), (900_000, 100_000)]
         .into_iter()
         .enumerate()
@@ -2413,7 +2081,7 @@ fn lvm_snapshot_activation_with_a_mapped_cow() {
         origin[off as usize..(off + len) as usize].copy_from_slice(&data);
         excepted.extend(chunks_of(off, len, 8));
     }
-    assert_same("dev/snap", &read_dev(&m, "snap").unwrap(), &at_snapshot);
+    assert_same("dev/snap", &m.read_dev("snap").unwrap(), &at_snapshot);
     assert_same("dev/base", &read_at(&base, origin.len()), &origin);
     assert_same(
         "disk.img",
@@ -2421,7 +2089,7 @@ fn lvm_snapshot_activation_with_a_mapped_cow() {
         &origin,
     );
     assert_eq!(
-        status(&m, "snap"),
+        m.status("snap"),
         snap_status(
             "snapshot",
             SECTORS,
@@ -2445,7 +2113,7 @@ fn lvm_snapshot_activation_with_a_mapped_cow() {
     // The devices under the snapshot are in use.
     drop(base);
     for busy in ["base-real", "snap-cow"] {
-        let r = ctl(&m, "remove", busy);
+        let r = m.ctl("remove", busy);
         assert_eq!(
             r.err().and_then(|e| e.raw_os_error()),
             Some(libc::EBUSY),
@@ -2467,19 +2135,13 @@ fn snapshot_of_a_snapshot() {
     zero_file(&m.path("c2.cow"), 2 << 20);
     let o = abs(&m, "origin.img");
     let snap = format!("{}/dev/snap", m.mnt.display());
-    create(&m, "origin", &format!("0 {SECTORS} snapshot-origin {o}"));
-    create(
-        &m,
+    m.create("origin", &format!("0 {SECTORS} snapshot-origin {o}"));
+    m.create(
         "snap",
         &format!("0 {SECTORS} snapshot {o} {} P 8", abs(&m, "c1.cow")),
     );
-    create(
-        &m,
-        "origin2",
-        &format!("0 {SECTORS} snapshot-origin {snap}"),
-    );
-    create(
-        &m,
+    m.create("origin2", &format!("0 {SECTORS} snapshot-origin {snap}"));
+    m.create(
         "snap2",
         &format!("0 {SECTORS} snapshot {snap} {} N 16", abs(&m, "c2.cow")),
     );
@@ -2490,7 +2152,7 @@ fn snapshot_of_a_snapshot() {
         .collect();
     let files: HashMap<&str, File> = ["origin", "origin2", "snap2"]
         .into_iter()
-        .map(|n| (n, open_dev(&m, n)))
+        .map(|n| (n, m.open_dev(n)))
         .collect();
     let mut rng = Rng::seeded(29);
     for i in 0..90u64 {
@@ -2514,26 +2176,12 @@ fn snapshot_of_a_snapshot() {
             ] {
                 assert_same(
                     &format!("after {i}: dev/{name}"),
-                    &read_dev(&m, name).unwrap(),
+                    &m.read_dev(name).unwrap(),
                     want,
                 );
             }
         }
     }
-}
-
-/// Creates device NAME read-only: its table file is created without write permission.
-fn create_read_only(m: &Mount, name: &str, table: &str) -> io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let path = m.mnt.join("ctl/create").join(name);
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o444)
-        .open(path)?;
-    f.write_all(format!("{table}\n").as_bytes())?;
-    checked_close(f)
 }
 
 /// A read-only snapshot (lvm's `lvchange -p r` on a snapshot LV) is read-only to its users,
@@ -2552,15 +2200,14 @@ fn read_only_snapshot_keeps_saving_origin_writes() {
     let table = format!("0 {SECTORS} snapshot {o} {} P 8", abs(&m, "c.cow"));
     let saved = pattern_image(19, SECTORS);
     let mut origin = saved.clone();
-    create(&m, "origin", &format!("0 {SECTORS} snapshot-origin {o}"));
-    create(&m, "snap", &table);
-    let of = open_dev(&m, "origin");
+    m.create("origin", &format!("0 {SECTORS} snapshot-origin {o}"));
+    m.create("snap", &table);
+    let of = m.open_dev("origin");
     let data = pseudo_random(2000, 4096);
     of.write_all_at(&data, 0).unwrap();
     origin[..4096].copy_from_slice(&data);
-    remove(&m, "snap");
-    must(
-        &m,
+    m.remove("snap");
+    m.must(
         "create snap read-only",
         create_read_only(&m, "snap", &table),
     );
@@ -2588,15 +2235,15 @@ fn read_only_snapshot_keeps_saving_origin_writes() {
         2048,
         excepted.len() as u64,
     );
-    assert_eq!(status(&m, "snap"), want, "the read-only snapshot");
-    assert_same("read-only dev/snap", &read_dev(&m, "snap").unwrap(), &saved);
+    assert_eq!(m.status("snap"), want, "the read-only snapshot");
+    assert_same("read-only dev/snap", &m.read_dev("snap").unwrap(), &saved);
     assert_same("dev/origin", &read_at(&of, origin.len()), &origin);
-    remove(&m, "snap");
-    create(&m, "snap", &table);
-    assert_eq!(status(&m, "snap"), want, "created again");
+    m.remove("snap");
+    m.create("snap", &table);
+    assert_eq!(m.status("snap"), want, "created again");
     assert_same(
         "dev/snap created again",
-        &read_dev(&m, "snap").unwrap(),
+        &m.read_dev("snap").unwrap(),
         &saved,
     );
     check_cow(
@@ -2607,14 +2254,10 @@ fn read_only_snapshot_keeps_saving_origin_writes() {
     );
     // A read-only snapshot on a new COW file: the store writes its header.
     let fresh = format!("0 {SECTORS} snapshot {o} {} P 8", abs(&m, "fresh.cow"));
-    must(
-        &m,
-        "read-only on a new COW",
-        create_read_only(&m, "ro", &fresh),
-    );
-    assert_same("dev/ro", &read_dev(&m, "ro").unwrap(), &origin);
+    m.must("read-only on a new COW", create_read_only(&m, "ro", &fresh));
+    assert_same("dev/ro", &m.read_dev("ro").unwrap(), &origin);
     assert_eq!(
-        status(&m, "ro"),
+        m.status("ro"),
         snap_status("snapshot", SECTORS, Store::Persistent, 8, 2048, 0)
     );
 }
@@ -2632,7 +2275,7 @@ fn ext4_on_the_origin_snapshotted_changed_and_merged_back() {
     zero_file(&m.path("origin.img"), SECTORS * 512);
     zero_file(&m.path("c.cow"), 8 << 20);
     let (o, c) = (abs(&m, "origin.img"), abs(&m, "c.cow"));
-    create(&m, "origin", &format!("0 {SECTORS} snapshot-origin {o}"));
+    m.create("origin", &format!("0 {SECTORS} snapshot-origin {o}"));
     std::fs::write(m.path("a.txt"), pseudo_random(2100, 50_000)).unwrap();
     std::fs::write(m.path("b.txt"), pseudo_random(2101, 30_000)).unwrap();
     m.ok(r#"
@@ -2641,7 +2284,7 @@ fn ext4_on_the_origin_snapshotted_changed_and_merged_back() {
         debugfs -w -R "write a.txt a" $MNT/dev/origin >/dev/null 2>&1
         e2fsck -fn $MNT/dev/origin >/dev/null
     "#);
-    create(&m, "snap", &format!("0 {SECTORS} snapshot {o} {c} P 8"));
+    m.create("snap", &format!("0 {SECTORS} snapshot {o} {c} P 8"));
     m.ok(r#"
         set -e
         debugfs -w -R "rm a" $MNT/dev/origin >/dev/null 2>&1
@@ -2654,13 +2297,9 @@ fn ext4_on_the_origin_snapshotted_changed_and_merged_back() {
         ! debugfs -R "ls" $MNT/dev/snap 2>/dev/null | grep -qw b
         ! debugfs -R "ls" $MNT/dev/origin 2>/dev/null | grep -qw a
     "#);
-    let image = read_dev(&m, "snap").unwrap();
-    remove(&m, "snap");
-    replace_table(
-        &m,
-        "origin",
-        &format!("0 {SECTORS} snapshot-merge {o} {c} P 8"),
-    );
+    let image = m.read_dev("snap").unwrap();
+    m.remove("snap");
+    m.replace_table("origin", &format!("0 {SECTORS} snapshot-merge {o} {c} P 8"));
     wait_status(
         &m,
         "origin",

@@ -178,11 +178,6 @@ const ERRNO_DEPARTURES: [&str; 4] = [
     "chunk-max",
 ];
 
-/// The last line of ctl/errors.
-fn last_error(m: &Mount) -> String {
-    m.last_error()
-}
-
 /// Replays one case; returns what differed from the kernel.
 fn replay(case: &Case) -> Vec<String> {
     let m = setup();
@@ -209,21 +204,18 @@ fn replay(case: &Case) -> Vec<String> {
             "create" | "reload" => {
                 let (rc, stderr, kmsg) = results(i);
                 let dir = if key == "create" { "create" } else { "reload" };
-                let res = std::fs::write(
-                    m.mnt.join("ctl").join(dir).join(dev),
-                    substitute(&m, rest) + "\n",
-                );
+                let res = m.write_table(dir, dev, &(substitute(&m, rest) + "\n"));
                 match (rc, res) {
                     ("0", Ok(())) => {}
                     ("0", Err(e)) => bad.push(format!(
                         "{name}: {key} {rest}: the kernel accepted it, dmfs said {e}: {}",
-                        last_error(&m)
+                        m.last_error()
                     )),
                     (rc, Ok(())) => bad.push(format!(
                         "{name}: {key} {rest}: the kernel refused it (exit {rc}: {kmsg:?}), dmfs accepted it"
                     )),
                     (_, Err(e)) => {
-                        let ours = last_error(&m);
+                        let ours = m.last_error();
                         if let Some(errno) = kernel_errno(&stderr)
                             && e.raw_os_error() != Some(errno)
                             && !ERRNO_DEPARTURES.contains(&name.as_str())
@@ -255,12 +247,11 @@ fn replay(case: &Case) -> Vec<String> {
             }
             "suspend" | "resume" | "remove" => {
                 let (rc, _, _) = results(i);
-                let out = m.sh(&format!("echo {dev} > $MNT/ctl/{key}"));
-                if out.status.success() != (rc == "0") {
+                let out = m.ctl(key, dev);
+                if out.is_ok() != (rc == "0") {
                     bad.push(format!(
-                        "{name}: {key} {dev}: kernel exit {rc}, dmfs {}: {}",
-                        out.status,
-                        String::from_utf8_lossy(&out.stderr)
+                        "{name}: {key} {dev}: kernel exit {rc}, dmfs {out:?}: {}",
+                        m.last_error()
                     ));
                 }
             }

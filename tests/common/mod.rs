@@ -4,6 +4,9 @@
 //! (also when a test fails), unmounts, waits for the daemon, kills it if it hangs, detaches a
 //! mount left behind, and removes the directory.
 //!
+//! The ctl/ verbs (create, reload, suspend, resume, remove, status...) are `Mount` methods too,
+//! in `ctl`; `snapshot` holds what the snapshot tests share.
+//!
 //! `DMFS_TEST_CACHE=MODE` (page-cache, direct or writeback) makes every `Mount` pass
 //! `--cache MODE` (unless its own arguments name a `--cache`), so the same tests check every
 //! cache mode; unset, nothing is added and the daemon's default mode runs. A test whose
@@ -11,7 +14,12 @@
 
 #![allow(dead_code)]
 
+pub mod ctl;
 pub mod fixture;
+pub mod snapshot;
+
+#[allow(unused_imports)] // not every test binary uses them
+pub use ctl::{checked_close, remove_retrying};
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -329,7 +337,6 @@ impl Mount {
         self.dir.join(rel)
     }
 
-    /// Names of the devices in dev/.
     /// The newest line of `ctl/errors` (empty when there is none).
     pub fn last_error(&self) -> String {
         self.read("ctl/errors")
@@ -339,6 +346,7 @@ impl Mount {
             .to_string()
     }
 
+    /// Names of the devices in dev/.
     pub fn devices(&self) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(self.mnt.join("dev"))
             .unwrap()

@@ -1,6 +1,7 @@
-//! What the snapshot tests (tests/snapshot_*.rs) share: the kernel's exception store
-//! arithmetic (dm-snap-persistent.c, dm-snap-transient.c) for expected `status` lines, a reader
-//! of the persistent COW format that is independent of dmfs, and small file helpers.
+//! What the snapshot test files (snapshot_basics.rs, snapshot_merge.rs and the rest) share: the
+//! kernel's exception store arithmetic (dm-snap-persistent.c, dm-snap-transient.c) for expected
+//! `status` lines, a reader of the persistent COW format that is independent of dmfs, and small
+//! file helpers.
 
 use std::collections::BTreeSet;
 use std::fs::File;

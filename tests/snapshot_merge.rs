@@ -346,22 +346,6 @@ fn merge_takes_a_live_snapshot_over() {
     );
 }
 
-/// Waits up to 30 s for `status` of NAME to become `want`.
-fn wait_status(m: &Mount, name: &str, want: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let s = m.status(name);
-        if s == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{name}: status {s:?}, waiting for {want:?}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 /// A merge killed with SIGKILL half-way: the snapshot-merge table created again after the
 /// restart reads the snapshot's image at once and finishes the merge (the kernel's merge is
 /// restartable: a run is copied to the origin and flushed before its exceptions are cleared
@@ -415,7 +399,7 @@ fn kill9_during_a_merge_and_the_merge_resumes() {
             &image,
         );
     }
-    wait_status(&m, "origin", &done);
+    m.wait_status("origin", &done);
     assert_same("dev/origin merged", &m.read_dev("origin").unwrap(), &image);
     assert_same(
         "origin.img merged",
@@ -463,11 +447,7 @@ fn ext4_on_the_origin_snapshotted_changed_and_merged_back() {
     let image = m.read_dev("snap").unwrap();
     m.remove("snap");
     m.replace_table("origin", &format!("0 {SECTORS} snapshot-merge {o} {c} P 8"));
-    wait_status(
-        &m,
-        "origin",
-        &format!("0 {SECTORS} snapshot-merge 16/16384 16"),
-    );
+    m.wait_status("origin", &format!("0 {SECTORS} snapshot-merge 16/16384 16"));
     assert_same(
         "origin.img merged",
         &std::fs::read(m.path("origin.img")).unwrap(),

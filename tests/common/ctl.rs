@@ -164,6 +164,23 @@ impl Mount {
             .to_string()
     }
 
+    /// Waits up to 30 s for `status` of NAME to become `want` (a merge running in the
+    /// background); panics with the last status seen.
+    pub fn wait_status(&self, name: &str, want: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let s = self.status(name);
+            if s == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name}: status {s:?}, waiting for {want:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// The event number `dmsetup info NAME` shows.
     pub fn event_nr(&self, name: &str) -> u32 {
         let info = self.read(&format!("dm/{name}/info"));

@@ -34,6 +34,9 @@ pub struct Device {
     /// The event counter (table swaps, as the kernel's event number counts them, and the
     /// events targets raise) and the suspended flag, shared with the live targets.
     link: DeviceLink,
+    /// The `ctl/create/NAME` file that made the device is still open: a uuid set now is part
+    /// of the create (as `dmsetup create -u` passes it with DM_DEV_CREATE), not an event.
+    pub creating: AtomicBool,
     /// Open handles on `dev/NAME`.
     pub open_count: AtomicU32,
     /// The kernel may hold a size for `dev/NAME` that is not the device's, and a file open on
@@ -126,6 +129,7 @@ impl Device {
             gate: Gate::default(),
             read_only: AtomicBool::new(false),
             link: DeviceLink::default(),
+            creating: AtomicBool::new(false),
             open_count: AtomicU32::new(0),
             kernel_size_stale: AtomicBool::new(false),
             passthrough_opens: AtomicU32::new(0),

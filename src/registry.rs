@@ -350,7 +350,11 @@ impl Registry {
             k.set_uuid(&device, uuid)?;
         }
         device.set_uuid(uuid);
-        device.event();
+        // The kernel's rename raises an event through the live table; a uuid given with the
+        // create comes before there is one.
+        if !device.creating.load(Ordering::SeqCst) {
+            device.event();
+        }
         Ok(())
     }
 

@@ -21,7 +21,7 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::access::Caller;
 use crate::coherence::{self, CacheMode};
-use crate::control::{CommandInput, TableSession, UuidInput};
+use crate::control::{CommandInput, TableSession, UuidInput, Writer};
 use crate::device::Device;
 use crate::error::DmError;
 use crate::registry::Registry;
@@ -39,7 +39,7 @@ enum Handle {
     Dev(Arc<Device>, Option<Arc<BackingId>>),
     /// A text file's content, taken at open so one reader sees one consistent text.
     Text(Vec<u8>),
-    Table(Mutex<Option<TableSession>>),
+    Table(Mutex<Option<Box<TableSession>>>),
     Command(Mutex<CommandInput>),
     Uuid(Mutex<UuidInput>),
 }
@@ -135,6 +135,15 @@ fn guard(op: &str, handler: impl FnOnce()) {
 /// The process behind a request, for what it may do.
 fn caller(req: &Request) -> Caller {
     Caller::of_request(req.uid(), req.gid(), req.pid())
+}
+
+/// The process behind a write or flush of a table file: who began an unfinished line, and
+/// whether a close is theirs.
+fn writer(req: &Request, lock_owner: Option<LockOwner>) -> Writer {
+    Writer {
+        pid: req.pid(),
+        lock_owner: lock_owner.map(|o| o.0),
+    }
 }
 
 /// The working directory of the process behind a request, for relative paths in tables.
@@ -578,7 +587,7 @@ impl Filesystem for DmFs {
             };
             match session {
                 Ok(session) => {
-                    let fh = self.add_handle(Handle::Table(Mutex::new(Some(session))));
+                    let fh = self.add_handle(Handle::Table(Mutex::new(Some(Box::new(session)))));
                     let attr = self
                         .attr(Node::Pending(fh))
                         .expect("pending nodes always have attributes");
@@ -635,14 +644,14 @@ impl Filesystem for DmFs {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
         write_flags: WriteFlags,
         _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
+        lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
         guard("write", || {
@@ -666,7 +675,7 @@ impl Filesystem for DmFs {
                 // A command may change what devices show (a resume swapping tables in): it is
                 // answered once their stale pages are gone.
                 Handle::Table(session) => coherence::collect(|| match &mut *session.lock() {
-                    Some(s) => s.write(&self.registry, data),
+                    Some(s) => s.write(&self.registry, data, writer(req, lock_owner)),
                     None => Err(DmError::new(libc::EBADF, "the table file is closed")),
                 }),
                 Handle::Command(input) => {
@@ -688,10 +697,10 @@ impl Filesystem for DmFs {
 
     fn flush(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
-        _lock_owner: LockOwner,
+        lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
         guard("flush", || {
@@ -700,7 +709,7 @@ impl Filesystem for DmFs {
             };
             let (result, stale) = coherence::collect(|| match &*handle {
                 Handle::Table(session) => match &mut *session.lock() {
-                    Some(s) => s.commit(&self.registry),
+                    Some(s) => s.commit(&self.registry, writer(req, Some(lock_owner))),
                     None => Ok(()),
                 },
                 Handle::Command(input) => input.lock().flush(&self.registry),

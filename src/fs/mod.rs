@@ -20,7 +20,7 @@ use fuser::{
 use parking_lot::{Mutex, RwLock};
 
 use crate::access::Caller;
-use crate::coherence::{self, CacheMode};
+use crate::coherence::{self, CacheMode, Coherence};
 use crate::control::{CommandInput, TableSession, UuidInput, Writer};
 use crate::device::Device;
 use crate::error::DmError;
@@ -46,6 +46,9 @@ enum Handle {
 
 pub struct DmFs {
     registry: Arc<Registry>,
+    /// The mount's page-cache coherence: requests are answered once what they made stale is
+    /// gone.
+    coherence: Arc<Coherence>,
     handles: RwLock<HashMap<u64, Arc<Handle>>>,
     next_fh: AtomicU64,
     started: SystemTime,
@@ -98,7 +101,14 @@ fn read_device(device: &Device, offset: u64, size: u32, reply: ReplyData) {
 /// reader of the same file saw 200 of 200 writes made through a direct open). A writeback
 /// write is answered at once: the kernel holds its pages under writeback until it has the
 /// answer.
-fn write_device(device: &Device, offset: u64, data: &[u8], writeback: bool, reply: ReplyWrite) {
+fn write_device(
+    coherence: &Coherence,
+    device: &Device,
+    offset: u64,
+    data: &[u8],
+    writeback: bool,
+    reply: ReplyWrite,
+) {
     let answer = move |result: std::io::Result<usize>| match result {
         Ok(n) => reply.written(n as u32),
         Err(e) => reply.error(io_errno(&e)),
@@ -117,10 +127,10 @@ fn write_device(device: &Device, offset: u64, data: &[u8], writeback: bool, repl
         }
         // Queued before the answer: an fsync the answer lets through queues its own answer
         // behind these drops (coherence::after_pending).
-        coherence::then_reply(stale, || {});
+        coherence.then_reply(stale, || {});
         answer(result);
     } else {
-        coherence::then_reply(stale, move || answer(result));
+        coherence.then_reply(stale, move || answer(result));
     }
 }
 
@@ -154,12 +164,14 @@ fn cwd_of(pid: u32) -> Option<PathBuf> {
 impl DmFs {
     pub fn new(
         registry: Arc<Registry>,
+        coherence: Arc<Coherence>,
         passthrough: PassthroughMode,
         cache: CacheMode,
         read_ahead: u32,
     ) -> DmFs {
         DmFs {
             registry,
+            coherence,
             handles: RwLock::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             started: SystemTime::now(),
@@ -178,7 +190,7 @@ impl DmFs {
             return direct;
         }
         // Even a direct open can mmap, which caches pages: every open counts.
-        coherence::opened_cached(device);
+        self.coherence.opened_cached(device);
         match self.cache {
             CacheMode::PageCache if writing => direct,
             _ => FopenFlags::FOPEN_KEEP_CACHE,
@@ -665,10 +677,13 @@ impl Filesystem for DmFs {
                     let parked = device.defer_if_suspended(|| {
                         let (device, reply, data) =
                             (device.clone(), slot.take().expect("reply"), data.to_vec());
-                        Box::new(move || write_device(&device, offset, &data, writeback, reply))
+                        let coherence = self.coherence.clone();
+                        Box::new(move || {
+                            write_device(&coherence, &device, offset, &data, writeback, reply)
+                        })
                     });
                     if let (false, Some(reply)) = (parked, slot) {
-                        write_device(device, offset, data, writeback, reply)
+                        write_device(&self.coherence, device, offset, data, writeback, reply)
                     }
                     return;
                 }
@@ -688,7 +703,7 @@ impl Filesystem for DmFs {
             };
             let (result, stale) = result;
             let len = data.len() as u32;
-            coherence::then_reply(stale, move || match result {
+            self.coherence.then_reply(stale, move || match result {
                 Ok(()) => reply.written(len),
                 Err(e) => reply.error(errno(&e)),
             })
@@ -723,8 +738,8 @@ impl Filesystem for DmFs {
             match &*handle {
                 // The kernel flushes a closing file's writeback pages first: its close
                 // returns once the other devices showing them have dropped their copies.
-                Handle::Dev(..) => coherence::after_pending(answer),
-                _ => coherence::then_reply(stale, answer),
+                Handle::Dev(..) => self.coherence.after_pending(answer),
+                _ => self.coherence.then_reply(stale, answer),
             }
         })
     }
@@ -749,7 +764,7 @@ impl Filesystem for DmFs {
                             device.passthrough_opens.fetch_sub(1, Ordering::SeqCst);
                         }
                         if last && device.kernel_size_stale.swap(false, Ordering::SeqCst) {
-                            coherence::device_resized(device);
+                            self.coherence.device_resized(device);
                         }
                     }
                     Handle::Table(session) => {
@@ -787,7 +802,7 @@ impl Filesystem for DmFs {
                 // fsync returns once they have been.
                 Handle::Dev(device, _) => {
                     let result = device.flush();
-                    coherence::after_pending(move || match result {
+                    self.coherence.after_pending(move || match result {
                         Ok(()) => reply.ok(),
                         Err(e) => reply.error(io_errno(&e)),
                     })

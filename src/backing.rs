@@ -9,13 +9,15 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
-use std::path::{Component, Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 
-use crate::access::{self, Caller, Policy};
-use crate::device::Device;
+use crate::block::BlockDevice;
+use crate::changes::Changes;
+use crate::device_key::DeviceKey;
 use crate::error::{DmError, DmResult};
+use crate::scratch::DIRECT_ALIGN;
 use crate::units::{Bytes, Sectors};
 
 /// Opens the device references that table lines name.
@@ -43,10 +45,12 @@ enum Source {
         /// The same file opened with O_DIRECT, at its first `write_at_uncached` (None where it
         /// cannot be: a read-only open, or a filesystem that refuses O_DIRECT).
         direct: OnceLock<Option<File>>,
+        /// Where writes to it are reported (the mount's page-cache coherence listens).
+        changes: Arc<Changes>,
     },
     /// A device of this mount.
     Mapped {
-        device: Arc<Device>,
+        device: Arc<dyn BlockDevice>,
         mountpoint: Arc<Path>,
     },
 }
@@ -55,19 +59,10 @@ pub struct Backing {
     source: Source,
 }
 
-/// What makes two references the same device, as the kernel compares block devices: a regular
-/// file by its inode, a block device by its number, a device of this mount by its id.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum DeviceKey {
-    File { dev: u64, ino: u64 },
-    Block { rdev: u64 },
-    Mapped { id: u64 },
-}
-
 impl Drop for Backing {
     fn drop(&mut self) {
         if let Source::Mapped { device, .. } = &self.source {
-            device.holders.fetch_sub(1, Ordering::SeqCst);
+            device.holders().fetch_sub(1, Ordering::SeqCst);
         }
     }
 }
@@ -119,11 +114,17 @@ impl Backing {
     /// Tables go through `Resolver`, which pins the file first; tests and fuzzing open directly.
     #[cfg_attr(not(test), allow(dead_code))]
     pub fn open_path(path: &Path, writable: bool) -> DmResult<Backing> {
-        Backing::open_path_as(path, path, writable)
+        Backing::open_path_as(path, path, writable, Changes::none())
     }
 
-    /// Opens `open` (a `/proc/self/fd/N` link to a file already checked) and names it `path`.
-    pub fn open_path_as(open: &Path, path: &Path, writable: bool) -> DmResult<Backing> {
+    /// Opens `open` (a `/proc/self/fd/N` link to a file already checked) and names it `path`;
+    /// writes to it are reported to `changes`.
+    pub fn open_path_as(
+        open: &Path,
+        path: &Path,
+        writable: bool,
+        changes: Arc<Changes>,
+    ) -> DmResult<Backing> {
         let shown = path.display().to_string();
         let file = OpenOptions::new()
             .read(true)
@@ -171,13 +172,14 @@ impl Backing {
                 key,
                 block_size,
                 direct: OnceLock::new(),
+                changes,
             },
         })
     }
 
     /// A reference to another device of this mount.
-    pub fn mapped(device: Arc<Device>, mountpoint: Arc<Path>) -> Backing {
-        device.holders.fetch_add(1, Ordering::SeqCst);
+    pub fn mapped(device: Arc<dyn BlockDevice>, mountpoint: Arc<Path>) -> Backing {
+        device.holders().fetch_add(1, Ordering::SeqCst);
         Backing {
             source: Source::Mapped { device, mountpoint },
         }
@@ -209,7 +211,7 @@ impl Backing {
     }
 
     /// The device of this mount behind this reference, if it is one.
-    pub fn mapped_device(&self) -> Option<&Arc<Device>> {
+    pub fn mapped_device(&self) -> Option<&Arc<dyn BlockDevice>> {
         match &self.source {
             Source::Mapped { device, .. } => Some(device),
             Source::File { .. } => None,
@@ -224,7 +226,7 @@ impl Backing {
     pub fn key(&self) -> DeviceKey {
         match &self.source {
             Source::File { key, .. } => *key,
-            Source::Mapped { device, .. } => DeviceKey::Mapped { id: device.id },
+            Source::Mapped { device, .. } => DeviceKey::Mapped { id: device.id() },
         }
     }
 
@@ -265,8 +267,12 @@ impl Backing {
     pub fn write_at(&self, at: Sectors, buf: &[u8]) -> io::Result<()> {
         match &self.source {
             Source::File {
-                file, size, key, ..
-            } => write_file(file, *size, *key, at, buf),
+                file,
+                size,
+                key,
+                changes,
+                ..
+            } => write_file(file, *size, *key, changes, at, buf),
             Source::Mapped { device, .. } => device.write_sectors(at, buf),
         }
     }
@@ -285,6 +291,7 @@ impl Backing {
             size,
             key,
             direct,
+            changes,
             ..
         } = &self.source
             && at.bytes().0.is_multiple_of(align)
@@ -292,7 +299,7 @@ impl Backing {
             && (buf.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN)
             && let Some(direct) = direct.get_or_init(|| reopen_direct(file))
         {
-            match write_file(direct, *size, *key, at, buf) {
+            match write_file(direct, *size, *key, changes, at, buf) {
                 // Constraints stricter than DIRECT_ALIGN: the page cache takes it.
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
                 result => return result,
@@ -309,15 +316,13 @@ impl Backing {
     }
 }
 
-/// What `write_at_uncached` needs aligned: a page, which covers every logical block size.
-pub const DIRECT_ALIGN: usize = 4096;
-
 /// A positioned write of whole sectors inside `size`; the change is reported to the page-cache
 /// coherence index whether or not it succeeded (a failed write may have changed some bytes).
 fn write_file(
     file: &File,
     size: Sectors,
     key: DeviceKey,
+    changes: &Changes,
     at: Sectors,
     buf: &[u8],
 ) -> io::Result<()> {
@@ -326,7 +331,7 @@ fn write_file(
         return Err(io::Error::from_raw_os_error(libc::EIO));
     }
     let result = file.write_all_at(buf, at.bytes().0);
-    crate::coherence::backing_written(key, at, Sectors(sectors));
+    changes.backing_written(key, at, Sectors(sectors));
     result
 }
 
@@ -345,136 +350,6 @@ fn reopen_direct(file: &File) -> Option<File> {
         .open(format!("/proc/self/fd/{}", file.as_raw_fd()))
         .map_err(|e| log::info!("no O_DIRECT for copies: {e}"))
         .ok()
-}
-
-/// Resolves references the way a shell user expects: absolute paths, paths relative to the
-/// writing process's working directory, `major:minor`, and `MNT/dev/NAME` for this mount's own
-/// devices (recognised by path, never opened through FUSE).
-pub struct Resolver<'a> {
-    pub cwd: Option<PathBuf>,
-    /// Open files and block devices read-write (false for a read-only device).
-    pub writable: bool,
-    pub mountpoint: Arc<Path>,
-    pub lookup: &'a dyn Fn(&str) -> Option<Arc<Device>>,
-    /// The writer of the table, when it is neither root nor the daemon's user: every reference
-    /// must then be one it could open itself with the access the device needs.
-    pub unprivileged: Option<&'a Caller>,
-    pub policy: &'a Policy,
-}
-
-impl Resolver<'_> {
-    /// Opens a file or block device by path, checking the writer's rights first if it must.
-    /// Only a regular file or a block device is ever opened: a FIFO would block the request
-    /// thread, a character device could act on being opened.
-    fn open_file(&self, reference: &str, path: &Path) -> DmResult<Arc<Backing>> {
-        let (pinned, meta) = access::pin(path)?;
-        if let Some(caller) = self.unprivileged {
-            access::check_pinned(caller, reference, &pinned, &meta, self.writable)?;
-        }
-        Backing::open_path_as(&access::reopen_path(&pinned), path, self.writable).map(Arc::new)
-    }
-}
-
-/// Resolves `.` and `..` without touching the filesystem (a path into this mount must not be
-/// looked up through it).
-fn normalize(path: &Path) -> PathBuf {
-    let mut out = PathBuf::new();
-    for c in path.components() {
-        match c {
-            Component::ParentDir => {
-                out.pop();
-            }
-            Component::CurDir => {}
-            other => out.push(other.as_os_str()),
-        }
-    }
-    out
-}
-
-/// `M:m` as a pair of numbers, if the reference has that shape.
-fn parse_major_minor(reference: &str) -> Option<(u32, u32)> {
-    let (maj, min) = reference.split_once(':')?;
-    if maj.is_empty()
-        || min.is_empty()
-        || !(maj.bytes().chain(min.bytes()).all(|b| b.is_ascii_digit()))
-    {
-        return None;
-    }
-    Some((maj.parse().ok()?, min.parse().ok()?))
-}
-
-/// The /dev node of a block device number, from sysfs.
-fn block_device_path(major: u32, minor: u32) -> DmResult<PathBuf> {
-    let uevent = format!("/sys/dev/block/{major}:{minor}/uevent");
-    let text = std::fs::read_to_string(&uevent)
-        .map_err(|_| DmError::not_found(format!("{major}:{minor}: no such block device")))?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("DEVNAME="))
-        .map(|n| Path::new("/dev").join(n))
-        .ok_or_else(|| DmError::not_found(format!("{major}:{minor}: no device node")))
-}
-
-impl DeviceResolver for Resolver<'_> {
-    fn open(&self, reference: &str) -> DmResult<Arc<Backing>> {
-        if let Some((major, minor)) = parse_major_minor(reference) {
-            return self.open_file(reference, &block_device_path(major, minor)?);
-        }
-        let path = Path::new(reference);
-        let full = if path.is_absolute() {
-            normalize(path)
-        } else {
-            let cwd = self.cwd.as_ref().ok_or_else(|| {
-                DmError::invalid(format!(
-                    "{reference}: relative path, but the writer's directory is unknown"
-                ))
-            })?;
-            normalize(&cwd.join(path))
-        };
-        if let Ok(inside) = full.strip_prefix(&*self.mountpoint) {
-            let mut parts = inside.components();
-            return match (parts.next(), parts.next(), parts.next()) {
-                (Some(Component::Normal(d)), Some(Component::Normal(name)), None) if d == "dev" => {
-                    let name = name.to_string_lossy();
-                    let device = (self.lookup)(&name).ok_or_else(|| {
-                        DmError::not_found(format!("{reference}: no such device"))
-                    })?;
-                    if let Some(caller) = self.unprivileged {
-                        self.policy.check_mapped(
-                            caller,
-                            reference,
-                            device.owner,
-                            device.is_read_only(),
-                            self.writable,
-                        )?;
-                    }
-                    Ok(Arc::new(Backing::mapped(device, self.mountpoint.clone())))
-                }
-                _ => Err(DmError::invalid(format!(
-                    "{reference}: not a device (devices of this mount are {}/dev/NAME)",
-                    self.mountpoint.display()
-                ))),
-            };
-        }
-        self.open_file(reference, &full)
-    }
-
-    fn open_for_target_writes(&self, reference: &str) -> DmResult<Arc<Backing>> {
-        if !self.writable {
-            let writable = Resolver {
-                cwd: self.cwd.clone(),
-                writable: true,
-                mountpoint: self.mountpoint.clone(),
-                lookup: self.lookup,
-                unprivileged: self.unprivileged,
-                policy: self.policy,
-            };
-            match writable.open(reference) {
-                Err(e) if matches!(e.errno, libc::EACCES | libc::EPERM | libc::EROFS) => {}
-                opened => return opened,
-            }
-        }
-        self.open(reference)
-    }
 }
 
 #[cfg(test)]
@@ -512,20 +387,5 @@ mod tests {
         );
         assert!(bytes[12288..].iter().all(|&x| x == 7));
         assert_eq!(bytes.len(), 64 << 10);
-    }
-
-    #[test]
-    fn normalize_is_lexical() {
-        assert_eq!(normalize(Path::new("/a/./b/../c")), PathBuf::from("/a/c"));
-        assert_eq!(normalize(Path::new("/../x")), PathBuf::from("/x"));
-    }
-
-    #[test]
-    fn major_minor_shape() {
-        assert_eq!(parse_major_minor("8:0"), Some((8, 0)));
-        assert_eq!(parse_major_minor("254:16"), Some((254, 16)));
-        assert_eq!(parse_major_minor("a:0"), None);
-        assert_eq!(parse_major_minor("8:"), None);
-        assert_eq!(parse_major_minor("/x:y"), None);
     }
 }

@@ -110,6 +110,20 @@ impl Mount {
 
     /// Writes a table into ctl/create/NAME or ctl/reload/NAME.
     fn write_table(&self, dir: &str, ioctl: &str, name: &str, table: &str, mode: u32) -> CliResult {
+        let f = self.write_table_open(dir, ioctl, name, table, mode)?;
+        self.close_checked(f, ioctl, name)
+    }
+
+    /// Opens `ctl/DIR/NAME` and writes the table into it, leaving the file open: the table
+    /// takes effect at a close.
+    fn write_table_open(
+        &self,
+        dir: &str,
+        ioctl: &str,
+        name: &str,
+        table: &str,
+        mode: u32,
+    ) -> Result<File, Failed> {
         let mut f = OpenOptions::new()
             .write(true)
             .create(true)
@@ -138,7 +152,11 @@ impl Mount {
         if show {
             eprintln!();
         }
-        // The table takes effect at close: its answer is close(2)'s.
+        Ok(f)
+    }
+
+    /// Closes a `ctl/` file, with close(2)'s answer: a table takes effect at its close.
+    fn close_checked(&self, f: File, ioctl: &str, name: &str) -> CliResult {
         let fd = f.into_raw_fd();
         // SAFETY: `fd` was just taken from the File, which no longer owns it.
         if unsafe { libc::close(fd) } != 0 {
@@ -147,6 +165,10 @@ impl Mount {
         Ok(())
     }
 
+    /// `create [-u UUID]`: a uuid is part of the create, as dmsetup passes it with
+    /// DM_DEV_CREATE, so it raises no event: it is set while `ctl/create/NAME` is still open
+    /// (the table goes live at the close of a duplicate of the descriptor). A uuid refused
+    /// leaves no device behind.
     pub fn create(
         &self,
         name: &str,
@@ -154,23 +176,25 @@ impl Mount {
         uuid: Option<&str>,
         read_only: bool,
     ) -> CliResult {
-        self.write_table(
-            "create",
-            "create",
-            name,
-            table,
-            if read_only { 0o444 } else { 0o644 },
-        )?;
-        if !self.exists(name) {
-            return Err(Failed(format!(
+        let mode = if read_only { 0o444 } else { 0o644 };
+        let f = self.write_table_open("create", "create", name, table, mode)?;
+        let live = f
+            .try_clone()
+            .map_err(|e| self.ioctl_failed("create", name, &e))
+            .and_then(|dup| self.close_checked(dup, "create", name));
+        let with_uuid = live.and_then(|()| match (self.exists(name), uuid) {
+            (false, _) => Err(Failed(format!(
                 "device-mapper: create ioctl on {name}  failed\n{}",
                 last_reason(&self.root)
-            )));
+            ))),
+            (true, Some(uuid)) => self.set_uuid(name, uuid),
+            (true, None) => Ok(()),
+        });
+        let closed = self.close_checked(f, "create", name);
+        if with_uuid.is_err() && uuid.is_some() && self.exists(name) {
+            let _ = self.command("ctl/remove", "remove", name, name);
         }
-        match uuid {
-            Some(uuid) => self.set_uuid(name, uuid),
-            None => Ok(()),
-        }
+        with_uuid.and(closed)
     }
 
     pub fn reload(&self, name: &str, table: &str) -> CliResult {

@@ -29,8 +29,10 @@ use std::sync::{Arc, OnceLock, Weak};
 
 use parking_lot::RwLock;
 
-use crate::backing::DeviceKey;
+use crate::changes::ChangeSink;
 use crate::device::Device;
+use crate::device_key::DeviceKey;
+use crate::target::View;
 use crate::units::Sectors;
 
 /// How `dev/` files use the kernel's page cache (`dmfs mount --cache`).
@@ -43,28 +45,6 @@ pub enum CacheMode {
     /// Reads and writes are cached; the kernel writes dirty pages back later (at the latest
     /// at fsync or close-and-sync).
     Writeback,
-}
-
-/// How a target shows the bytes of a device it maps onto: what `Target::views` returns.
-pub enum View {
-    /// The device's sectors from `from` appear one to one from the target's sector 0.
-    Linear { key: DeviceKey, from: Sectors },
-    /// Stripe `stripe` of `stripes`: the device's sectors from `from` are the stripe's, dealt
-    /// out in chunks of `chunk` sectors (the target's chunk c of the stripe is its chunk
-    /// `c * stripes + stripe`).
-    Striped {
-        key: DeviceKey,
-        from: Sectors,
-        stripe: u64,
-        stripes: u64,
-        chunk: u64,
-    },
-    /// A change to the device's sectors `from..from + len` may show anywhere in the target.
-    Within {
-        key: DeviceKey,
-        from: Sectors,
-        len: Sectors,
-    },
 }
 
 /// How a use maps device sectors back to the viewing device's.
@@ -169,12 +149,16 @@ impl Uses {
 #[derive(Default)]
 struct Index {
     by_key: HashMap<DeviceKey, Uses>,
+    /// Every device, by id: where a change reported by id starts.
+    by_id: HashMap<u64, Weak<Device>>,
 }
 
 impl Index {
     fn build(devices: &[Arc<Device>]) -> Index {
         let mut by_key: HashMap<DeviceKey, Uses> = HashMap::new();
+        let mut by_id = HashMap::new();
         for device in devices {
+            by_id.insert(device.id, Arc::downgrade(device));
             for entry in device.table().entries() {
                 for view in entry.target.views() {
                     let (key, use_) = match view {
@@ -227,7 +211,7 @@ impl Index {
             }
         }
         by_key.values_mut().for_each(Uses::seal);
-        Index { by_key }
+        Index { by_key, by_id }
     }
 }
 
@@ -259,8 +243,13 @@ impl Job {
 }
 
 type DeviceList = Box<dyn Fn() -> Vec<Arc<Device>> + Send + Sync>;
+type Forget = Box<dyn Fn(&str) -> std::io::Result<()> + Send>;
+type Invalidate = Box<dyn Fn(&Stale) -> std::io::Result<()> + Send>;
 
-struct Hub {
+/// One mount's page-cache coherence: the index of who shows what, and the invalidator thread
+/// that drops pages. The mount's `Changes` report to it (it is their `ChangeSink`); the FUSE
+/// adapter asks it to answer requests once the pages they made stale are gone.
+pub struct Coherence {
     index: RwLock<Index>,
     /// A table went live or a device went away since the index was built: it is rebuilt when
     /// next needed (a mount creating thousands of devices builds it once, not per device).
@@ -270,10 +259,9 @@ struct Hub {
     /// Whether any device has been opened through the page cache: until then nothing can be
     /// stale and writes skip the bookkeeping.
     any_cached: AtomicBool,
-    invalidator: Sender<Job>,
+    /// Set once the invalidator runs (`start`); until then changes are not followed.
+    invalidator: OnceLock<Sender<Job>>,
 }
-
-static HUB: OnceLock<Hub> = OnceLock::new();
 
 thread_local! {
     /// What the request running on this thread has made stale, while it is collected.
@@ -286,205 +274,235 @@ thread_local! {
 /// The deepest stack a change is followed up (the stacking limit is 16).
 const MAX_DEPTH: usize = 32;
 
-/// Starts the invalidator, which drops pages through `drop` and `dev/` entries through
-/// `forget` (the FUSE notifier); `devices` lists the mount's devices. Called once, when the
-/// mount is made; until then (and in direct mode, where nothing is opened cached) changes are
-/// not followed.
-pub fn start(
-    drop: impl Fn(&Stale) -> std::io::Result<()> + Send + 'static,
-    forget: impl Fn(&str) -> std::io::Result<()> + Send + 'static,
-    devices: impl Fn() -> Vec<Arc<Device>> + Send + Sync + 'static,
-) {
-    let (tx, rx) = channel::<Job>();
-    let hub = Hub {
-        index: RwLock::new(Index::default()),
-        index_stale: AtomicBool::new(true),
-        devices: Box::new(devices),
-        any_cached: AtomicBool::new(false),
-        invalidator: tx,
-    };
-    if HUB.set(hub).is_err() {
-        log::error!("page cache coherence started twice");
-        return;
+impl Coherence {
+    /// A mount's coherence; `devices` lists the mount's devices. It follows nothing until
+    /// `start` (and in direct mode, where nothing is opened cached, never).
+    pub fn new(devices: impl Fn() -> Vec<Arc<Device>> + Send + Sync + 'static) -> Coherence {
+        Coherence {
+            index: RwLock::new(Index::default()),
+            index_stale: AtomicBool::new(true),
+            devices: Box::new(devices),
+            any_cached: AtomicBool::new(false),
+            invalidator: OnceLock::new(),
+        }
     }
-    std::thread::Builder::new()
-        .name("invalidator".into())
-        .spawn(move || {
-            for job in rx {
-                for s in coalesce(job.stale) {
-                    if let Err(e) = drop(&s) {
-                        // ENOENT: the kernel has no inode (nothing cached); anything else
-                        // means the mount is going away.
-                        log::debug!("invalidate device {} {}+{}: {e}", s.device, s.offset, s.len);
+
+    /// Starts the invalidator, which drops pages through `drop` and `dev/` entries through
+    /// `forget` (the FUSE notifier), once the mount is made.
+    pub fn start(
+        &self,
+        drop: impl Fn(&Stale) -> std::io::Result<()> + Send + 'static,
+        forget: impl Fn(&str) -> std::io::Result<()> + Send + 'static,
+    ) {
+        let (tx, rx) = channel::<Job>();
+        if self.invalidator.set(tx).is_err() {
+            log::error!("page cache coherence started twice");
+            return;
+        }
+        let (drop, forget): (Invalidate, Forget) = (Box::new(drop), Box::new(forget));
+        std::thread::Builder::new()
+            .name("invalidator".into())
+            .spawn(move || {
+                for job in rx {
+                    for s in coalesce(job.stale) {
+                        if let Err(e) = drop(&s) {
+                            // ENOENT: the kernel has no inode (nothing cached); anything else
+                            // means the mount is going away.
+                            log::debug!(
+                                "invalidate device {} {}+{}: {e}",
+                                s.device,
+                                s.offset,
+                                s.len
+                            );
+                        }
+                    }
+                    if let Some(name) = job.entry
+                        && let Err(e) = forget(&name)
+                    {
+                        // ENOENT: the kernel has no such entry cached.
+                        log::debug!("forget dev/{name}: {e}");
+                    }
+                    if let Some(then) = job.then {
+                        then();
                     }
                 }
-                if let Some(name) = job.entry
-                    && let Err(e) = forget(&name)
-                {
-                    // ENOENT: the kernel has no such entry cached.
-                    log::debug!("forget dev/{name}: {e}");
-                }
-                if let Some(then) = job.then {
-                    then();
-                }
-            }
-        })
-        .expect("spawn the invalidator thread");
-}
-
-/// Notes that `device` is being opened through the page cache.
-pub fn opened_cached(device: &Device) {
-    device.page_cached.store(true, Ordering::SeqCst);
-    if let Some(hub) = HUB.get() {
-        hub.any_cached.store(true, Ordering::SeqCst);
+            })
+            .expect("spawn the invalidator thread");
     }
-}
 
-/// A table went live or a device went away: who shows what must be worked out again.
-pub fn tables_changed() {
-    if let Some(hub) = HUB.get() {
-        hub.index_stale.store(true, Ordering::SeqCst);
+    /// Notes that `device` is being opened through the page cache.
+    pub fn opened_cached(&self, device: &Device) {
+        device.page_cached.store(true, Ordering::SeqCst);
+        self.any_cached.store(true, Ordering::SeqCst);
     }
-}
 
-/// The index, rebuilt first if tables changed. The check and the rebuild happen under the
-/// write lock, so no lookup after a change can see the index from before it.
-fn index(hub: &Hub) -> parking_lot::RwLockReadGuard<'_, Index> {
-    if hub.index_stale.load(Ordering::SeqCst) {
-        let mut index = hub.index.write();
-        if hub.index_stale.swap(false, Ordering::SeqCst) {
-            *index = Index::build(&(hub.devices)());
-        }
-    }
-    hub.index.read()
-}
-
-fn active() -> Option<&'static Hub> {
-    HUB.get().filter(|h| h.any_cached.load(Ordering::Relaxed))
-}
-
-/// Sectors `start..start + len` of the backing device `key` were written.
-pub fn backing_written(key: DeviceKey, start: Sectors, len: Sectors) {
-    if let Some(hub) = active() {
-        let mut stale = Vec::new();
-        followers(hub, key, start.0, start.0 + len.0, 0, &mut stale);
-        report(hub, stale);
-    }
-}
-
-/// Sectors `start..start + len` of `device` changed (a write to it, or a new table).
-pub fn device_written(device: &Device, start: Sectors, len: Sectors) {
-    if let Some(hub) = active() {
-        let mut stale = Vec::new();
-        changed(hub, device, start.0, start.0 + len.0, 0, &mut stale);
-        report(hub, stale);
-    }
-}
-
-/// Every byte of `device` may have changed (a reload went live, a table grew).
-pub fn device_replaced(device: &Device) {
-    device_written(device, Sectors(0), Sectors(u64::MAX / 2));
-}
-
-/// `device` has a new size, or the kernel's size of it is wrong (`Device::kernel_size_stale`).
-/// With the writeback cache the kernel keeps the size it knows for as long as it keeps the
-/// inode (it owns the size then, and takes none from dmfs); so the `dev/NAME` entry is dropped,
-/// and with it the inode unless a file is open on it: the next lookup makes a fresh one with
-/// the device's size (if a file is open, again at its last close: a lookup meanwhile pins the
-/// old inode anew). Queued before the pages a resume drops, so the command that resized is
-/// answered after both.
-pub fn device_resized(device: &Device) {
-    if device.open_count.load(Ordering::SeqCst) > 0 {
-        device.kernel_size_stale.store(true, Ordering::SeqCst);
-    }
-    if let Some(hub) = HUB.get() {
-        send(
-            hub,
-            Job {
-                stale: Vec::new(),
-                entry: Some(device.name()),
-                then: None,
-            },
-        );
-    }
-}
-
-/// Sectors `start..end` of `device` changed: its own pages, then those of devices stacked on it.
-fn changed(hub: &Hub, device: &Device, start: u64, end: u64, depth: usize, out: &mut Vec<Stale>) {
-    if device.page_cached.load(Ordering::Relaxed) && !own_write_covers(device.id, start, end) {
-        // A suspended device's reads are held and keep their pages locked until resume;
-        // waiting for them would hold this write (and every write behind it) until then. Its
-        // resume drops all its pages instead.
-        if !device.is_suspended() {
-            let size = device.size().0;
-            let end = end.min(size);
-            if start < end {
-                out.push(Stale {
-                    device: device.id,
-                    offset: start * 512,
-                    len: (end - start) * 512,
-                });
+    /// The index, rebuilt first if tables changed. The check and the rebuild happen under
+    /// the write lock, so no lookup after a change can see the index from before it.
+    fn index(&self) -> parking_lot::RwLockReadGuard<'_, Index> {
+        if self.index_stale.load(Ordering::SeqCst) {
+            let mut index = self.index.write();
+            if self.index_stale.swap(false, Ordering::SeqCst) {
+                *index = Index::build(&(self.devices)());
             }
         }
+        self.index.read()
     }
-    followers(
-        hub,
-        DeviceKey::Mapped { id: device.id },
-        start,
-        end,
-        depth,
-        out,
-    );
-}
 
-/// The devices whose tables show sectors `start..end` of `key`, and what of them changed.
-fn followers(hub: &Hub, key: DeviceKey, start: u64, end: u64, depth: usize, out: &mut Vec<Stale>) {
-    if depth > MAX_DEPTH {
-        return;
+    /// Whether changes are followed now: the invalidator runs and something is cached.
+    fn active(&self) -> bool {
+        self.invalidator.get().is_some() && self.any_cached.load(Ordering::Relaxed)
     }
-    let mut hits = Vec::new();
-    if let Some(uses) = index(hub).by_key.get(&key) {
-        uses.overlapping(start, end, |u| {
-            if let Some(device) = u.device.upgrade() {
-                u.shows(start, end, |at, len| {
-                    hits.push((device.clone(), at, at + len))
-                });
-            }
+
+    /// `device` has a new size, or the kernel's size of it is wrong
+    /// (`Device::kernel_size_stale`). With the writeback cache the kernel keeps the size it
+    /// knows for as long as it keeps the inode (it owns the size then, and takes none from
+    /// dmfs); so the `dev/NAME` entry is dropped, and with it the inode unless a file is open
+    /// on it: the next lookup makes a fresh one with the device's size (if a file is open,
+    /// again at its last close: a lookup meanwhile pins the old inode anew). Queued before
+    /// the pages a resume drops, so the command that resized is answered after both.
+    pub fn device_resized(&self, device: &Device) {
+        if device.open_count.load(Ordering::SeqCst) > 0 {
+            device.kernel_size_stale.store(true, Ordering::SeqCst);
+        }
+        self.send(Job {
+            stale: Vec::new(),
+            entry: Some(device.name()),
+            then: None,
         });
     }
-    for (device, s, e) in hits {
-        changed(hub, &device, s, e, depth + 1, out);
+
+    /// Sectors `start..end` of `device` changed: its own pages, then those of devices stacked
+    /// on it.
+    fn changed(&self, device: &Device, start: u64, end: u64, depth: usize, out: &mut Vec<Stale>) {
+        if device.page_cached.load(Ordering::Relaxed) && !own_write_covers(device.id, start, end) {
+            // A suspended device's reads are held and keep their pages locked until resume;
+            // waiting for them would hold this write (and every write behind it) until then.
+            // Its resume drops all its pages instead.
+            if !device.is_suspended() {
+                let size = device.size().0;
+                let end = end.min(size);
+                if start < end {
+                    out.push(Stale {
+                        device: device.id,
+                        offset: start * 512,
+                        len: (end - start) * 512,
+                    });
+                }
+            }
+        }
+        let key = DeviceKey::Mapped { id: device.id };
+        self.followers(key, start, end, depth, out);
+    }
+
+    /// The devices whose tables show sectors `start..end` of `key`, and what of them changed.
+    fn followers(&self, key: DeviceKey, start: u64, end: u64, depth: usize, out: &mut Vec<Stale>) {
+        if depth > MAX_DEPTH {
+            return;
+        }
+        let mut hits = Vec::new();
+        if let Some(uses) = self.index().by_key.get(&key) {
+            uses.overlapping(start, end, |u| {
+                if let Some(device) = u.device.upgrade() {
+                    u.shows(start, end, |at, len| {
+                        hits.push((device.clone(), at, at + len))
+                    });
+                }
+            });
+        }
+        for (device, s, e) in hits {
+            self.changed(&device, s, e, depth + 1, out);
+        }
+    }
+
+    /// Hands what went stale to the request collecting it, or to the invalidator.
+    fn report(&self, stale: Vec<Stale>) {
+        if stale.is_empty() {
+            return;
+        }
+        let stale = COLLECTED.with_borrow_mut(|c| match c {
+            Some(c) => {
+                c.extend(stale);
+                None
+            }
+            None => Some(stale),
+        });
+        if let Some(stale) = stale {
+            self.send(Job::pages(stale, None));
+        }
+    }
+
+    fn send(&self, job: Job) {
+        let unsent = match self.invalidator.get() {
+            Some(tx) => tx.send(job).err().map(|e| e.0),
+            None => Some(job),
+        };
+        // No invalidator (not started, or gone): nothing is cached yet, answer anyway.
+        if let Some(then) = unsent.and_then(|job| job.then) {
+            then();
+        }
+    }
+
+    /// Sends `reply` once the pages in `stale` are gone (at once if there are none).
+    pub fn then_reply(&self, stale: Vec<Stale>, reply: impl FnOnce() + Send + 'static) {
+        if stale.is_empty() {
+            reply()
+        } else {
+            self.send(Job::pages(stale, Some(Box::new(reply))))
+        }
+    }
+
+    /// Sends `reply` once every page drop already asked for is done: an `fsync` or a close
+    /// after writeback writes (answered before their aliases' pages were dropped) returns only
+    /// when every other device shows what they wrote.
+    pub fn after_pending(&self, reply: impl FnOnce() + Send + 'static) {
+        if self.active() {
+            self.send(Job::pages(Vec::new(), Some(Box::new(reply))))
+        } else {
+            reply()
+        }
+    }
+}
+
+impl ChangeSink for Coherence {
+    fn backing_written(&self, key: DeviceKey, start: Sectors, len: Sectors) {
+        if self.active() {
+            let mut stale = Vec::new();
+            self.followers(key, start.0, start.0 + len.0, 0, &mut stale);
+            self.report(stale);
+        }
+    }
+
+    fn device_written(&self, id: u64, start: Sectors, len: Sectors) {
+        if self.active() {
+            let device = self.index().by_id.get(&id).and_then(Weak::upgrade);
+            if let Some(device) = device {
+                let mut stale = Vec::new();
+                self.changed(&device, start.0, start.0 + len.0, 0, &mut stale);
+                self.report(stale);
+            }
+        }
+    }
+
+    fn device_resized(&self, id: u64) {
+        let device = self.index().by_id.get(&id).and_then(Weak::upgrade);
+        if let Some(device) = device {
+            Coherence::device_resized(self, &device);
+        }
+    }
+
+    fn tables_changed(&self) {
+        self.index_stale.store(true, Ordering::SeqCst);
+    }
+
+    fn own_write(&self, id: u64, start: Sectors, end: Sectors, work: &mut dyn FnMut()) {
+        OWN_WRITE.with_borrow_mut(|w| *w = Some((id, start.0, end.0)));
+        work();
+        OWN_WRITE.with_borrow_mut(|w| *w = None);
     }
 }
 
 fn own_write_covers(device: u64, start: u64, end: u64) -> bool {
     OWN_WRITE.with_borrow(|w| w.is_some_and(|(d, s, e)| d == device && s <= start && end <= e))
-}
-
-/// Hands what went stale to the request collecting it, or to the invalidator.
-fn report(hub: &Hub, stale: Vec<Stale>) {
-    if stale.is_empty() {
-        return;
-    }
-    let stale = COLLECTED.with_borrow_mut(|c| match c {
-        Some(c) => {
-            c.extend(stale);
-            None
-        }
-        None => Some(stale),
-    });
-    if let Some(stale) = stale {
-        send(hub, Job::pages(stale, None));
-    }
-}
-
-fn send(hub: &Hub, job: Job) {
-    // The invalidator gone (it never ends while the process runs): answer anyway.
-    if let Err(e) = hub.invalidator.send(job)
-        && let Some(then) = e.0.then
-    {
-        then();
-    }
 }
 
 /// Runs a request's work with what it makes stale collected, and returns that list.
@@ -495,33 +513,6 @@ pub fn collect<R>(work: impl FnOnce() -> R) -> (R, Vec<Stale>) {
         .with_borrow_mut(|c| std::mem::replace(c, outer))
         .unwrap_or_default();
     (result, stale)
-}
-
-/// Runs a write through `dev/NAME` of `device` to sectors `start..end`: that file's own pages
-/// of them are left to the kernel (see `Device::write`).
-pub fn own_write<R>(device: u64, start: Sectors, end: Sectors, work: impl FnOnce() -> R) -> R {
-    OWN_WRITE.with_borrow_mut(|w| *w = Some((device, start.0, end.0)));
-    let r = work();
-    OWN_WRITE.with_borrow_mut(|w| *w = None);
-    r
-}
-
-/// Sends `reply` once the pages in `stale` are gone (at once if there are none).
-pub fn then_reply(stale: Vec<Stale>, reply: impl FnOnce() + Send + 'static) {
-    match HUB.get() {
-        Some(hub) if !stale.is_empty() => send(hub, Job::pages(stale, Some(Box::new(reply)))),
-        _ => reply(),
-    }
-}
-
-/// Sends `reply` once every page drop already asked for is done: an `fsync` or a close after
-/// writeback writes (answered before their aliases' pages were dropped) returns only when
-/// every other device shows what they wrote.
-pub fn after_pending(reply: impl FnOnce() + Send + 'static) {
-    match active() {
-        Some(hub) => send(hub, Job::pages(Vec::new(), Some(Box::new(reply)))),
-        None => reply(),
-    }
 }
 
 /// Sorts and merges overlapping ranges of the same device: one notification each.
@@ -554,7 +545,12 @@ mod tests {
     fn zero_device() -> Arc<Device> {
         let mut b = crate::table::TableBuilder::new();
         b.add_line("0 100 zero", &NoFiles).unwrap();
-        Arc::new(Device::new(1, "d".into(), b.table().unwrap()))
+        Arc::new(Device::new(
+            1,
+            "d".into(),
+            b.table().unwrap(),
+            crate::changes::Changes::none(),
+        ))
     }
 
     #[test]
@@ -642,5 +638,43 @@ mod tests {
         uses.overlapping(20, 30, |u| seen.push(u.from));
         seen.sort();
         assert_eq!(seen, vec![16, 24]);
+    }
+
+    /// Two mounts in one process each have their own coherence: a change in one drops pages
+    /// through its own invalidator only (one process-wide hub could start only once).
+    #[test]
+    fn two_mounts_keep_their_own_invalidators() {
+        use std::sync::Mutex;
+        use std::sync::mpsc::sync_channel;
+        let mount = |device: Arc<Device>| {
+            let dropped = Arc::new(Mutex::new(Vec::new()));
+            let coherence = Coherence::new(move || vec![device.clone()]);
+            let seen = dropped.clone();
+            coherence.start(
+                move |s| {
+                    seen.lock().unwrap().push(*s);
+                    Ok(())
+                },
+                |_| Ok(()),
+            );
+            (coherence, dropped)
+        };
+        let (d1, d2) = (zero_device(), zero_device());
+        let ((a, dropped_a), (b, dropped_b)) = (mount(d1.clone()), mount(d2.clone()));
+        a.opened_cached(&d1);
+        b.opened_cached(&d2);
+        a.device_written(d1.id, Sectors(2), Sectors(3));
+        for c in [&a, &b] {
+            let (tx, rx) = sync_channel(1);
+            c.after_pending(move || tx.send(()).unwrap());
+            rx.recv().unwrap();
+        }
+        let expect = Stale {
+            device: d1.id,
+            offset: 1024,
+            len: 1536,
+        };
+        assert_eq!(*dropped_a.lock().unwrap(), vec![expect]);
+        assert!(dropped_b.lock().unwrap().is_empty());
     }
 }

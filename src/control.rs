@@ -7,6 +7,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use crate::access::Caller;
 use crate::device::Device;
@@ -50,12 +51,34 @@ impl LineBuffer {
         Ok(lines)
     }
 
+    /// Whether an unfinished last line is waiting.
+    pub fn has_partial(&self) -> bool {
+        !self.partial.is_empty()
+    }
+
     /// The unfinished last line, if any: written text need not end with a newline.
     pub fn take_rest(&mut self) -> DmResult<Option<String>> {
         if self.partial.is_empty() {
             return Ok(None);
         }
         to_text(std::mem::take(&mut self.partial)).map(Some)
+    }
+}
+
+/// The process behind a write or a flush of a `ctl/` file: the kernel's lock owner (its open
+/// files table, shared by its threads) where the request carries one, else its pid.
+#[derive(Clone, Copy, Debug)]
+pub struct Writer {
+    pub pid: u32,
+    pub lock_owner: Option<u64>,
+}
+
+impl Writer {
+    fn same_process(self, other: Writer) -> bool {
+        match (self.lock_owner, other.lock_owner) {
+            (Some(a), Some(b)) => a == b,
+            _ => self.pid == other.pid,
+        }
     }
 }
 
@@ -74,6 +97,12 @@ pub enum TableTarget {
 /// reloaded table becomes the inactive one. A writer that keeps the file open across closes of
 /// duplicated descriptors (`exec 3>ctl/create/x; echo ... >&3`) extends the table it already
 /// committed as its later closes arrive.
+///
+/// An unfinished last line (`printf '0 8 zero' > ...`) is complete when the process that wrote
+/// it closes its descriptor: its flush takes the line, so any error in it fails that close(2).
+/// A flush from a process that did not write it (a child closing its inherited copy while its
+/// parent is mid-line) leaves it waiting. Nothing is ever committed at the release that
+/// follows the last close, where no error could reach anyone.
 pub struct TableSession {
     name: String,
     target: TableTarget,
@@ -81,11 +110,12 @@ pub struct TableSession {
     /// Who writes the table: what it may name, and who will own the device.
     caller: Caller,
     input: LineBuffer,
+    /// Who wrote the unfinished last line: only their close completes it.
+    partial_by: Option<Writer>,
     builder: TableBuilder,
     /// Lines accepted since the table last went live.
     pending: bool,
     failed: Option<DmError>,
-    wrote_anything: bool,
     read_only: bool,
     /// A create that has not gone live holds its name reserved until it fails or closes.
     holds_name: bool,
@@ -106,10 +136,10 @@ impl TableSession {
             cwd,
             caller,
             input: LineBuffer::default(),
+            partial_by: None,
             builder: TableBuilder::new(),
             pending: false,
             failed: None,
-            wrote_anything: false,
             read_only,
             holds_name,
         }
@@ -205,16 +235,21 @@ impl TableSession {
         Ok(())
     }
 
-    /// Takes written bytes; fails if any line they complete is bad.
-    pub fn write(&mut self, registry: &Registry, data: &[u8]) -> DmResult<()> {
+    /// Takes bytes written by `writer`; fails if any line they complete is bad.
+    pub fn write(&mut self, registry: &Registry, data: &[u8], writer: Writer) -> DmResult<()> {
         if let Some(e) = &self.failed {
             return Err(e.clone());
         }
-        self.wrote_anything = true;
         let lines = match self.input.push(data) {
             Ok(lines) => lines,
             Err(e) => return Err(self.fail(registry, e)),
         };
+        // The unfinished line belongs to the process that began it.
+        if !self.input.has_partial() {
+            self.partial_by = None;
+        } else if !lines.is_empty() || self.partial_by.is_none() {
+            self.partial_by = Some(writer);
+        }
         for line in lines {
             if let Err(e) = self.add_line(registry, &line) {
                 return Err(self.fail(registry, e));
@@ -223,13 +258,24 @@ impl TableSession {
         Ok(())
     }
 
-    /// Makes the complete lines written so far take effect: creates the device (or extends the
-    /// table this session already made live), or loads the inactive table. An unfinished last
-    /// line waits: a writer's child process closing its copy of the descriptor mid-line must not
-    /// make half a line live. It is taken at the last close (`finish`).
-    pub fn commit(&mut self, registry: &Registry) -> DmResult<()> {
+    /// A flush by `closer`: makes the lines written so far take effect (creates the device or
+    /// extends the table this session already made live, or loads the inactive table). An
+    /// unfinished last line counts as complete when `closer` wrote it; one another process is
+    /// still writing waits (a child closing its copy of the descriptor mid-line must not make
+    /// half a line live).
+    pub fn commit(&mut self, registry: &Registry, closer: Writer) -> DmResult<()> {
         if let Some(e) = &self.failed {
             return Err(e.clone());
+        }
+        if self.partial_by.is_some_and(|w| w.same_process(closer)) {
+            self.partial_by = None;
+            let taken = self.input.take_rest().and_then(|rest| match rest {
+                Some(line) => self.add_line(registry, &line),
+                None => Ok(()),
+            });
+            if let Err(e) = taken {
+                return Err(self.fail(registry, e));
+            }
         }
         if !self.pending {
             return Ok(());
@@ -251,6 +297,7 @@ impl TableSession {
                 registry
                     .create(&self.name, table, self.read_only, owner)
                     .map(|d| {
+                        d.creating.store(true, Ordering::SeqCst);
                         *device = Some(d);
                     })
             }
@@ -267,24 +314,21 @@ impl TableSession {
         Ok(())
     }
 
-    /// The last close: takes an unfinished last line, commits what is left; a create that never
-    /// went live gives its name back.
+    /// The release after the last close: commits nothing (no error could reach anyone now).
+    /// Text no flush took is discarded with a line in `ctl/errors`; a create that never went
+    /// live gives its name back.
     pub fn close(mut self, registry: &Registry) {
-        if self.failed.is_none() {
-            match self.input.take_rest() {
-                Ok(Some(line)) => {
-                    if let Err(e) = self.add_line(registry, &line) {
-                        self.fail(registry, e);
-                    }
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    self.fail(registry, e);
-                }
-            }
+        if let TableTarget::Create { device: Some(d) } = &self.target {
+            d.creating.store(false, Ordering::SeqCst);
         }
-        if self.failed.is_none() && (self.pending || self.wrote_anything) {
-            let _ = self.commit(registry);
+        if self.failed.is_none() {
+            let unfinished = matches!(self.input.take_rest(), Ok(Some(_)) | Err(_));
+            if self.pending || unfinished {
+                let err = DmError::invalid(
+                    "table text written but never flushed by its writer: discarded",
+                );
+                self.fail(registry, err);
+            }
         }
         if let TableTarget::Create { device: None } = self.target {
             self.release_name(registry);

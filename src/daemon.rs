@@ -10,7 +10,7 @@ use std::sync::Arc;
 use fuser::{Config, MountOption, Session, SessionACL};
 
 use crate::access::Policy;
-use crate::coherence::{self, CacheMode};
+use crate::coherence::{CacheMode, Coherence};
 use crate::fs::{DmFs, PassthroughMode};
 use crate::registry::Registry;
 
@@ -188,9 +188,19 @@ pub fn mount(opts: MountOptions) {
     };
     config.n_threads = Some(opts.threads.max(1));
     config.clone_fd = true;
+    // The page-cache coherence listens to the registry's changes; it lists the devices through
+    // a weak reference, so the registry (which holds it as its sink) is not kept alive by it.
+    let devices = Arc::downgrade(&registry);
+    let coherence = Arc::new(Coherence::new(move || {
+        devices.upgrade().map(|r| r.list()).unwrap_or_default()
+    }));
+    if registry.changes.attach(coherence.clone()).is_err() {
+        fail("page cache coherence attached twice".into());
+    }
     let mut session = match Session::new(
         DmFs::new(
             registry.clone(),
+            coherence.clone(),
             passthrough,
             cache,
             opts.read_ahead_kb.saturating_mul(1024),
@@ -203,8 +213,7 @@ pub fn mount(opts: MountOptions) {
     };
     let notifier = session.notifier();
     let entries = session.notifier();
-    let devices = registry.clone();
-    coherence::start(
+    coherence.start(
         move |s| {
             notifier.inval_inode(
                 crate::fs::device_ino(s.device),
@@ -213,7 +222,6 @@ pub fn mount(opts: MountOptions) {
             )
         },
         move |name| entries.inval_entry(crate::fs::dev_dir_ino(), std::ffi::OsStr::new(name)),
-        move || devices.list(),
     );
     if opts.read_ahead_kb > 0 {
         set_read_ahead(&mountpoint, opts.read_ahead_kb);

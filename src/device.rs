@@ -2,6 +2,7 @@
 //! offset split across the table's lines, with read-modify-write for the partial sectors at the
 //! edges.
 
+use std::any::Any;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -10,9 +11,12 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use parking_lot::{Condvar, Mutex, RwLock};
 
+use crate::backing::Backing;
+use crate::block::BlockDevice;
+use crate::changes::Changes;
+use crate::device_link::DeviceLink;
 use crate::error::{DmError, DmResult};
 use crate::table::Table;
-use crate::target::DeviceLink;
 use crate::units::{Bytes, SECTOR_SIZE, Sectors};
 
 pub struct Device {
@@ -34,6 +38,9 @@ pub struct Device {
     /// The event counter (table swaps, as the kernel's event number counts them, and the
     /// events targets raise) and the suspended flag, shared with the live targets.
     link: DeviceLink,
+    /// The `ctl/create/NAME` file that made the device is still open: a uuid set now is part
+    /// of the create (as `dmsetup create -u` passes it with DM_DEV_CREATE), not an event.
+    pub creating: AtomicBool,
     /// Open handles on `dev/NAME`.
     pub open_count: AtomicU32,
     /// The kernel may hold a size for `dev/NAME` that is not the device's, and a file open on
@@ -51,6 +58,8 @@ pub struct Device {
     /// exclusively so no other write lands between that read and their write. Whole-sector
     /// writes hold it shared.
     edge_lock: RwLock<()>,
+    /// Where changes to its bytes and its size are reported.
+    changes: Arc<Changes>,
     /// `/dev/mapper/NAME` while the device is mirrored into the kernel (`--kernel`): its I/O
     /// then goes through the kernel's device, so both paths see the same bytes.
     kernel_io: RwLock<Option<Arc<File>>>,
@@ -115,9 +124,11 @@ fn aligned(offset: u64, len: usize) -> bool {
 }
 
 impl Device {
-    pub fn new(id: u64, name: String, table: Table) -> Device {
+    /// A device whose changes are reported to `changes` (its mount's).
+    pub fn new(id: u64, name: String, table: Table, changes: Arc<Changes>) -> Device {
         Device {
             id,
+            changes,
             owner: 0,
             name: RwLock::new(name),
             uuid: RwLock::new(None),
@@ -126,6 +137,7 @@ impl Device {
             gate: Gate::default(),
             read_only: AtomicBool::new(false),
             link: DeviceLink::default(),
+            creating: AtomicBool::new(false),
             open_count: AtomicU32::new(0),
             kernel_size_stale: AtomicBool::new(false),
             passthrough_opens: AtomicU32::new(0),
@@ -350,14 +362,14 @@ impl Device {
         // written range true itself (it drops them after a direct-I/O write; a writeback
         // write came from them), so only other devices' pages, and other ranges of this one,
         // are dropped.
-        crate::coherence::own_write(self.id, first, first + changed, || {
+        self.changes.own_write(self.id, first, first + changed, || {
             let result = match self.kernel_io() {
                 Some(kernel) => kernel.write_all_at(data, offset.0),
                 None => self.write_pieces(&table, offset, data),
             };
             // Every piece is written even when one fails (see Table::write): the whole range
             // counts as changed either way.
-            crate::coherence::device_written(self, first, changed);
+            self.changes.device_written(self.id, first, changed);
             result.map(|()| n)
         })
     }
@@ -431,7 +443,8 @@ impl Device {
             Some(kernel) => kernel.write_all_at(buf, at.bytes().0),
             None => self.table().write(at, buf),
         };
-        crate::coherence::device_written(self, at, Sectors(buf.len() as u64 / SECTOR_SIZE));
+        let len = Sectors(buf.len() as u64 / SECTOR_SIZE);
+        self.changes.device_written(self.id, at, len);
         result
     }
 
@@ -475,10 +488,45 @@ impl Device {
             return false;
         }
         let tables = std::iter::once(self.table()).chain(self.inactive_table());
-        tables.flat_map(|t| t.devices()).any(|b| {
-            b.mapped_device()
-                .is_some_and(|d| d.depends_on_unseen(other, seen))
-        })
+        tables
+            .flat_map(|t| t.devices())
+            .any(|b| device_under(&b).is_some_and(|d| d.depends_on_unseen(other, seen)))
+    }
+}
+
+/// The device of this mount a reference names, if it names one.
+pub fn device_under(b: &Backing) -> Option<Arc<Device>> {
+    let any: Arc<dyn Any + Send + Sync> = b.mapped_device()?.clone();
+    any.downcast::<Device>().ok()
+}
+
+impl BlockDevice for Device {
+    fn id(&self) -> u64 {
+        self.id
+    }
+
+    fn name(&self) -> String {
+        Device::name(self)
+    }
+
+    fn size(&self) -> Sectors {
+        Device::size(self)
+    }
+
+    fn read_sectors(&self, at: Sectors, buf: &mut [u8]) -> io::Result<()> {
+        Device::read_sectors(self, at, buf)
+    }
+
+    fn write_sectors(&self, at: Sectors, buf: &[u8]) -> io::Result<()> {
+        Device::write_sectors(self, at, buf)
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        Device::flush(self)
+    }
+
+    fn holders(&self) -> &AtomicU32 {
+        &self.holders
     }
 }
 

@@ -3,17 +3,22 @@
 
 pub mod access;
 pub mod backing;
+pub mod block;
+pub mod changes;
 pub mod cli;
 pub mod coherence;
 pub mod control;
 pub mod daemon;
 pub mod device;
+pub mod device_key;
+pub mod device_link;
 pub mod errlog;
 pub mod error;
 pub mod fs;
 pub mod kernel;
 pub mod registry;
 pub mod report;
+pub mod resolver;
 pub mod scratch;
 pub mod snapshot;
 pub mod table;

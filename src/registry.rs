@@ -8,13 +8,15 @@ use std::sync::{Arc, OnceLock};
 use parking_lot::RwLock;
 
 use crate::access::{Caller, Policy};
-use crate::backing::{Backing, Resolver};
-use crate::device::Device;
+use crate::backing::Backing;
+use crate::changes::Changes;
+use crate::device::{Device, device_under};
+use crate::device_link::DeviceLink;
 use crate::errlog::ErrorLog;
 use crate::error::{DmError, DmResult};
 use crate::kernel::Kernel;
+use crate::resolver::Resolver;
 use crate::table::Table;
-use crate::target::DeviceLink;
 
 /// The kernel's DM_NAME_LEN is 128 bytes including the terminating NUL.
 pub const MAX_NAME_BYTES: usize = 127;
@@ -45,6 +47,9 @@ pub struct Registry {
     /// The kernel mirror (`--kernel`): each change below is made in the kernel first, and a
     /// refusal there leaves dmfs unchanged.
     kernel: OnceLock<Arc<Kernel>>,
+    /// Where this mount's devices and files report changes to their bytes (the page-cache
+    /// coherence attaches to it when the mount is made).
+    pub changes: Arc<Changes>,
 }
 
 /// Checks a device name against the kernel's rules (non-empty, shorter than DM_NAME_LEN, no
@@ -82,7 +87,7 @@ pub fn check_uuid(uuid: &str) -> DmResult<()> {
 /// Refuses references that lead back to `device` (named `name`): its table would make a loop.
 pub fn check_no_loop(name: &str, device: &Device, references: &[Arc<Backing>]) -> DmResult<()> {
     for b in references {
-        if let Some(under) = b.mapped_device()
+        if let Some(under) = device_under(b)
             && under.depends_on(device)
         {
             return Err(DmError::invalid(format!(
@@ -99,10 +104,10 @@ fn mapped_below(device: &Device) -> Vec<Arc<Device>> {
     let mut out: Vec<Arc<Device>> = Vec::new();
     for table in std::iter::once(device.table()).chain(device.inactive_table()) {
         for b in table.devices() {
-            if let Some(d) = b.mapped_device()
+            if let Some(d) = device_under(&b)
                 && !out.iter().any(|o| o.id == d.id)
             {
-                out.push(d.clone());
+                out.push(d);
             }
         }
     }
@@ -158,6 +163,7 @@ impl Registry {
             errors: ErrorLog::default(),
             policy: Policy::default(),
             kernel: OnceLock::new(),
+            changes: Arc::new(Changes::default()),
         }
     }
 
@@ -221,7 +227,7 @@ impl Registry {
         table.preresume_targets(&DeviceLink::default())?;
         d.reserved.remove(name);
         let id = self.next_id.fetch_add(1, Ordering::SeqCst);
-        let mut device = Device::new(id, name.to_string(), table);
+        let mut device = Device::new(id, name.to_string(), table, self.changes.clone());
         device.owner = owner;
         let device = Arc::new(device);
         device.set_read_only(read_only);
@@ -350,7 +356,11 @@ impl Registry {
             k.set_uuid(&device, uuid)?;
         }
         device.set_uuid(uuid);
-        device.event();
+        // The kernel's rename raises an event through the live table; a uuid given with the
+        // create comes before there is one.
+        if !device.creating.load(Ordering::SeqCst) {
+            device.event();
+        }
         Ok(())
     }
 
@@ -379,7 +389,10 @@ impl Registry {
         let mut memo = HashMap::new();
         let Some((deepest, below)) = references
             .iter()
-            .filter_map(|b| Some((b, stack_depth(b.mapped_device()?, &mut memo))))
+            .filter_map(|b| {
+                let under = device_under(b)?;
+                Some((b, stack_depth(&under, &mut memo)))
+            })
             .max_by_key(|&(_, depth)| depth)
         else {
             return Ok(());
@@ -414,9 +427,9 @@ impl Registry {
         device.set_table(table);
         self.tables_changed();
         if device.size() != size {
-            crate::coherence::device_resized(device);
+            self.changes.device_resized(device.id);
         }
-        crate::coherence::device_replaced(device);
+        self.changes.device_replaced(device.id);
         Ok(())
     }
 
@@ -449,18 +462,18 @@ impl Registry {
         if !Arc::ptr_eq(&before, &device.table()) {
             self.tables_changed();
             if device.size() != before.len() {
-                crate::coherence::device_resized(&device);
+                self.changes.device_resized(device.id);
             }
         }
         // Whether a new table went live or not, cached pages go: a suspend and resume is also
         // how a user makes dmfs forget what it cached of files changed behind its back.
-        crate::coherence::device_replaced(&device);
+        self.changes.device_replaced(device.id);
         result
     }
 
     /// Tells the page cache bookkeeping that the live tables changed.
     fn tables_changed(&self) {
-        crate::coherence::tables_changed();
+        self.changes.tables_changed();
     }
 
     /// `dm/NAME/status`: the kernel's status while the device is mirrored, else dmfs's.
@@ -518,6 +531,7 @@ impl Registry {
             lookup: &lookup,
             unprivileged: (!self.policy.is_privileged(caller)).then_some(caller),
             policy: &self.policy,
+            changes: &self.changes,
         };
         f(&resolver)
     }

@@ -10,9 +10,13 @@
 
 use std::cell::RefCell;
 
+/// What O_DIRECT writes (`Backing::write_at_uncached`) need aligned: a page, which covers every
+/// logical block size.
+pub const DIRECT_ALIGN: usize = 4096;
+
 /// Largest buffer a thread keeps: a FUSE request (1 MiB) plus its two edge sectors, or one
 /// snapshot copy (1 MiB) plus the room to align it (`with_aligned_buffer`).
-const KEEP_BYTES: usize = (1 << 20) + crate::backing::DIRECT_ALIGN;
+const KEEP_BYTES: usize = (1 << 20) + DIRECT_ALIGN;
 /// Buffers a thread keeps: enough for a few levels of stacked devices.
 const KEEP_BUFFERS: usize = 4;
 
@@ -42,7 +46,7 @@ pub fn with_buffer<R>(len: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
 
 /// `with_buffer`, with the buffer's start aligned to `DIRECT_ALIGN` (for O_DIRECT writes).
 pub fn with_aligned_buffer<R>(len: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
-    let align = crate::backing::DIRECT_ALIGN;
+    let align = DIRECT_ALIGN;
     with_buffer(len + align, |buf| {
         let skip = buf.as_ptr().align_offset(align);
         f(&mut buf[skip..skip + len])
@@ -77,7 +81,7 @@ mod tests {
 
     #[test]
     fn aligned_buffers_are_aligned_and_reused() {
-        let align = crate::backing::DIRECT_ALIGN;
+        let align = DIRECT_ALIGN;
         with_aligned_buffer(1 << 20, |_| ());
         let (n, ()) = crate::test_support::alloc_count::count(|| {
             for len in [512, 1 << 20, 4096] {

@@ -8,9 +8,11 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::backing::{Backing, DeviceKey, DeviceResolver};
+use crate::backing::{Backing, DeviceResolver};
+use crate::device_key::DeviceKey;
+use crate::device_link::DeviceLink;
 use crate::error::{DmError, DmResult};
-use crate::target::{self, Ctor, DeviceLink, Target};
+use crate::target::{self, Ctor, Target};
 use crate::units::Sectors;
 
 /// Longest accepted table line, in bytes (the kernel has no fixed limit; dmfs keeps memory

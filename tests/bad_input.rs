@@ -952,3 +952,73 @@ fn line_split_across_processes_is_not_committed_half_written() {
         c
     }]);
 }
+
+/// A table whose last line has no newline is complete when its writer closes the file: an
+/// error in it fails that close(2) (coreutils' printf and echo report a failed close of their
+/// output; bash's builtins do not look), and no device is left. The writes themselves succeed:
+/// the line is not complete until the close.
+#[test]
+fn unfinished_last_line_fails_the_close_that_completes_it() {
+    let f = Fixture::new();
+    let py_close = |name: &str, writes: &[&str]| {
+        let writes: Vec<String> = writes
+            .iter()
+            .map(|w| format!("w = b'{w}'; assert os.write(fd, w) == len(w)"))
+            .collect();
+        format!(
+            "python3 - <<'PY'\n\
+             import os, sys\n\
+             fd = os.open(os.environ['MNT'] + '/ctl/create/{name}', os.O_WRONLY | os.O_CREAT)\n\
+             {}\n\
+             try:\n    os.close(fd)\n\
+             except OSError as e:\n    sys.exit('close: ' + e.strerror)\n\
+             PY",
+            writes.join("\n")
+        )
+    };
+    let mut cases = vec![
+        case(
+            "printf without a newline, missing file",
+            "env printf '0 100 linear /nonexistent 0' > $MNT/ctl/create/nl1",
+            ENOENT,
+            Some("/nonexistent"),
+        ),
+        case(
+            "echo -n, unknown target",
+            "env echo -n '0 8 nosuch' > $MNT/ctl/create/nl2",
+            EINVAL,
+            Some("unknown target type"),
+        ),
+        case(
+            "os.write then os.close, one unfinished line",
+            py_close("nl3", &["0 8 nosuch"]),
+            EINVAL,
+            Some("unknown target type"),
+        ),
+        case(
+            "several writes, the last without a newline",
+            py_close("nl4", &["0 8 zero\\n", "8 8 ", "zero 1"]),
+            EINVAL,
+            Some("zero"),
+        ),
+    ];
+    for (c, name) in cases.iter_mut().zip(["nl1", "nl2", "nl3", "nl4"]) {
+        c.reuse = Some(name.into());
+    }
+    f.run_all(cases);
+}
+
+/// The same unfinished last line, when good, makes the device at the writer's close: no
+/// newline is needed, from a shell builtin, a program or several writes of one process.
+#[test]
+fn unfinished_last_line_is_committed_at_its_writers_close() {
+    let m = Mount::new();
+    m.ok("printf '0 8 zero' > $MNT/ctl/create/a\n\
+          env echo -n '0 16 error' > $MNT/ctl/create/b\n\
+          python3 -c \"import os; fd = os.open('$MNT/ctl/create/c', os.O_WRONLY | os.O_CREAT); \
+          os.write(fd, b'0 8 zero\\n8 8 '); os.write(fd, b'zero'); os.close(fd)\"\n\
+          printf '0 4 zero' > $MNT/ctl/reload/a; echo a > $MNT/ctl/resume");
+    assert_eq!(m.read("dm/a/table"), "0 4 zero \n");
+    assert_eq!(m.read("dm/b/table"), "0 16 error \n");
+    assert_eq!(m.read("dm/c/table"), "0 8 zero \n8 8 zero \n");
+}

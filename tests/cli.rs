@@ -170,6 +170,20 @@ fn ls_tree_and_info_columns_as_dmsetup_prints_them() {
         m.ok("$DMFS --mount $MNT info -c"),
         recorded("dmsetup info -c", true)
     );
+    // A uuid given with the create is part of it, no event: `dmsetup create -u`.
+    m.ok("$DMFS --mount $MNT create withuuid -u UUID-W --table '0 100 zero'");
+    assert_eq!(
+        m.ok("$DMFS --mount $MNT info withuuid"),
+        recorded("dmsetup info withuuid", false)
+    );
+    assert_eq!(
+        m.ok("$DMFS --mount $MNT info -c withuuid"),
+        recorded("dmsetup info -c withuuid", false)
+    );
+    // A uuid the create cannot take leaves no device: it is already in use.
+    let err = m.fails("$DMFS --mount $MNT create other -u UUID-W --table '0 100 zero'");
+    assert!(err.contains("uuid is already in use"), "{err}");
+    assert!(!m.devices().contains(&"other".to_string()));
 }
 
 #[test]

@@ -20,8 +20,8 @@ use fuser::{
 use parking_lot::{Mutex, RwLock};
 
 use crate::access::Caller;
-use crate::coherence::{self, CacheMode};
-use crate::control::{CommandInput, TableSession, UuidInput};
+use crate::coherence::{self, CacheMode, Coherence};
+use crate::control::{CommandInput, TableSession, UuidInput, Writer};
 use crate::device::Device;
 use crate::error::DmError;
 use crate::registry::Registry;
@@ -39,13 +39,16 @@ enum Handle {
     Dev(Arc<Device>, Option<Arc<BackingId>>),
     /// A text file's content, taken at open so one reader sees one consistent text.
     Text(Vec<u8>),
-    Table(Mutex<Option<TableSession>>),
+    Table(Mutex<Option<Box<TableSession>>>),
     Command(Mutex<CommandInput>),
     Uuid(Mutex<UuidInput>),
 }
 
 pub struct DmFs {
     registry: Arc<Registry>,
+    /// The mount's page-cache coherence: requests are answered once what they made stale is
+    /// gone.
+    coherence: Arc<Coherence>,
     handles: RwLock<HashMap<u64, Arc<Handle>>>,
     next_fh: AtomicU64,
     started: SystemTime,
@@ -98,7 +101,14 @@ fn read_device(device: &Device, offset: u64, size: u32, reply: ReplyData) {
 /// reader of the same file saw 200 of 200 writes made through a direct open). A writeback
 /// write is answered at once: the kernel holds its pages under writeback until it has the
 /// answer.
-fn write_device(device: &Device, offset: u64, data: &[u8], writeback: bool, reply: ReplyWrite) {
+fn write_device(
+    coherence: &Coherence,
+    device: &Device,
+    offset: u64,
+    data: &[u8],
+    writeback: bool,
+    reply: ReplyWrite,
+) {
     let answer = move |result: std::io::Result<usize>| match result {
         Ok(n) => reply.written(n as u32),
         Err(e) => reply.error(io_errno(&e)),
@@ -117,10 +127,10 @@ fn write_device(device: &Device, offset: u64, data: &[u8], writeback: bool, repl
         }
         // Queued before the answer: an fsync the answer lets through queues its own answer
         // behind these drops (coherence::after_pending).
-        coherence::then_reply(stale, || {});
+        coherence.then_reply(stale, || {});
         answer(result);
     } else {
-        coherence::then_reply(stale, move || answer(result));
+        coherence.then_reply(stale, move || answer(result));
     }
 }
 
@@ -137,6 +147,15 @@ fn caller(req: &Request) -> Caller {
     Caller::of_request(req.uid(), req.gid(), req.pid())
 }
 
+/// The process behind a write or flush of a table file: who began an unfinished line, and
+/// whether a close is theirs.
+fn writer(req: &Request, lock_owner: Option<LockOwner>) -> Writer {
+    Writer {
+        pid: req.pid(),
+        lock_owner: lock_owner.map(|o| o.0),
+    }
+}
+
 /// The working directory of the process behind a request, for relative paths in tables.
 fn cwd_of(pid: u32) -> Option<PathBuf> {
     std::fs::read_link(format!("/proc/{pid}/cwd")).ok()
@@ -145,12 +164,14 @@ fn cwd_of(pid: u32) -> Option<PathBuf> {
 impl DmFs {
     pub fn new(
         registry: Arc<Registry>,
+        coherence: Arc<Coherence>,
         passthrough: PassthroughMode,
         cache: CacheMode,
         read_ahead: u32,
     ) -> DmFs {
         DmFs {
             registry,
+            coherence,
             handles: RwLock::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             started: SystemTime::now(),
@@ -169,7 +190,7 @@ impl DmFs {
             return direct;
         }
         // Even a direct open can mmap, which caches pages: every open counts.
-        coherence::opened_cached(device);
+        self.coherence.opened_cached(device);
         match self.cache {
             CacheMode::PageCache if writing => direct,
             _ => FopenFlags::FOPEN_KEEP_CACHE,
@@ -578,7 +599,7 @@ impl Filesystem for DmFs {
             };
             match session {
                 Ok(session) => {
-                    let fh = self.add_handle(Handle::Table(Mutex::new(Some(session))));
+                    let fh = self.add_handle(Handle::Table(Mutex::new(Some(Box::new(session)))));
                     let attr = self
                         .attr(Node::Pending(fh))
                         .expect("pending nodes always have attributes");
@@ -635,14 +656,14 @@ impl Filesystem for DmFs {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
         write_flags: WriteFlags,
         _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
+        lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
         guard("write", || {
@@ -656,17 +677,20 @@ impl Filesystem for DmFs {
                     let parked = device.defer_if_suspended(|| {
                         let (device, reply, data) =
                             (device.clone(), slot.take().expect("reply"), data.to_vec());
-                        Box::new(move || write_device(&device, offset, &data, writeback, reply))
+                        let coherence = self.coherence.clone();
+                        Box::new(move || {
+                            write_device(&coherence, &device, offset, &data, writeback, reply)
+                        })
                     });
                     if let (false, Some(reply)) = (parked, slot) {
-                        write_device(device, offset, data, writeback, reply)
+                        write_device(&self.coherence, device, offset, data, writeback, reply)
                     }
                     return;
                 }
                 // A command may change what devices show (a resume swapping tables in): it is
                 // answered once their stale pages are gone.
                 Handle::Table(session) => coherence::collect(|| match &mut *session.lock() {
-                    Some(s) => s.write(&self.registry, data),
+                    Some(s) => s.write(&self.registry, data, writer(req, lock_owner)),
                     None => Err(DmError::new(libc::EBADF, "the table file is closed")),
                 }),
                 Handle::Command(input) => {
@@ -679,7 +703,7 @@ impl Filesystem for DmFs {
             };
             let (result, stale) = result;
             let len = data.len() as u32;
-            coherence::then_reply(stale, move || match result {
+            self.coherence.then_reply(stale, move || match result {
                 Ok(()) => reply.written(len),
                 Err(e) => reply.error(errno(&e)),
             })
@@ -688,10 +712,10 @@ impl Filesystem for DmFs {
 
     fn flush(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
-        _lock_owner: LockOwner,
+        lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
         guard("flush", || {
@@ -700,7 +724,7 @@ impl Filesystem for DmFs {
             };
             let (result, stale) = coherence::collect(|| match &*handle {
                 Handle::Table(session) => match &mut *session.lock() {
-                    Some(s) => s.commit(&self.registry),
+                    Some(s) => s.commit(&self.registry, writer(req, Some(lock_owner))),
                     None => Ok(()),
                 },
                 Handle::Command(input) => input.lock().flush(&self.registry),
@@ -714,8 +738,8 @@ impl Filesystem for DmFs {
             match &*handle {
                 // The kernel flushes a closing file's writeback pages first: its close
                 // returns once the other devices showing them have dropped their copies.
-                Handle::Dev(..) => coherence::after_pending(answer),
-                _ => coherence::then_reply(stale, answer),
+                Handle::Dev(..) => self.coherence.after_pending(answer),
+                _ => self.coherence.then_reply(stale, answer),
             }
         })
     }
@@ -740,7 +764,7 @@ impl Filesystem for DmFs {
                             device.passthrough_opens.fetch_sub(1, Ordering::SeqCst);
                         }
                         if last && device.kernel_size_stale.swap(false, Ordering::SeqCst) {
-                            coherence::device_resized(device);
+                            self.coherence.device_resized(device);
                         }
                     }
                     Handle::Table(session) => {
@@ -778,7 +802,7 @@ impl Filesystem for DmFs {
                 // fsync returns once they have been.
                 Handle::Dev(device, _) => {
                     let result = device.flush();
-                    coherence::after_pending(move || match result {
+                    self.coherence.after_pending(move || match result {
                         Ok(()) => reply.ok(),
                         Err(e) => reply.error(io_errno(&e)),
                     })

@@ -26,8 +26,8 @@ use parking_lot::Mutex;
 use super::KmsgTail;
 use super::ioctl::{CONTROL_PATH, Control, DM_VERSION_MAJOR, TargetLine};
 use super::loopdev::Loop;
-use crate::backing::DeviceKey;
 use crate::device::Device;
+use crate::device_key::DeviceKey;
 use crate::error::{DmError, DmResult};
 use crate::table::Table;
 

@@ -22,8 +22,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use parking_lot::{Condvar, Mutex, RwLock};
 
 use crate::backing::Backing;
+use crate::device_link::DeviceLink;
 use crate::error::{DmError, DmResult};
-use crate::target::DeviceLink;
 use crate::units::{SECTOR_SIZE, Sectors};
 use chunk_hash::ChunkMap;
 use chunk_locks::{ChunkGuard, ChunkLocks};

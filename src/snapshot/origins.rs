@@ -10,7 +10,8 @@ use std::sync::{Arc, LazyLock, Weak};
 use parking_lot::Mutex;
 
 use super::Snap;
-use crate::backing::{Backing, DeviceKey};
+use crate::backing::Backing;
+use crate::device_key::DeviceKey;
 use crate::units::{SECTOR_SIZE, Sectors};
 
 #[derive(Default)]

@@ -15,9 +15,10 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
-use super::{Ctor, DeviceLink, Target, TargetType, check_area, parse_sector_arg, scan_u32};
+use super::View;
+use super::{Ctor, Target, TargetType, check_area, parse_sector_arg, scan_u32};
 use crate::backing::Backing;
-use crate::coherence::View;
+use crate::device_link::DeviceLink;
 use crate::error::{DmError, DmResult};
 use crate::units::Sectors;
 

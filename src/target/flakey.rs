@@ -19,11 +19,11 @@ use std::io;
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::View;
 use super::{
     Ctor, Target, TargetType, check_area, io_error, parse_sector_arg, read_arg_group, scan_u32,
 };
 use crate::backing::Backing;
-use crate::coherence::View;
 use crate::error::{DmError, DmResult};
 use crate::units::Sectors;
 

@@ -4,9 +4,9 @@
 use std::io;
 use std::sync::Arc;
 
+use super::View;
 use super::{Ctor, Target, TargetType, parse_sector_arg};
 use crate::backing::Backing;
-use crate::coherence::View;
 use crate::error::{DmError, DmResult};
 use crate::units::Sectors;
 

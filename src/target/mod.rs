@@ -5,10 +5,9 @@
 
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use crate::backing::{Backing, DeviceResolver};
-use crate::coherence::View;
+use crate::device_link::DeviceLink;
 use crate::error::{DmError, DmResult};
 use crate::units::Sectors;
 
@@ -20,31 +19,10 @@ mod snapshot;
 mod snapshot_origin;
 mod striped;
 mod unstriped;
+mod view;
 mod zero;
 
-/// What a target going live learns of its device: its event counter (what `dmsetup info`
-/// shows as the event number) and whether it is suspended.
-#[derive(Clone, Default)]
-pub struct DeviceLink {
-    pub events: Arc<AtomicU32>,
-    pub suspended: Arc<AtomicBool>,
-}
-
-impl DeviceLink {
-    /// Raises an event on the device (the kernel's `dm_table_event`).
-    pub fn event(&self) {
-        self.events.fetch_add(1, Ordering::SeqCst);
-    }
-
-    pub fn is_suspended(&self) -> bool {
-        self.suspended.load(Ordering::SeqCst)
-    }
-
-    /// Whether both link to the same device.
-    pub fn same_device(&self, other: &DeviceLink) -> bool {
-        Arc::ptr_eq(&self.events, &other.events)
-    }
-}
+pub use view::View;
 
 /// A constructed target, serving sector ranges relative to its own start.
 pub trait Target: Send + Sync {

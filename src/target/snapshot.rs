@@ -12,9 +12,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::Mutex;
 
-use super::{Ctor, DeviceLink, Target, TargetType, check_area, parse_uint_arg, read_arg_group};
+use super::View;
+use super::{Ctor, Target, TargetType, check_area, parse_uint_arg, read_arg_group};
 use crate::backing::Backing;
-use crate::coherence::View;
+use crate::device_link::DeviceLink;
 use crate::error::{DmError, DmResult};
 use crate::snapshot::merge::Merge;
 use crate::snapshot::persistent::check_chunk_size;

@@ -5,9 +5,9 @@
 use std::io;
 use std::sync::Arc;
 
+use super::View;
 use super::{Ctor, Target, TargetType, check_area};
 use crate::backing::Backing;
-use crate::coherence::View;
 use crate::error::{DmError, DmResult};
 use crate::snapshot::origins;
 use crate::units::Sectors;

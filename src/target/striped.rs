@@ -5,9 +5,9 @@
 use std::io;
 use std::sync::Arc;
 
+use super::View;
 use super::{Ctor, Target, TargetType, for_each_chunk, parse_sector_arg, parse_uint_arg};
 use crate::backing::Backing;
-use crate::coherence::View;
 use crate::error::{DmError, DmResult};
 use crate::units::Sectors;
 

@@ -113,7 +113,12 @@ mod hot_paths {
         for l in lines {
             b.add_line(l, files).unwrap();
         }
-        let d = Device::new(0, "t".into(), b.table().unwrap());
+        let d = Device::new(
+            0,
+            "t".into(),
+            b.table().unwrap(),
+            crate::changes::Changes::none(),
+        );
         d.resume().unwrap();
         d
     }

@@ -157,7 +157,7 @@ fn microbench_snapshot_exceptions() {
             origin.path(),
             cow.path()
         )));
-        t.resume_targets(&crate::target::DeviceLink::default());
+        t.resume_targets(&crate::device_link::DeviceLink::default());
         println!("loaded {n} exceptions in {:?}", start.elapsed());
         tables.push((n, t, cow));
     }

@@ -2,12 +2,13 @@
 //! COW device, the old contents of every chunk written since the snapshot was taken, and the
 //! snapshot's own writes.
 //!
-//! A `Snap` is the state that belongs to one COW device: the exception store (transient or
-//! persistent, in the kernel's on-disk format), the table of completed exceptions, per-chunk
-//! locks and the valid / overflow / merge flags. Targets (`snapshot`, `snapshot-merge`) are
-//! views onto a `Snap`; a new table naming the same COW device while the old one is live takes
-//! the `Snap` over, as the kernel hands exceptions over between tables. Writes through a
-//! `snapshot-origin` target reach every active `Snap` of that origin through `origins`.
+//! A `Snapshot` (the kernel's `struct dm_snapshot`) is the state that belongs to one COW
+//! device: the exception store (transient or persistent, in the kernel's on-disk format), the
+//! table of completed exceptions, per-chunk locks and the valid / overflow / merge flags. The
+//! targets (`snapshot`, `snapshot-merge`: `target::snapshot::SnapshotTarget`) are views onto a
+//! `Snapshot`; a new table naming the same COW device while the old one is live takes the
+//! `Snapshot` over, as the kernel hands exceptions over between tables. Writes through a
+//! `snapshot-origin` target reach every active `Snapshot` of that origin through `origins`.
 
 pub mod chunk_hash;
 pub mod chunk_locks;
@@ -75,7 +76,7 @@ pub fn next_id() -> u64 {
     NEXT_ID.fetch_add(1, Ordering::SeqCst)
 }
 
-pub struct Snap {
+pub struct Snapshot {
     /// Orders lock taking across snapshots; never reused.
     pub id: u64,
     pub origin: Arc<Backing>,
@@ -135,7 +136,7 @@ fn copy(
     })
 }
 
-impl Snap {
+impl Snapshot {
     /// Opens the exception store on `cow` and registers the snapshot with its origin (inactive
     /// until a table holding it goes live). `chunk` 0 lets a persistent store take the size
     /// from the COW header (or the kernel's default).
@@ -144,7 +145,7 @@ impl Snap {
         cow: Arc<Backing>,
         store_type: StoreType,
         chunk: u32,
-    ) -> DmResult<Arc<Snap>> {
+    ) -> DmResult<Arc<Snapshot>> {
         let block_sizes = [cow.logical_block_size(), origin.logical_block_size()];
         let (store, chunk, loaded, valid) = match store_type {
             StoreType::Transient => {
@@ -173,7 +174,7 @@ impl Snap {
                 )
             }
         };
-        let snap = Arc::new(Snap {
+        let snap = Arc::new(Snapshot {
             id: next_id(),
             origin,
             cow,
@@ -653,7 +654,7 @@ impl Snap {
     }
 }
 
-impl Drop for Snap {
+impl Drop for Snapshot {
     fn drop(&mut self) {
         origins::unregister();
     }

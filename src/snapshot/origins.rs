@@ -9,7 +9,7 @@ use std::sync::{Arc, LazyLock, Weak};
 
 use parking_lot::Mutex;
 
-use super::Snap;
+use super::Snapshot;
 use crate::backing::{Backing, DeviceKey};
 use crate::units::{SECTOR_SIZE, Sectors};
 
@@ -18,25 +18,25 @@ struct Snapshots {
     /// Each origin's snapshots in id order (the order their chunks are locked in). A list is
     /// replaced, never changed in place, so an origin write takes it by cloning the `Arc`:
     /// no allocation per write.
-    by_origin: HashMap<DeviceKey, Arc<[Weak<Snap>]>>,
-    by_cow: HashMap<DeviceKey, Weak<Snap>>,
+    by_origin: HashMap<DeviceKey, Arc<[Weak<Snapshot>]>>,
+    by_cow: HashMap<DeviceKey, Weak<Snapshot>>,
 }
 
 static SNAPSHOTS: LazyLock<Mutex<Snapshots>> = LazyLock::new(Mutex::default);
 
 /// The live snapshots of `list` and `extra`, in id order.
-fn sorted_live(list: &[Weak<Snap>], extra: Option<&Arc<Snap>>) -> Vec<Arc<Snap>> {
-    let mut live: Vec<Arc<Snap>> = list.iter().filter_map(Weak::upgrade).collect();
+fn sorted_live(list: &[Weak<Snapshot>], extra: Option<&Arc<Snapshot>>) -> Vec<Arc<Snapshot>> {
+    let mut live: Vec<Arc<Snapshot>> = list.iter().filter_map(Weak::upgrade).collect();
     live.extend(extra.cloned());
     live.sort_by_key(|s| s.id);
     live
 }
 
-fn weak_list(live: &[Arc<Snap>]) -> Arc<[Weak<Snap>]> {
+fn weak_list(live: &[Arc<Snapshot>]) -> Arc<[Weak<Snapshot>]> {
     live.iter().map(Arc::downgrade).collect()
 }
 
-pub fn register(snap: &Arc<Snap>) {
+pub fn register(snap: &Arc<Snapshot>) {
     let mut s = SNAPSHOTS.lock();
     let key = snap.origin.key();
     let old = s
@@ -62,16 +62,16 @@ pub fn unregister() {
 }
 
 /// The live snapshot whose COW device is `cow`, if any.
-pub fn find_by_cow(cow: DeviceKey) -> Option<Arc<Snap>> {
+pub fn find_by_cow(cow: DeviceKey) -> Option<Arc<Snapshot>> {
     SNAPSHOTS.lock().by_cow.get(&cow).and_then(Weak::upgrade)
 }
 
-fn list_of(origin: DeviceKey) -> Option<Arc<[Weak<Snap>]>> {
+fn list_of(origin: DeviceKey) -> Option<Arc<[Weak<Snapshot>]>> {
     SNAPSHOTS.lock().by_origin.get(&origin).cloned()
 }
 
 /// The snapshots of `origin`, in id order (the order their chunks are locked in).
-pub fn snapshots_of(origin: DeviceKey) -> Vec<Arc<Snap>> {
+pub fn snapshots_of(origin: DeviceKey) -> Vec<Arc<Snapshot>> {
     list_of(origin)
         .map(|list| sorted_live(&list, None))
         .unwrap_or_default()
@@ -91,7 +91,7 @@ pub fn origin_write(origin: &Backing, sector: u64, data: &[u8]) -> io::Result<()
 /// the rest do the same; the write lands once every snapshot holds its chunks. The guards
 /// live in this recursion's frames rather than in a Vec: nothing is allocated.
 fn write_holding(
-    snaps: &[Weak<Snap>],
+    snaps: &[Weak<Snapshot>],
     origin: &Backing,
     sector: u64,
     end: u64,

@@ -18,7 +18,7 @@ use crate::coherence::View;
 use crate::error::{DmError, DmResult};
 use crate::snapshot::merge::Merge;
 use crate::snapshot::persistent::check_chunk_size;
-use crate::snapshot::{Snap, StoreType, next_id, origins};
+use crate::snapshot::{Snapshot, StoreType, next_id, origins};
 use crate::units::Sectors;
 
 pub const SNAPSHOT: TargetType = TargetType {
@@ -33,11 +33,14 @@ pub const MERGE: TargetType = TargetType {
     construct: construct_merge,
 };
 
-struct Snapshot {
+/// One `snapshot` or `snapshot-merge` table line (the kernel's `dm_target` whose private
+/// data is the `dm_snapshot`): a view onto the `Snapshot` of its COW device, which a newer
+/// table may take over.
+struct SnapshotTarget {
     /// This instance: the snapshot's I/O is served by the newest instance to go live.
     id: u64,
     merge: bool,
-    snap: Arc<Snap>,
+    snap: Arc<Snapshot>,
     begin: Sectors,
     origin: Arc<Backing>,
     cow: Arc<Backing>,
@@ -151,7 +154,7 @@ fn construct(ctor: &Ctor<'_>, args: &[String], merge: bool) -> DmResult<Box<dyn 
                     "Snapshot exception store does not support snapshot-merge.",
                 ));
             }
-            Snap::open(origin.clone(), cow.clone(), store_type, chunk)?
+            Snapshot::open(origin.clone(), cow.clone(), store_type, chunk)?
         }
     };
     snap.targets.fetch_add(1, Ordering::SeqCst);
@@ -161,7 +164,7 @@ fn construct(ctor: &Ctor<'_>, args: &[String], merge: bool) -> DmResult<Box<dyn 
     let _ = snap
         .owner
         .compare_exchange(0, id, Ordering::SeqCst, Ordering::SeqCst);
-    Ok(Box::new(Snapshot {
+    Ok(Box::new(SnapshotTarget {
         id,
         merge,
         snap,
@@ -178,7 +181,7 @@ fn construct(ctor: &Ctor<'_>, args: &[String], merge: bool) -> DmResult<Box<dyn 
 
 /// A table naming a COW device that a live snapshot uses takes that snapshot over (the
 /// kernel's exception handover), under the kernel's conditions.
-fn take_over(live: Arc<Snap>, origin: &Backing, merge: bool) -> DmResult<Arc<Snap>> {
+fn take_over(live: Arc<Snapshot>, origin: &Backing, merge: bool) -> DmResult<Arc<Snapshot>> {
     if !live.origin.same_device(origin) {
         return Err(DmError::busy(format!(
             "COW device {} is in use by a snapshot of another origin ({})",
@@ -211,7 +214,7 @@ fn eio() -> io::Error {
     io::Error::from_raw_os_error(libc::EIO)
 }
 
-impl Snapshot {
+impl SnapshotTarget {
     /// Whether this instance serves the snapshot (an instance that handed it over to a newer
     /// table answers like an invalid snapshot, as in the kernel).
     fn serving(&self) -> bool {
@@ -219,7 +222,7 @@ impl Snapshot {
     }
 }
 
-impl Target for Snapshot {
+impl Target for SnapshotTarget {
     fn read(&self, offset: Sectors, buf: &mut [u8]) -> io::Result<()> {
         if !self.serving() {
             return Err(eio());
@@ -326,7 +329,7 @@ impl Target for Snapshot {
     }
 }
 
-impl Drop for Snapshot {
+impl Drop for SnapshotTarget {
     fn drop(&mut self) {
         drop(self.merging.lock().take());
         if self.merge && self.serving() {

@@ -18,7 +18,9 @@ pub const TYPE: TargetType = TargetType {
     construct,
 };
 
-struct Origin {
+/// One `snapshot-origin` table line (not the kernel's `struct origin`, which is the list of
+/// an origin's snapshots: that is `snapshot::origins`).
+struct OriginTarget {
     dev: Arc<Backing>,
     /// The kernel maps the device's own sector numbers onto the origin, not offsets into the
     /// target: a line starting at sector S reads the origin from S.
@@ -34,13 +36,13 @@ fn construct(ctor: &Ctor<'_>, args: &[String]) -> DmResult<Box<dyn Target>> {
         .open(&args[0])
         .map_err(|e| e.context("Cannot get target device"))?;
     check_area(&dev, Sectors(0), ctor.len)?;
-    Ok(Box::new(Origin {
+    Ok(Box::new(OriginTarget {
         dev,
         begin: ctor.start,
     }))
 }
 
-impl Target for Origin {
+impl Target for OriginTarget {
     fn read(&self, offset: Sectors, buf: &mut [u8]) -> io::Result<()> {
         self.dev.read_at(self.begin + offset, buf)
     }

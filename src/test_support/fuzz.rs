@@ -14,7 +14,7 @@ use super::rng::Rng;
 use crate::backing::{Backing, DeviceResolver};
 use crate::error::{DmError, DmResult};
 use crate::snapshot::persistent::Persistent;
-use crate::snapshot::{Snap, StoreType};
+use crate::snapshot::{Snapshot, StoreType};
 use crate::table::TableBuilder;
 use crate::units::Sectors;
 
@@ -236,7 +236,7 @@ fn cow_devices_never_panic() {
         }
         std::fs::write(&cow_path, &image).unwrap();
         let cow = Arc::new(Backing::open_path(&cow_path, true).unwrap());
-        let Ok(snap) = Snap::open(origin.clone(), cow, StoreType::Persistent, 2) else {
+        let Ok(snap) = Snapshot::open(origin.clone(), cow, StoreType::Persistent, 2) else {
             continue;
         };
         // Whatever loaded must be readable (or fail with an error) everywhere, and mergeable.

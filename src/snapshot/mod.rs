@@ -12,9 +12,11 @@
 
 pub mod chunk_hash;
 pub mod chunk_locks;
+pub mod exception_store;
 pub mod merge;
 pub mod origins;
 pub mod persistent;
+pub mod transient;
 
 use std::io;
 use std::sync::Arc;
@@ -28,31 +30,17 @@ use crate::target::DeviceLink;
 use crate::units::{SECTOR_SIZE, Sectors};
 use chunk_hash::ChunkMap;
 use chunk_locks::{ChunkGuard, ChunkLocks};
+pub use exception_store::{ExceptionStore, StoreType};
 use persistent::Persistent;
+use transient::Transient;
 
 /// Copies between devices move at most this much at a time.
 const COPY_BYTES: u64 = 1 << 20;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StoreType {
-    /// `N`: exceptions live in memory only; the COW device holds just the data.
-    Transient,
-    /// `P` / `PO`: the kernel's on-disk format.
-    Persistent,
-}
-
-enum Store {
-    Transient {
-        /// Next free sector of the COW device.
-        next_free: u64,
-    },
-    Persistent(Persistent),
-}
-
 /// The exception store plus the bookkeeping that makes commits happen in allocation order,
 /// and lets one metadata write and flush acknowledge every exception committed meanwhile.
 struct StoreState {
-    store: Store,
+    store: Box<dyn ExceptionStore>,
     next_seq: u64,
     commit_seq: u64,
     /// Exceptions allocated but not yet committed.
@@ -147,33 +135,28 @@ impl Snapshot {
         chunk: u32,
     ) -> DmResult<Arc<Snapshot>> {
         let block_sizes = [cow.logical_block_size(), origin.logical_block_size()];
-        let (store, chunk, loaded, valid) = match store_type {
+        let (store, chunk, loaded): (Box<dyn ExceptionStore>, _, _) = match store_type {
             StoreType::Transient => {
                 if chunk == 0 {
                     return Err(DmError::invalid("Chunk size not set"));
                 }
+                let chunk = chunk as u64;
                 (
-                    Store::Transient { next_free: 0 },
-                    chunk as u64,
+                    Box::new(Transient::new(cow.clone(), chunk)),
+                    chunk,
                     Vec::new(),
-                    true,
                 )
             }
             StoreType::Persistent => {
                 let opened = Persistent::open(cow.clone(), chunk, &block_sizes)?;
                 let chunk = opened.store.chunk();
-                let valid = opened.store.valid;
-                if !valid {
+                if !opened.store.is_valid() {
                     log::warn!("Snapshot is marked invalid.");
                 }
-                (
-                    Store::Persistent(opened.store),
-                    chunk,
-                    opened.exceptions,
-                    valid,
-                )
+                (Box::new(opened.store), chunk, opened.exceptions)
             }
         };
+        let valid = store.is_valid();
         let snap = Arc::new(Snapshot {
             id: next_id(),
             origin,
@@ -447,19 +430,8 @@ impl Snapshot {
         }
         let mut st = self.state.lock();
         while out.len() < n {
-            let new = match &mut st.store {
-                Store::Transient { next_free } => {
-                    if self.cow.size().0 < *next_free + self.chunk {
-                        break;
-                    }
-                    let new = *next_free >> self.shift;
-                    *next_free += self.chunk;
-                    new
-                }
-                Store::Persistent(p) => match p.prepare() {
-                    Some(new) => new,
-                    None => break,
-                },
+            let Some(new) = st.store.prepare_exception() else {
+                break;
             };
             let seq = st.next_seq;
             st.next_seq += 1;
@@ -487,24 +459,12 @@ impl Snapshot {
             st.commit_seq += 1;
             st.pending -= 1;
             let others_in_flight = st.pending > 0;
-            let st_ref = &mut *st;
-            flushed_after_last = match &mut st_ref.store {
-                // The kernel's transient store acknowledges every exception as it is.
-                Store::Transient { .. } => true,
-                Store::Persistent(p) => {
-                    if !e.copied {
-                        p.valid = false;
-                    }
-                    p.add(e.old, e.new);
-                    if others_in_flight && !p.area_full() {
-                        false
-                    } else {
-                        p.commit_area();
-                        st_ref.flush_gen += 1;
-                        true
-                    }
-                }
-            };
+            flushed_after_last =
+                st.store
+                    .commit_exception(e.old, e.new, e.copied, others_in_flight);
+            if flushed_after_last {
+                st.flush_gen += 1;
+            }
         }
         self.committed.notify_all();
         if !flushed_after_last {
@@ -515,10 +475,7 @@ impl Snapshot {
                 self.committed.wait(&mut st);
             }
         }
-        let ok = match &st.store {
-            Store::Persistent(p) => p.valid,
-            Store::Transient { .. } => true,
-        };
+        let ok = st.store.is_valid();
         drop(st);
         if ok {
             let mut table = self.exceptions.write();
@@ -538,9 +495,7 @@ impl Snapshot {
             return;
         }
         log::error!("Invalidating snapshot {}: {why}", self.cow.name());
-        if let Store::Persistent(p) = &mut self.state.lock().store {
-            p.drop_snapshot();
-        }
+        self.state.lock().store.drop_snapshot();
         if let Some(link) = &*self.link.lock() {
             link.event();
         }
@@ -558,10 +513,7 @@ impl Snapshot {
             return "Overflow".into();
         }
         let total = self.cow.size().0;
-        let (allocated, metadata) = match &self.state.lock().store {
-            Store::Transient { next_free } => (*next_free, 0),
-            Store::Persistent(p) => p.usage(),
-        };
+        let (allocated, metadata) = self.state.lock().store.usage();
         format!("{allocated}/{total} {metadata}")
     }
 
@@ -595,10 +547,7 @@ impl Snapshot {
             log::error!("Snapshot is invalid: can't merge");
             return Ok(false);
         }
-        let step = match &mut self.state.lock().store {
-            Store::Persistent(p) => p.prepare_merge(),
-            Store::Transient { .. } => return Ok(false),
-        };
+        let step = self.state.lock().store.prepare_merge();
         let (last_old, last_new, n) = match step {
             Ok(Some(s)) => s,
             Ok(None) => return Ok(false),
@@ -640,12 +589,11 @@ impl Snapshot {
                 .flush()
                 .map_err(|e| format!("Flush after merge failed: shutting down merge ({e})"))?;
         }
-        match &mut self.state.lock().store {
-            Store::Persistent(p) => p.commit_merge(n).map_err(|e| {
-                format!("Write error in exception store: shutting down merge ({e})")
-            })?,
-            Store::Transient { .. } => return Ok(false),
-        }
+        self.state
+            .lock()
+            .store
+            .commit_merge(n)
+            .map_err(|e| format!("Write error in exception store: shutting down merge ({e})"))?;
         let mut table = self.exceptions.write();
         for c in old..old + n {
             table.remove(&c);

@@ -16,8 +16,8 @@ use super::{Ctor, DeviceLink, Target, TargetType, check_area, parse_uint_arg, re
 use crate::backing::Backing;
 use crate::coherence::View;
 use crate::error::{DmError, DmResult};
+use crate::snapshot::exception_store::check_chunk_size;
 use crate::snapshot::merge::Merge;
-use crate::snapshot::persistent::check_chunk_size;
 use crate::snapshot::{Snapshot, StoreType, next_id, origins};
 use crate::units::Sectors;
 

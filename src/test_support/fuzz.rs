@@ -14,7 +14,7 @@ use super::rng::Rng;
 use crate::backing::{Backing, DeviceResolver};
 use crate::error::{DmError, DmResult};
 use crate::snapshot::persistent::Persistent;
-use crate::snapshot::{Snapshot, StoreType};
+use crate::snapshot::{ExceptionStore, Snapshot, StoreType};
 use crate::table::TableBuilder;
 use crate::units::Sectors;
 
@@ -212,7 +212,7 @@ fn cow_devices_never_panic() {
         let cow = Arc::new(Backing::open_path(&cow_path, true).unwrap());
         let mut s = Persistent::open(cow, 2, &[512]).unwrap().store;
         for old in 0..150u64 {
-            let new = s.prepare().unwrap();
+            let new = s.prepare_exception().unwrap();
             s.add(old * 3 % 500, new);
             s.commit_area();
         }

@@ -13,6 +13,7 @@ use crate::device::Device;
 use crate::errlog::ErrorLog;
 use crate::error::{DmError, DmResult};
 use crate::kernel::Kernel;
+use crate::snapshot::Origins;
 use crate::table::Table;
 use crate::target::DeviceLink;
 
@@ -45,6 +46,8 @@ pub struct Registry {
     /// The kernel mirror (`--kernel`): each change below is made in the kernel first, and a
     /// refusal there leaves dmfs unchanged.
     kernel: OnceLock<Arc<Kernel>>,
+    /// This mount's snapshots, which its tables' targets share (and no other mount's do).
+    origins: Arc<Origins>,
 }
 
 /// Checks a device name against the kernel's rules (non-empty, shorter than DM_NAME_LEN, no
@@ -158,7 +161,13 @@ impl Registry {
             errors: ErrorLog::default(),
             policy: Policy::default(),
             kernel: OnceLock::new(),
+            origins: Arc::default(),
         }
+    }
+
+    /// This mount's snapshots, for the target constructors of its tables.
+    pub fn origins(&self) -> &Arc<Origins> {
+        &self.origins
     }
 
     /// The same registry with another ownership policy (`--ctl-group`).

@@ -5,10 +5,12 @@
 //! A `Snapshot` (the kernel's `struct dm_snapshot`) is the state that belongs to one COW
 //! device: the exception store (transient or persistent, in the kernel's on-disk format), the
 //! table of completed exceptions, per-chunk locks and the valid / overflow / merge flags. The
-//! targets (`snapshot`, `snapshot-merge`: `target::snapshot::SnapshotTarget`) are views onto a
-//! `Snapshot`; a new table naming the same COW device while the old one is live takes the
-//! `Snapshot` over, as the kernel hands exceptions over between tables. Writes through a
-//! `snapshot-origin` target reach every active `Snapshot` of that origin through `origins`.
+//! store is an `ExceptionStore`, the kernel's interface, implemented by `transient` and
+//! `persistent`. The targets (`snapshot`, `snapshot-merge`: `target::snapshot::SnapshotTarget`)
+//! are views onto a `Snapshot`; a new table naming the same COW device while the old one is
+//! live takes the `Snapshot` over, as the kernel hands exceptions over between tables. Writes
+//! through a `snapshot-origin` target reach every active `Snapshot` of that origin through the
+//! mount's `Origins`, which every snapshot and origin target of the mount holds.
 
 pub mod chunk_hash;
 pub mod chunk_locks;
@@ -31,6 +33,7 @@ use crate::units::{SECTOR_SIZE, Sectors};
 use chunk_hash::ChunkMap;
 use chunk_locks::{ChunkGuard, ChunkLocks};
 pub use exception_store::{ExceptionStore, StoreType};
+pub use origins::Origins;
 use persistent::Persistent;
 use transient::Transient;
 
@@ -58,15 +61,12 @@ struct Exception {
     copied: bool,
 }
 
-static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-
-pub fn next_id() -> u64 {
-    NEXT_ID.fetch_add(1, Ordering::SeqCst)
-}
-
 pub struct Snapshot {
     /// Orders lock taking across snapshots; never reused.
     pub id: u64,
+    /// The mount's snapshots: origin writes through a merging snapshot reach the others, and
+    /// the snapshot leaves them as it goes.
+    origins: Arc<Origins>,
     pub origin: Arc<Backing>,
     pub cow: Arc<Backing>,
     store_type: StoreType,
@@ -125,10 +125,11 @@ fn copy(
 }
 
 impl Snapshot {
-    /// Opens the exception store on `cow` and registers the snapshot with its origin (inactive
-    /// until a table holding it goes live). `chunk` 0 lets a persistent store take the size
-    /// from the COW header (or the kernel's default).
+    /// Opens the exception store on `cow` and registers the snapshot with its origin in
+    /// `origins` (inactive until a table holding it goes live). `chunk` 0 lets a persistent
+    /// store take the size from the COW header (or the kernel's default).
     pub fn open(
+        origins: &Arc<Origins>,
         origin: Arc<Backing>,
         cow: Arc<Backing>,
         store_type: StoreType,
@@ -158,7 +159,8 @@ impl Snapshot {
         };
         let valid = store.is_valid();
         let snap = Arc::new(Snapshot {
-            id: next_id(),
+            id: origins.next_id(),
+            origins: origins.clone(),
             origin,
             cow,
             store_type,
@@ -184,7 +186,7 @@ impl Snapshot {
             targets: AtomicU32::new(0),
             link: Mutex::new(None),
         });
-        origins::register(&snap);
+        origins.register(&snap);
         Ok(snap)
     }
 
@@ -528,7 +530,7 @@ impl Snapshot {
                     return self.cow.write_at(self.cow_sector(new, s), piece);
                 }
             }
-            origins::origin_write(&self.origin, s, piece)
+            self.origins.origin_write(&self.origin, s, piece)
         })
     }
 
@@ -572,7 +574,7 @@ impl Snapshot {
             ));
         }
         // Other snapshots of the origin save what the merge is about to overwrite.
-        for other in origins::snapshots_of(self.origin.key()) {
+        for other in self.origins.snapshots_of(self.origin.key()) {
             if other.id != self.id {
                 drop(other.copy_out(dest, dest + span));
             }
@@ -604,6 +606,6 @@ impl Snapshot {
 
 impl Drop for Snapshot {
     fn drop(&mut self) {
-        origins::unregister();
+        self.origins.unregister();
     }
 }

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use crate::backing::{Backing, DeviceResolver};
 use crate::coherence::View;
 use crate::error::{DmError, DmResult};
+use crate::snapshot::Origins;
 use crate::units::Sectors;
 
 mod delay;
@@ -109,13 +110,15 @@ pub trait Target: Send + Sync {
     fn suspend(&self) {}
 }
 
-/// What a constructor gets besides its arguments: the line's place in the table and a way to
-/// open the devices it names.
+/// What a constructor gets besides its arguments: the line's place in the table, a way to
+/// open the devices it names, and the state its mount's targets share.
 pub struct Ctor<'a> {
     /// Where the line starts in its table (the kernel's `ti->begin`).
     pub start: Sectors,
     pub len: Sectors,
     pub resolver: &'a dyn DeviceResolver,
+    /// The mount's snapshots by origin and COW device (the kernel's `_origins`).
+    pub origins: &'a Arc<Origins>,
 }
 
 impl Ctor<'_> {

@@ -18,7 +18,7 @@ use crate::coherence::View;
 use crate::error::{DmError, DmResult};
 use crate::snapshot::exception_store::check_chunk_size;
 use crate::snapshot::merge::Merge;
-use crate::snapshot::{Snapshot, StoreType, next_id, origins};
+use crate::snapshot::{Origins, Snapshot, StoreType};
 use crate::units::Sectors;
 
 pub const SNAPSHOT: TargetType = TargetType {
@@ -146,19 +146,19 @@ fn construct(ctor: &Ctor<'_>, args: &[String], merge: bool) -> DmResult<Box<dyn 
     // The kernel checks the origin's extent once the table is complete, after the store has
     // been set up; checking first leaves a fresh COW device untouched by a refused table.
     check_area(&origin, Sectors(0), ctor.len)?;
-    let snap = match origins::find_by_cow(cow.key()) {
-        Some(live) => take_over(live, &origin, merge)?,
+    let snap = match ctor.origins.find_by_cow(cow.key()) {
+        Some(live) => take_over(ctor.origins, live, &origin, merge)?,
         None => {
             if merge && store_type == StoreType::Transient {
                 return Err(DmError::invalid(
                     "Snapshot exception store does not support snapshot-merge.",
                 ));
             }
-            Snapshot::open(origin.clone(), cow.clone(), store_type, chunk)?
+            Snapshot::open(ctor.origins, origin.clone(), cow.clone(), store_type, chunk)?
         }
     };
     snap.targets.fetch_add(1, Ordering::SeqCst);
-    let id = next_id();
+    let id = ctor.origins.next_id();
     // A snapshot nobody serves yet is this instance's; a live one stays with its current
     // instance until this one goes live (the kernel's handover at resume).
     let _ = snap
@@ -181,7 +181,12 @@ fn construct(ctor: &Ctor<'_>, args: &[String], merge: bool) -> DmResult<Box<dyn 
 
 /// A table naming a COW device that a live snapshot uses takes that snapshot over (the
 /// kernel's exception handover), under the kernel's conditions.
-fn take_over(live: Arc<Snapshot>, origin: &Backing, merge: bool) -> DmResult<Arc<Snapshot>> {
+fn take_over(
+    origins: &Origins,
+    live: Arc<Snapshot>,
+    origin: &Backing,
+    merge: bool,
+) -> DmResult<Arc<Snapshot>> {
     if !live.origin.same_device(origin) {
         return Err(DmError::busy(format!(
             "COW device {} is in use by a snapshot of another origin ({})",
@@ -195,7 +200,8 @@ fn take_over(live: Arc<Snapshot>, origin: &Backing, merge: bool) -> DmResult<Arc
         ));
     }
     if merge {
-        let merging = origins::snapshots_of(origin.key())
+        let merging = origins
+            .snapshots_of(origin.key())
             .iter()
             .any(|s| s.is_merging());
         if merging {

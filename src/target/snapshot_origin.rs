@@ -9,7 +9,7 @@ use super::{Ctor, Target, TargetType, check_area};
 use crate::backing::Backing;
 use crate::coherence::View;
 use crate::error::{DmError, DmResult};
-use crate::snapshot::origins;
+use crate::snapshot::Origins;
 use crate::units::Sectors;
 
 pub const TYPE: TargetType = TargetType {
@@ -25,6 +25,8 @@ struct OriginTarget {
     /// The kernel maps the device's own sector numbers onto the origin, not offsets into the
     /// target: a line starting at sector S reads the origin from S.
     begin: Sectors,
+    /// The mount's snapshots: those of `dev` save what a write overwrites.
+    origins: Arc<Origins>,
 }
 
 fn construct(ctor: &Ctor<'_>, args: &[String]) -> DmResult<Box<dyn Target>> {
@@ -39,6 +41,7 @@ fn construct(ctor: &Ctor<'_>, args: &[String]) -> DmResult<Box<dyn Target>> {
     Ok(Box::new(OriginTarget {
         dev,
         begin: ctor.start,
+        origins: ctor.origins.clone(),
     }))
 }
 
@@ -48,7 +51,8 @@ impl Target for OriginTarget {
     }
 
     fn write(&self, offset: Sectors, buf: &[u8]) -> io::Result<()> {
-        origins::origin_write(&self.dev, (self.begin + offset).0, buf)
+        self.origins
+            .origin_write(&self.dev, (self.begin + offset).0, buf)
     }
 
     fn table_args(&self) -> String {

@@ -62,7 +62,7 @@ impl Origins {
         self.next_id.fetch_add(1, Ordering::SeqCst)
     }
 
-    pub fn register(&self, snap: &Arc<Snapshot>) {
+    pub(super) fn register(&self, snap: &Arc<Snapshot>) {
         let mut s = self.snapshots.lock();
         let key = snap.origin.key();
         let old = s
@@ -76,7 +76,7 @@ impl Origins {
     }
 
     /// Forgets snapshots that no table holds any more (called as one goes).
-    pub fn unregister(&self) {
+    pub(super) fn unregister(&self) {
         let mut s = self.snapshots.lock();
         s.by_origin.retain(|_, list| {
             if list.iter().any(|w| w.strong_count() == 0) {

@@ -39,7 +39,9 @@ impl ExceptionStore for Transient {
         Some(new)
     }
 
-    /// Nothing to write: the kernel's transient store acknowledges every exception as it is.
+    /// Nothing to write: every exception is acknowledged at once, and as a success even when
+    /// its copy failed, as dmfs has always done (the kernel's transient store hands `valid` on
+    /// to its callback, which invalidates the snapshot on a failed copy).
     fn commit_exception(&mut self, _old: u64, _new: u64, _valid: bool, _more: bool) -> bool {
         true
     }

@@ -544,7 +544,7 @@ mod tests {
 
     fn zero_device() -> Arc<Device> {
         let mut b = crate::table::TableBuilder::new();
-        b.add_line("0 100 zero", &NoFiles).unwrap();
+        b.add_line("0 100 zero", &NoFiles, &Arc::default()).unwrap();
         Arc::new(Device::new(
             1,
             "d".into(),

@@ -223,7 +223,7 @@ impl TableSession {
         let cwd = self.cwd.clone();
         let before = self.builder.lines();
         registry.with_resolver(cwd, !self.read_only, &self.caller, |r| {
-            self.builder.add_line(line, r)
+            self.builder.add_line(line, r, registry.origins())
         })?;
         let references = self.builder.last_line_devices();
         let live = self.live_device();

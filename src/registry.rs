@@ -16,6 +16,7 @@ use crate::errlog::ErrorLog;
 use crate::error::{DmError, DmResult};
 use crate::kernel::Kernel;
 use crate::resolver::Resolver;
+use crate::snapshot::Origins;
 use crate::table::Table;
 
 /// The kernel's DM_NAME_LEN is 128 bytes including the terminating NUL.
@@ -50,6 +51,8 @@ pub struct Registry {
     /// Where this mount's devices and files report changes to their bytes (the page-cache
     /// coherence attaches to it when the mount is made).
     pub changes: Arc<Changes>,
+    /// This mount's snapshots, which its tables' targets share (and no other mount's do).
+    origins: Arc<Origins>,
 }
 
 /// Checks a device name against the kernel's rules (non-empty, shorter than DM_NAME_LEN, no
@@ -164,7 +167,13 @@ impl Registry {
             policy: Policy::default(),
             kernel: OnceLock::new(),
             changes: Arc::new(Changes::default()),
+            origins: Arc::default(),
         }
+    }
+
+    /// This mount's snapshots, for the target constructors of its tables.
+    pub fn origins(&self) -> &Arc<Origins> {
+        &self.origins
     }
 
     /// The same registry with another ownership policy (`--ctl-group`).

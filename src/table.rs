@@ -12,6 +12,7 @@ use crate::backing::{Backing, DeviceResolver};
 use crate::device_key::DeviceKey;
 use crate::device_link::DeviceLink;
 use crate::error::{DmError, DmResult};
+use crate::snapshot::Origins;
 use crate::target::{self, Ctor, Target};
 use crate::units::Sectors;
 
@@ -373,15 +374,26 @@ impl TableBuilder {
             .unwrap_or_default()
     }
 
-    /// Parses, validates and constructs one line of text. The error names the line number.
-    pub fn add_line(&mut self, text: &str, resolver: &dyn DeviceResolver) -> DmResult<()> {
+    /// Parses, validates and constructs one line of text, for the mount whose snapshots are
+    /// `origins`. The error names the line number.
+    pub fn add_line(
+        &mut self,
+        text: &str,
+        resolver: &dyn DeviceResolver,
+        origins: &Arc<Origins>,
+    ) -> DmResult<()> {
         self.line_no += 1;
         let line_no = self.line_no;
-        self.add_parsed(text, resolver)
+        self.add_parsed(text, resolver, origins)
             .map_err(|e| e.context(format!("line {line_no}")))
     }
 
-    fn add_parsed(&mut self, text: &str, resolver: &dyn DeviceResolver) -> DmResult<()> {
+    fn add_parsed(
+        &mut self,
+        text: &str,
+        resolver: &dyn DeviceResolver,
+        origins: &Arc<Origins>,
+    ) -> DmResult<()> {
         if text.len() > MAX_LINE_BYTES {
             return Err(DmError::invalid(format!(
                 "table line longer than {MAX_LINE_BYTES} bytes"
@@ -428,6 +440,7 @@ impl TableBuilder {
             start: line.start,
             len: line.len,
             resolver: &sharing,
+            origins,
         };
         let target = (ty.construct)(&ctor, &line.args).map_err(|e| e.context(ty.name));
         self.opened = sharing.opened.into_inner();
@@ -518,12 +531,14 @@ mod tests {
                 Err(DmError::not_found(reference.to_string()))
             }
         }
+        let origins = Arc::default();
         let mut b = TableBuilder::new();
         for i in 0..MAX_TABLE_LINES {
-            b.add_line(&format!("{i} 1 zero"), &NoDevices).unwrap();
+            b.add_line(&format!("{i} 1 zero"), &NoDevices, &origins)
+                .unwrap();
         }
         let e = b
-            .add_line(&format!("{MAX_TABLE_LINES} 1 zero"), &NoDevices)
+            .add_line(&format!("{MAX_TABLE_LINES} 1 zero"), &NoDevices, &origins)
             .unwrap_err();
         assert_eq!(e.errno, libc::EINVAL);
         assert_eq!(
@@ -532,7 +547,7 @@ mod tests {
         );
         assert_eq!(b.lines(), MAX_TABLE_LINES);
         // Comments and blank lines do not count.
-        b.add_line("# a comment", &NoDevices).unwrap();
+        b.add_line("# a comment", &NoDevices, &origins).unwrap();
     }
 
     /// Lines naming the same file share one open file (the kernel's dm_get_device); a
@@ -560,13 +575,16 @@ mod tests {
                 })
                 .collect(),
         );
+        let origins = Arc::default();
         let mut b = TableBuilder::new();
-        b.add_line("0 8 linear A 0", &files).unwrap();
-        b.add_line("8 8 linear A 8", &files).unwrap();
-        b.add_line("16 16 striped 2 8 A 16 A 32", &files).unwrap();
+        b.add_line("0 8 linear A 0", &files, &origins).unwrap();
+        b.add_line("8 8 linear A 8", &files, &origins).unwrap();
+        b.add_line("16 16 striped 2 8 A 16 A 32", &files, &origins)
+            .unwrap();
         assert_eq!(b.opened.len(), 1);
         // B opens, then the line is refused (past B's end): B is let go.
-        b.add_line("32 8 linear B 60", &files).unwrap_err();
+        b.add_line("32 8 linear B 60", &files, &origins)
+            .unwrap_err();
         assert_eq!(b.opened.len(), 1);
         let t = b.table().unwrap();
         let devs: Vec<Arc<Backing>> = t

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 
-use super::Snap;
+use super::Snapshot;
 
 pub struct Merge {
     stop: Arc<AtomicBool>,
@@ -13,7 +13,7 @@ pub struct Merge {
 }
 
 impl Merge {
-    pub fn start(snap: Arc<Snap>) -> Merge {
+    pub fn start(snap: Arc<Snapshot>) -> Merge {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
@@ -39,7 +39,7 @@ impl Drop for Merge {
     }
 }
 
-fn run(snap: &Snap, stop: &AtomicBool) {
+fn run(snap: &Snapshot, stop: &AtomicBool) {
     let cow = snap.cow.name();
     log::info!("merging snapshot {cow} into {}", snap.origin.name());
     while !stop.load(Ordering::SeqCst) {

@@ -2,18 +2,23 @@
 //! COW device, the old contents of every chunk written since the snapshot was taken, and the
 //! snapshot's own writes.
 //!
-//! A `Snap` is the state that belongs to one COW device: the exception store (transient or
-//! persistent, in the kernel's on-disk format), the table of completed exceptions, per-chunk
-//! locks and the valid / overflow / merge flags. Targets (`snapshot`, `snapshot-merge`) are
-//! views onto a `Snap`; a new table naming the same COW device while the old one is live takes
-//! the `Snap` over, as the kernel hands exceptions over between tables. Writes through a
-//! `snapshot-origin` target reach every active `Snap` of that origin through `origins`.
+//! A `Snapshot` (the kernel's `struct dm_snapshot`) is the state that belongs to one COW
+//! device: the exception store (transient or persistent, in the kernel's on-disk format), the
+//! table of completed exceptions, per-chunk locks and the valid / overflow / merge flags. The
+//! store is an `ExceptionStore`, the kernel's interface, implemented by `transient` and
+//! `persistent`. The targets (`snapshot`, `snapshot-merge`: `target::snapshot::SnapshotTarget`)
+//! are views onto a `Snapshot`; a new table naming the same COW device while the old one is
+//! live takes the `Snapshot` over, as the kernel hands exceptions over between tables. Writes
+//! through a `snapshot-origin` target reach every active `Snapshot` of that origin through the
+//! mount's `Origins`, which every snapshot and origin target of the mount holds.
 
 pub mod chunk_hash;
 pub mod chunk_locks;
+pub mod exception_store;
 pub mod merge;
 pub mod origins;
 pub mod persistent;
+pub mod transient;
 
 use std::io;
 use std::sync::Arc;
@@ -27,31 +32,18 @@ use crate::error::{DmError, DmResult};
 use crate::units::{SECTOR_SIZE, Sectors};
 use chunk_hash::ChunkMap;
 use chunk_locks::{ChunkGuard, ChunkLocks};
+pub use exception_store::{ExceptionStore, StoreType};
+pub use origins::Origins;
 use persistent::Persistent;
+use transient::Transient;
 
 /// Copies between devices move at most this much at a time.
 const COPY_BYTES: u64 = 1 << 20;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StoreType {
-    /// `N`: exceptions live in memory only; the COW device holds just the data.
-    Transient,
-    /// `P` / `PO`: the kernel's on-disk format.
-    Persistent,
-}
-
-enum Store {
-    Transient {
-        /// Next free sector of the COW device.
-        next_free: u64,
-    },
-    Persistent(Persistent),
-}
-
 /// The exception store plus the bookkeeping that makes commits happen in allocation order,
 /// and lets one metadata write and flush acknowledge every exception committed meanwhile.
 struct StoreState {
-    store: Store,
+    store: Box<dyn ExceptionStore>,
     next_seq: u64,
     commit_seq: u64,
     /// Exceptions allocated but not yet committed.
@@ -69,15 +61,12 @@ struct Exception {
     copied: bool,
 }
 
-static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-
-pub fn next_id() -> u64 {
-    NEXT_ID.fetch_add(1, Ordering::SeqCst)
-}
-
-pub struct Snap {
+pub struct Snapshot {
     /// Orders lock taking across snapshots; never reused.
     pub id: u64,
+    /// The mount's snapshots: origin writes through a merging snapshot reach the others, and
+    /// the snapshot leaves them as it goes.
+    origins: Arc<Origins>,
     pub origin: Arc<Backing>,
     pub cow: Arc<Backing>,
     store_type: StoreType,
@@ -135,46 +124,43 @@ fn copy(
     })
 }
 
-impl Snap {
-    /// Opens the exception store on `cow` and registers the snapshot with its origin (inactive
-    /// until a table holding it goes live). `chunk` 0 lets a persistent store take the size
-    /// from the COW header (or the kernel's default).
+impl Snapshot {
+    /// Opens the exception store on `cow` and registers the snapshot with its origin in
+    /// `origins` (inactive until a table holding it goes live). `chunk` 0 lets a persistent
+    /// store take the size from the COW header (or the kernel's default).
     pub fn open(
+        origins: &Arc<Origins>,
         origin: Arc<Backing>,
         cow: Arc<Backing>,
         store_type: StoreType,
         chunk: u32,
-    ) -> DmResult<Arc<Snap>> {
+    ) -> DmResult<Arc<Snapshot>> {
         let block_sizes = [cow.logical_block_size(), origin.logical_block_size()];
-        let (store, chunk, loaded, valid) = match store_type {
+        let (store, chunk, loaded): (Box<dyn ExceptionStore>, _, _) = match store_type {
             StoreType::Transient => {
                 if chunk == 0 {
                     return Err(DmError::invalid("Chunk size not set"));
                 }
+                let chunk = chunk as u64;
                 (
-                    Store::Transient { next_free: 0 },
-                    chunk as u64,
+                    Box::new(Transient::new(cow.clone(), chunk)),
+                    chunk,
                     Vec::new(),
-                    true,
                 )
             }
             StoreType::Persistent => {
                 let opened = Persistent::open(cow.clone(), chunk, &block_sizes)?;
                 let chunk = opened.store.chunk();
-                let valid = opened.store.valid;
-                if !valid {
+                if !opened.store.is_valid() {
                     log::warn!("Snapshot is marked invalid.");
                 }
-                (
-                    Store::Persistent(opened.store),
-                    chunk,
-                    opened.exceptions,
-                    valid,
-                )
+                (Box::new(opened.store), chunk, opened.exceptions)
             }
         };
-        let snap = Arc::new(Snap {
-            id: next_id(),
+        let valid = store.is_valid();
+        let snap = Arc::new(Snapshot {
+            id: origins.next_id(),
+            origins: origins.clone(),
             origin,
             cow,
             store_type,
@@ -200,7 +186,7 @@ impl Snap {
             targets: AtomicU32::new(0),
             link: Mutex::new(None),
         });
-        origins::register(&snap);
+        origins.register(&snap);
         Ok(snap)
     }
 
@@ -446,19 +432,8 @@ impl Snap {
         }
         let mut st = self.state.lock();
         while out.len() < n {
-            let new = match &mut st.store {
-                Store::Transient { next_free } => {
-                    if self.cow.size().0 < *next_free + self.chunk {
-                        break;
-                    }
-                    let new = *next_free >> self.shift;
-                    *next_free += self.chunk;
-                    new
-                }
-                Store::Persistent(p) => match p.prepare() {
-                    Some(new) => new,
-                    None => break,
-                },
+            let Some(new) = st.store.prepare_exception() else {
+                break;
             };
             let seq = st.next_seq;
             st.next_seq += 1;
@@ -486,24 +461,12 @@ impl Snap {
             st.commit_seq += 1;
             st.pending -= 1;
             let others_in_flight = st.pending > 0;
-            let st_ref = &mut *st;
-            flushed_after_last = match &mut st_ref.store {
-                // The kernel's transient store acknowledges every exception as it is.
-                Store::Transient { .. } => true,
-                Store::Persistent(p) => {
-                    if !e.copied {
-                        p.valid = false;
-                    }
-                    p.add(e.old, e.new);
-                    if others_in_flight && !p.area_full() {
-                        false
-                    } else {
-                        p.commit_area();
-                        st_ref.flush_gen += 1;
-                        true
-                    }
-                }
-            };
+            flushed_after_last =
+                st.store
+                    .commit_exception(e.old, e.new, e.copied, others_in_flight);
+            if flushed_after_last {
+                st.flush_gen += 1;
+            }
         }
         self.committed.notify_all();
         if !flushed_after_last {
@@ -514,10 +477,7 @@ impl Snap {
                 self.committed.wait(&mut st);
             }
         }
-        let ok = match &st.store {
-            Store::Persistent(p) => p.valid,
-            Store::Transient { .. } => true,
-        };
+        let ok = st.store.is_valid();
         drop(st);
         if ok {
             let mut table = self.exceptions.write();
@@ -537,9 +497,7 @@ impl Snap {
             return;
         }
         log::error!("Invalidating snapshot {}: {why}", self.cow.name());
-        if let Store::Persistent(p) = &mut self.state.lock().store {
-            p.drop_snapshot();
-        }
+        self.state.lock().store.drop_snapshot();
         if let Some(link) = &*self.link.lock() {
             link.event();
         }
@@ -557,10 +515,7 @@ impl Snap {
             return "Overflow".into();
         }
         let total = self.cow.size().0;
-        let (allocated, metadata) = match &self.state.lock().store {
-            Store::Transient { next_free } => (*next_free, 0),
-            Store::Persistent(p) => p.usage(),
-        };
+        let (allocated, metadata) = self.state.lock().store.usage();
         format!("{allocated}/{total} {metadata}")
     }
 
@@ -575,7 +530,7 @@ impl Snap {
                     return self.cow.write_at(self.cow_sector(new, s), piece);
                 }
             }
-            origins::origin_write(&self.origin, s, piece)
+            self.origins.origin_write(&self.origin, s, piece)
         })
     }
 
@@ -594,10 +549,7 @@ impl Snap {
             log::error!("Snapshot is invalid: can't merge");
             return Ok(false);
         }
-        let step = match &mut self.state.lock().store {
-            Store::Persistent(p) => p.prepare_merge(),
-            Store::Transient { .. } => return Ok(false),
-        };
+        let step = self.state.lock().store.prepare_merge();
         let (last_old, last_new, n) = match step {
             Ok(Some(s)) => s,
             Ok(None) => return Ok(false),
@@ -622,7 +574,7 @@ impl Snap {
             ));
         }
         // Other snapshots of the origin save what the merge is about to overwrite.
-        for other in origins::snapshots_of(self.origin.key()) {
+        for other in self.origins.snapshots_of(self.origin.key()) {
             if other.id != self.id {
                 drop(other.copy_out(dest, dest + span));
             }
@@ -639,12 +591,11 @@ impl Snap {
                 .flush()
                 .map_err(|e| format!("Flush after merge failed: shutting down merge ({e})"))?;
         }
-        match &mut self.state.lock().store {
-            Store::Persistent(p) => p.commit_merge(n).map_err(|e| {
-                format!("Write error in exception store: shutting down merge ({e})")
-            })?,
-            Store::Transient { .. } => return Ok(false),
-        }
+        self.state
+            .lock()
+            .store
+            .commit_merge(n)
+            .map_err(|e| format!("Write error in exception store: shutting down merge ({e})"))?;
         let mut table = self.exceptions.write();
         for c in old..old + n {
             table.remove(&c);
@@ -653,8 +604,8 @@ impl Snap {
     }
 }
 
-impl Drop for Snap {
+impl Drop for Snapshot {
     fn drop(&mut self) {
-        origins::unregister();
+        self.origins.unregister();
     }
 }

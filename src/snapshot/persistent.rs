@@ -17,6 +17,7 @@
 use std::io;
 use std::sync::Arc;
 
+use super::exception_store::{ExceptionStore, MergeRun, StoreType, check_chunk_size};
 use crate::backing::Backing;
 use crate::error::{DmError, DmResult};
 use crate::units::Sectors;
@@ -28,23 +29,6 @@ const HEADER_CHUNKS: u64 = 1;
 /// The kernel's default when a table gives chunk size 0: 16 KiB.
 const DEFAULT_CHUNK_SECTORS: u32 = 32;
 const EXCEPTION_BYTES: usize = 16;
-
-/// The kernel's `dm_exception_store_set_chunk_size` checks, with its words.
-pub fn check_chunk_size(chunk: u32, block_sizes: &[u32]) -> Result<(), &'static str> {
-    if !chunk.is_power_of_two() {
-        return Err("Chunk size is not a power of 2");
-    }
-    if block_sizes
-        .iter()
-        .any(|b| !chunk.is_multiple_of((b / 512).max(1)))
-    {
-        return Err("Chunk size is not a multiple of device blocksize");
-    }
-    if chunk > (i32::MAX as u32) >> 9 {
-        return Err("Chunk size is too high");
-    }
-    Ok(())
-}
 
 pub struct Persistent {
     cow: Arc<Backing>,
@@ -58,7 +42,7 @@ pub struct Persistent {
     current_committed: u64,
     /// The next chunk to hand out (metadata chunks are skipped).
     next_free: u64,
-    pub valid: bool,
+    valid: bool,
 }
 
 /// What opening a COW device found.
@@ -255,18 +239,6 @@ impl Persistent {
         Ok(out)
     }
 
-    /// Hands out the next free chunk, or None when the COW device is full.
-    pub fn prepare(&mut self) -> Option<u64> {
-        let size = self.cow.size().0;
-        if size < (self.next_free + 1) * self.chunk {
-            return None;
-        }
-        let new = self.next_free;
-        self.next_free += 1;
-        self.skip_metadata();
-        Some(new)
-    }
-
     /// Records an exception in the in-memory area; `commit_area` makes it durable.
     pub fn add(&mut self, old: u64, new: u64) {
         let at = self.current_committed as usize * EXCEPTION_BYTES;
@@ -307,27 +279,62 @@ impl Persistent {
             self.area.fill(0);
         }
     }
+}
 
-    /// Marks the snapshot invalid on disk (the kernel's `drop_snapshot`).
-    pub fn drop_snapshot(&mut self) {
+impl ExceptionStore for Persistent {
+    fn store_type(&self) -> StoreType {
+        StoreType::Persistent
+    }
+
+    /// Hands out the next free chunk, skipping metadata areas.
+    fn prepare_exception(&mut self) -> Option<u64> {
+        let size = self.cow.size().0;
+        if size < (self.next_free + 1) * self.chunk {
+            return None;
+        }
+        let new = self.next_free;
+        self.next_free += 1;
+        self.skip_metadata();
+        Some(new)
+    }
+
+    /// Writes the exception into the in-memory area, and the area to disk when no other
+    /// exception is in flight or the area is full, so one flush serves every exception
+    /// committed meanwhile.
+    fn commit_exception(&mut self, old: u64, new: u64, valid: bool, more_pending: bool) -> bool {
+        if !valid {
+            self.valid = false;
+        }
+        self.add(old, new);
+        if more_pending && !self.area_full() {
+            return false;
+        }
+        self.commit_area();
+        true
+    }
+
+    fn is_valid(&self) -> bool {
+        self.valid
+    }
+
+    /// Marks the snapshot invalid on disk.
+    fn drop_snapshot(&mut self) {
         self.valid = false;
         if let Err(e) = self.write_header() {
             log::warn!("write header failed: {e}");
         }
     }
 
-    /// (allocated, metadata) sectors, as `dmsetup status` shows them.
-    pub fn usage(&self) -> (u64, u64) {
+    fn usage(&self) -> (u64, u64) {
         (
             self.next_free * self.chunk,
             (self.current_area + 1 + HEADER_CHUNKS) * self.chunk,
         )
     }
 
-    /// The kernel's `prepare_merge`: the last committed exception and how many exceptions
-    /// before it in the same area are consecutive with it, as (last old, last new, count);
-    /// None once every exception has been merged.
-    pub fn prepare_merge(&mut self) -> io::Result<Option<(u64, u64, u64)>> {
+    /// The last committed exception and how many exceptions before it in the same area are
+    /// consecutive with it.
+    fn prepare_merge(&mut self) -> io::Result<Option<MergeRun>> {
         if self.current_committed == 0 {
             if self.current_area == 0 {
                 return Ok(None);
@@ -355,8 +362,8 @@ impl Persistent {
         Ok(Some((last_old, last_new, n)))
     }
 
-    /// The kernel's `commit_merge`: clears the last `n` exceptions and writes the area.
-    pub fn commit_merge(&mut self, n: u64) -> io::Result<()> {
+    /// Clears the last `n` exceptions and writes the area.
+    fn commit_merge(&mut self, n: u64) -> io::Result<()> {
         for i in 0..n {
             let at = (self.current_committed - 1 - i) as usize * EXCEPTION_BYTES;
             self.area[at..at + EXCEPTION_BYTES].fill(0);
@@ -389,7 +396,7 @@ mod tests {
         let mut s = Persistent::open(cow.clone(), 1, &[512]).unwrap().store;
         let mut expect = Vec::new();
         for old in 0..100u64 {
-            let new = s.prepare().unwrap();
+            let new = s.prepare_exception().unwrap();
             s.add(old * 3, new);
             s.commit_area();
             expect.push((old * 3, new));
@@ -412,7 +419,7 @@ mod tests {
         // 40 exceptions: old chunks 10..50 in order, so the new chunks run consecutively
         // except across the metadata chunk at 34.
         for old in 10..50u64 {
-            let new = s.prepare().unwrap();
+            let new = s.prepare_exception().unwrap();
             s.add(old, new);
             s.commit_area();
         }

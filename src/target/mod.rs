@@ -9,6 +9,7 @@ use std::sync::Arc;
 use crate::backing::{Backing, DeviceResolver};
 use crate::device_link::DeviceLink;
 use crate::error::{DmError, DmResult};
+use crate::snapshot::Origins;
 use crate::units::Sectors;
 
 mod delay;
@@ -87,13 +88,15 @@ pub trait Target: Send + Sync {
     fn suspend(&self) {}
 }
 
-/// What a constructor gets besides its arguments: the line's place in the table and a way to
-/// open the devices it names.
+/// What a constructor gets besides its arguments: the line's place in the table, a way to
+/// open the devices it names, and the state its mount's targets share.
 pub struct Ctor<'a> {
     /// Where the line starts in its table (the kernel's `ti->begin`).
     pub start: Sectors,
     pub len: Sectors,
     pub resolver: &'a dyn DeviceResolver,
+    /// The mount's snapshots by origin and COW device (the kernel's `_origins`).
+    pub origins: &'a Arc<Origins>,
 }
 
 impl Ctor<'_> {

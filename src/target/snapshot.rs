@@ -17,9 +17,9 @@ use super::{Ctor, Target, TargetType, check_area, parse_uint_arg, read_arg_group
 use crate::backing::Backing;
 use crate::device_link::DeviceLink;
 use crate::error::{DmError, DmResult};
+use crate::snapshot::exception_store::check_chunk_size;
 use crate::snapshot::merge::Merge;
-use crate::snapshot::persistent::check_chunk_size;
-use crate::snapshot::{Snap, StoreType, next_id, origins};
+use crate::snapshot::{Origins, Snapshot, StoreType};
 use crate::units::Sectors;
 
 pub const SNAPSHOT: TargetType = TargetType {
@@ -34,11 +34,14 @@ pub const MERGE: TargetType = TargetType {
     construct: construct_merge,
 };
 
-struct Snapshot {
+/// One `snapshot` or `snapshot-merge` table line (the kernel's `dm_target` whose private
+/// data is the `dm_snapshot`): a view onto the `Snapshot` of its COW device, which a newer
+/// table may take over.
+struct SnapshotTarget {
     /// This instance: the snapshot's I/O is served by the newest instance to go live.
     id: u64,
     merge: bool,
-    snap: Arc<Snap>,
+    snap: Arc<Snapshot>,
     begin: Sectors,
     origin: Arc<Backing>,
     cow: Arc<Backing>,
@@ -144,25 +147,25 @@ fn construct(ctor: &Ctor<'_>, args: &[String], merge: bool) -> DmResult<Box<dyn 
     // The kernel checks the origin's extent once the table is complete, after the store has
     // been set up; checking first leaves a fresh COW device untouched by a refused table.
     check_area(&origin, Sectors(0), ctor.len)?;
-    let snap = match origins::find_by_cow(cow.key()) {
-        Some(live) => take_over(live, &origin, merge)?,
+    let snap = match ctor.origins.find_by_cow(cow.key()) {
+        Some(live) => take_over(ctor.origins, live, &origin, merge)?,
         None => {
             if merge && store_type == StoreType::Transient {
                 return Err(DmError::invalid(
                     "Snapshot exception store does not support snapshot-merge.",
                 ));
             }
-            Snap::open(origin.clone(), cow.clone(), store_type, chunk)?
+            Snapshot::open(ctor.origins, origin.clone(), cow.clone(), store_type, chunk)?
         }
     };
     snap.targets.fetch_add(1, Ordering::SeqCst);
-    let id = next_id();
+    let id = ctor.origins.next_id();
     // A snapshot nobody serves yet is this instance's; a live one stays with its current
     // instance until this one goes live (the kernel's handover at resume).
     let _ = snap
         .owner
         .compare_exchange(0, id, Ordering::SeqCst, Ordering::SeqCst);
-    Ok(Box::new(Snapshot {
+    Ok(Box::new(SnapshotTarget {
         id,
         merge,
         snap,
@@ -179,7 +182,12 @@ fn construct(ctor: &Ctor<'_>, args: &[String], merge: bool) -> DmResult<Box<dyn 
 
 /// A table naming a COW device that a live snapshot uses takes that snapshot over (the
 /// kernel's exception handover), under the kernel's conditions.
-fn take_over(live: Arc<Snap>, origin: &Backing, merge: bool) -> DmResult<Arc<Snap>> {
+fn take_over(
+    origins: &Origins,
+    live: Arc<Snapshot>,
+    origin: &Backing,
+    merge: bool,
+) -> DmResult<Arc<Snapshot>> {
     if !live.origin.same_device(origin) {
         return Err(DmError::busy(format!(
             "COW device {} is in use by a snapshot of another origin ({})",
@@ -193,7 +201,8 @@ fn take_over(live: Arc<Snap>, origin: &Backing, merge: bool) -> DmResult<Arc<Sna
         ));
     }
     if merge {
-        let merging = origins::snapshots_of(origin.key())
+        let merging = origins
+            .snapshots_of(origin.key())
             .iter()
             .any(|s| s.is_merging());
         if merging {
@@ -212,7 +221,7 @@ fn eio() -> io::Error {
     io::Error::from_raw_os_error(libc::EIO)
 }
 
-impl Snapshot {
+impl SnapshotTarget {
     /// Whether this instance serves the snapshot (an instance that handed it over to a newer
     /// table answers like an invalid snapshot, as in the kernel).
     fn serving(&self) -> bool {
@@ -220,7 +229,7 @@ impl Snapshot {
     }
 }
 
-impl Target for Snapshot {
+impl Target for SnapshotTarget {
     fn read(&self, offset: Sectors, buf: &mut [u8]) -> io::Result<()> {
         if !self.serving() {
             return Err(eio());
@@ -327,7 +336,7 @@ impl Target for Snapshot {
     }
 }
 
-impl Drop for Snapshot {
+impl Drop for SnapshotTarget {
     fn drop(&mut self) {
         drop(self.merging.lock().take());
         if self.merge && self.serving() {

@@ -9,7 +9,7 @@ use super::View;
 use super::{Ctor, Target, TargetType, check_area};
 use crate::backing::Backing;
 use crate::error::{DmError, DmResult};
-use crate::snapshot::origins;
+use crate::snapshot::Origins;
 use crate::units::Sectors;
 
 pub const TYPE: TargetType = TargetType {
@@ -18,11 +18,15 @@ pub const TYPE: TargetType = TargetType {
     construct,
 };
 
-struct Origin {
+/// One `snapshot-origin` table line (not the kernel's `struct origin`, which is the list of
+/// an origin's snapshots: that is `snapshot::origins`).
+struct OriginTarget {
     dev: Arc<Backing>,
     /// The kernel maps the device's own sector numbers onto the origin, not offsets into the
     /// target: a line starting at sector S reads the origin from S.
     begin: Sectors,
+    /// The mount's snapshots: those of `dev` save what a write overwrites.
+    origins: Arc<Origins>,
 }
 
 fn construct(ctor: &Ctor<'_>, args: &[String]) -> DmResult<Box<dyn Target>> {
@@ -34,19 +38,21 @@ fn construct(ctor: &Ctor<'_>, args: &[String]) -> DmResult<Box<dyn Target>> {
         .open(&args[0])
         .map_err(|e| e.context("Cannot get target device"))?;
     check_area(&dev, Sectors(0), ctor.len)?;
-    Ok(Box::new(Origin {
+    Ok(Box::new(OriginTarget {
         dev,
         begin: ctor.start,
+        origins: ctor.origins.clone(),
     }))
 }
 
-impl Target for Origin {
+impl Target for OriginTarget {
     fn read(&self, offset: Sectors, buf: &mut [u8]) -> io::Result<()> {
         self.dev.read_at(self.begin + offset, buf)
     }
 
     fn write(&self, offset: Sectors, buf: &[u8]) -> io::Result<()> {
-        origins::origin_write(&self.dev, (self.begin + offset).0, buf)
+        self.origins
+            .origin_write(&self.dev, (self.begin + offset).0, buf)
     }
 
     fn table_args(&self) -> String {

@@ -64,11 +64,13 @@ mod hot_paths {
     use crate::backing::{Backing, DeviceResolver};
     use crate::device::Device;
     use crate::error::{DmError, DmResult};
+    use crate::snapshot::Origins;
     use crate::table::TableBuilder;
     use crate::units::Bytes;
 
-    /// Temporary files of `bytes` bytes each, named A, B, ... in tables; removed on drop.
-    struct Files(Vec<(String, PathBuf)>);
+    /// Temporary files of `bytes` bytes each, named A, B, ... in tables, and the snapshots of
+    /// the one mount the tables over them belong to; the files are removed on drop.
+    struct Files(Vec<(String, PathBuf)>, Arc<Origins>);
 
     impl Files {
         fn new(tag: &str, sizes: &[u64]) -> Files {
@@ -85,6 +87,7 @@ mod hot_paths {
                         (name, path)
                     })
                     .collect(),
+                Arc::default(),
             )
         }
     }
@@ -111,7 +114,7 @@ mod hot_paths {
     fn device(files: &Files, lines: &[String]) -> Device {
         let mut b = TableBuilder::new();
         for l in lines {
-            b.add_line(l, files).unwrap();
+            b.add_line(l, files, &files.1).unwrap();
         }
         let d = Device::new(
             0,

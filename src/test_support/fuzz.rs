@@ -14,7 +14,7 @@ use super::rng::Rng;
 use crate::backing::{Backing, DeviceResolver};
 use crate::error::{DmError, DmResult};
 use crate::snapshot::persistent::Persistent;
-use crate::snapshot::{Snap, StoreType};
+use crate::snapshot::{ExceptionStore, Snapshot, StoreType};
 use crate::table::TableBuilder;
 use crate::units::Sectors;
 
@@ -160,6 +160,8 @@ fn table_lines_never_panic() {
         ("B".into(), b.clone()),
         ("C".into(), c.clone()),
     ]);
+    // One mount's snapshots for the whole campaign: each table goes before the next comes.
+    let origins = Arc::default();
     let mut rng = Rng(seed());
     let inputs = (0..rounds(3000)).map(|i| {
         let base = SEED_TABLES[i % SEED_TABLES.len()];
@@ -180,7 +182,7 @@ fn table_lines_never_panic() {
             .set_len(256 << 10)
             .unwrap();
         let mut builder = TableBuilder::new();
-        match builder.add_line(&line, &files) {
+        match builder.add_line(&line, &files, &origins) {
             Ok(()) => {
                 if let Ok(table) = builder.table() {
                     table.resume_targets(&Default::default());
@@ -207,12 +209,13 @@ fn cow_devices_never_panic() {
     let origin_path = scratch("origin", 512 << 10);
     let cow_path = scratch("cow", 256 << 10);
     let origin = Arc::new(Backing::open_path(&origin_path, true).unwrap());
+    let origins = Arc::default();
     // A valid COW device with exceptions over several areas (chunk 2: 64 per area).
     let valid = {
         let cow = Arc::new(Backing::open_path(&cow_path, true).unwrap());
         let mut s = Persistent::open(cow, 2, &[512]).unwrap().store;
         for old in 0..150u64 {
-            let new = s.prepare().unwrap();
+            let new = s.prepare_exception().unwrap();
             s.add(old * 3 % 500, new);
             s.commit_area();
         }
@@ -236,7 +239,8 @@ fn cow_devices_never_panic() {
         }
         std::fs::write(&cow_path, &image).unwrap();
         let cow = Arc::new(Backing::open_path(&cow_path, true).unwrap());
-        let Ok(snap) = Snap::open(origin.clone(), cow, StoreType::Persistent, 2) else {
+        let Ok(snap) = Snapshot::open(&origins, origin.clone(), cow, StoreType::Persistent, 2)
+        else {
             continue;
         };
         // Whatever loaded must be readable (or fail with an error) everywhere, and mergeable.

@@ -38,7 +38,12 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
 /// The top-level module a file of `src/` belongs to (None: the crate roots).
 fn module_of(file: &Path) -> Option<String> {
     let rel = file.strip_prefix(Path::new(ROOT).join("src")).unwrap();
-    let first = rel.components().next()?.as_os_str().to_string_lossy().into_owned();
+    let first = rel
+        .components()
+        .next()?
+        .as_os_str()
+        .to_string_lossy()
+        .into_owned();
     match first.strip_suffix(".rs") {
         Some("lib" | "main") => None,
         Some(m) => Some(m.to_string()),
@@ -112,7 +117,9 @@ fn every_module_names_only_modules_on_lower_layers() {
     }
     for m in layer_of.keys() {
         if !seen.contains(m) {
-            problems.push(format!("docs/ARCHITECTURE.md names {m}, which src/ does not have"));
+            problems.push(format!(
+                "docs/ARCHITECTURE.md names {m}, which src/ does not have"
+            ));
         }
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));

@@ -281,9 +281,9 @@ impl Backing {
     /// to the COW device: the flush that then makes them durable has no pages to write out
     /// first, and the copies do not crowd the page cache. Only whole `DIRECT_ALIGN` pieces
     /// (address, offset and length) of a regular file or block device go this way; anything
-    /// else, or a file that refuses O_DIRECT, is written as `write_at` writes it. Measured on
-    /// ext4 (copy 1 MiB, flush, write 16 KiB, flush, as a first write to an origin does):
-    /// 1.15-1.46 ms a round this way, 1.44-1.72 ms through the page cache.
+    /// else, or a file that refuses O_DIRECT, is written as `write_at` writes it. A first write
+    /// to an origin (copy, flush, metadata, flush) is faster this way than through the page
+    /// cache, which the flush must first write out (benches/: the snapshot write rows).
     pub fn write_at_uncached(&self, at: Sectors, buf: &[u8]) -> io::Result<()> {
         let align = DIRECT_ALIGN as u64;
         if let Source::File {

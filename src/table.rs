@@ -315,9 +315,8 @@ pub struct TableBuilder {
 /// `dm_get_device` keeps one open per device per table. Each reference is still resolved (and
 /// its writer's rights checked) through the real resolver; a duplicate is then let go for the
 /// one already open. Without this a table of N lines over one file held N descriptors, and a
-/// request paid for a cold kernel `struct file` of its own: 4 KiB reads through 10,000 linear
-/// lines took 2.6 us against 1.0 us through 10 (1.3 us with one shared descriptor; release
-/// build, `microbench_table_lines`).
+/// request paid for a cold kernel `struct file` of its own (`microbench_table_lines` shows
+/// the difference between 10 and 10,000 lines).
 struct Sharing<'a> {
     inner: &'a dyn DeviceResolver,
     opened: RefCell<HashMap<(bool, DeviceKey), Arc<Backing>>>,

@@ -97,8 +97,8 @@ fn read_device(device: &Device, offset: u64, size: u32, reply: ReplyData) {
 
 /// Writes through `dev/NAME`, and answers once the pages this made stale in other devices
 /// showing the same bytes (and elsewhere in this one) are dropped. The written range of this
-/// file's own pages is the kernel's to keep (see `Device::write`; measured: a held cached
-/// reader of the same file saw 200 of 200 writes made through a direct open). A writeback
+/// file's own pages is the kernel's to keep (see `Device::write`: a held cached reader of the
+/// same file was seen to get every write made through a direct open). A writeback
 /// write is answered at once: the kernel holds its pages under writeback until it has the
 /// answer.
 fn write_device(

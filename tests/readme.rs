@@ -4,7 +4,11 @@
 //! `<!-- runnable`. The test reads README.md at run time (no copy of a block lives here), and
 //! runs each runnable block under `bash -euo pipefail` (with `inherit_errexit`, so a failing
 //! `$(...)` fails too) in a fresh empty scratch directory, with the built `dmfs` first on
-//! `PATH`. It asserts that
+//! `PATH`. A block marked `<!-- runnable in the repository` runs in a scratch directory that
+//! looks like the checkout to it: `mount-helpers/` is the checkout's, `target/release/dmfs` and
+//! `$DMFS` are the binary cargo built for the tests (a cargo build inside `cargo test` would
+//! wait for the build lock the test run holds), and `/tmp/` in the block is the scratch
+//! directory's `tmp/`. It asserts that
 //! - every command succeeded (the first failure names its README line);
 //! - a command whose line ends in `# => TEXT` printed exactly TEXT on stdout;
 //! - before a `dmfs umount M` line, `M/ctl/errors` is empty: a create refused at close is not
@@ -33,6 +37,8 @@ const BLOCK_TIMEOUT: Duration = Duration::from_secs(300);
 struct Block {
     first_line: usize,
     text: String,
+    /// Marked `runnable in the repository`: runs where the checkout's paths resolve.
+    in_repo: bool,
 }
 
 /// The runnable blocks of a README, in order, and the section (`## ...`) each sits in.
@@ -46,6 +52,9 @@ fn runnable_blocks(readme: &str) -> Vec<(String, Block)> {
             section = title.to_string();
         }
         if lines[i].trim_start().starts_with("<!-- runnable") {
+            let in_repo = lines[i]
+                .trim_start()
+                .starts_with("<!-- runnable in the repository");
             assert_eq!(
                 lines.get(i + 1).map(|l| l.trim_end()),
                 Some("```sh"),
@@ -63,6 +72,7 @@ fn runnable_blocks(readme: &str) -> Vec<(String, Block)> {
                 Block {
                     first_line: start + 1,
                     text,
+                    in_repo,
                 },
             ));
             i = start + len;
@@ -239,7 +249,7 @@ impl Drop for Scratch {
 }
 
 /// Runs `script` in `dir` as the README block would run, then looks for leftovers.
-fn run_in(dir: &Path, script: &str) -> Run {
+fn run_in(dir: &Path, script: &str, envs: &[(&str, &str)]) -> Run {
     use std::os::unix::process::CommandExt;
     let bin_dir = Path::new(DMFS).parent().unwrap();
     let path = format!(
@@ -252,6 +262,8 @@ fn run_in(dir: &Path, script: &str) -> Run {
         .current_dir(dir)
         .env("PATH", path)
         .env_remove("DMFS_MOUNT")
+        .env_remove("DMFS")
+        .envs(envs.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -298,7 +310,23 @@ fn run_in(dir: &Path, script: &str) -> Run {
 
 fn run_script(tag: &str, script: &str) -> Run {
     let scratch = Scratch(scratch_dir(tag));
-    run_in(&scratch.0, script)
+    run_in(&scratch.0, script, &[])
+}
+
+/// Runs a block's script, in a directory that looks like the checkout for `in_repo` blocks.
+fn run_block(block: &Block, script: &str) -> Run {
+    if !block.in_repo {
+        return run_script("readme", script);
+    }
+    let scratch = Scratch(scratch_dir("readme-repo"));
+    let dir = &scratch.0;
+    let checkout = Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::os::unix::fs::symlink(checkout.join("mount-helpers"), dir.join("mount-helpers")).unwrap();
+    std::fs::create_dir_all(dir.join("target/release")).unwrap();
+    std::os::unix::fs::symlink(DMFS, dir.join("target/release/dmfs")).unwrap();
+    std::fs::create_dir(dir.join("tmp")).unwrap();
+    let script = script.replace("/tmp/", &format!("{}/tmp/", dir.display()));
+    run_in(dir, &script, &[("DMFS", DMFS)])
 }
 
 /// The checks themselves catch what they claim to catch: a wrong claim, a failing command,
@@ -307,6 +335,7 @@ fn check_the_checker() {
     let block = |text: &str| Block {
         first_line: 10,
         text: text.to_string(),
+        in_repo: false,
     };
     let (script, claims) = script_for(&block("echo hello   # => hello\n"));
     assert_eq!(claims, 1);
@@ -362,7 +391,7 @@ fn readme_shell_blocks_run_as_written() {
     let mut failures = Vec::new();
     for (section, block) in &blocks {
         let (script, claims) = script_for(block);
-        let run = run_script("readme", &script);
+        let run = run_block(block, &script);
         eprintln!(
             "README line {} ({section}): {}, {claims} printed lines checked",
             block.first_line, run.status

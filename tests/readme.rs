@@ -95,7 +95,7 @@ fn script_for(block: &Block) -> (String, usize) {
     let mut script = format!(
         "set -Eeuo pipefail; shopt -s inherit_errexit; \
          trap 'echo \"README line $((LINENO + {offset})) failed (exit $?): $BASH_COMMAND\" >&2' ERR; \
-         __claim() {{ if [ \"$2\" != \"$3\" ]; then printf 'README line %s: printed %q, the README says %q\\n' \"$1\" \"$2\" \"$3\" >&2; exit 1; fi; }}; \
+         __claim() {{ if [ \"$2\" != \"$3\" ]; then printf 'README line %s: printed \"%s\", the README says \"%s\"\\n' \"$1\" \"$2\" \"$3\" >&2; exit 1; fi; }}; \
          __no_errors() {{ if [ -s \"$1/ctl/errors\" ]; then echo \"README line $2: $1/ctl/errors before the unmount:\" >&2; cat \"$1/ctl/errors\" >&2; exit 1; fi; }}\n"
     );
     let mut claims = 0;
@@ -330,7 +330,7 @@ fn run_block(block: &Block, script: &str) -> Run {
 }
 
 /// The checks themselves catch what they claim to catch: a wrong claim, a failing command,
-/// a failing command substitution, and a process left running.
+/// a failing command substitution, a refused create, a mount and a process left behind.
 fn check_the_checker() {
     let block = |text: &str| Block {
         first_line: 10,
@@ -348,7 +348,7 @@ fn check_the_checker() {
     assert!(!run.success, "a false claim passed");
     assert!(
         run.stderr
-            .contains("README line 11: printed hello, the README says goodbye"),
+            .contains("README line 11: printed \"hello\", the README says \"goodbye\""),
         "{}",
         run.stderr
     );
@@ -363,6 +363,27 @@ fn check_the_checker() {
         run.stderr.contains("README line 10 failed"),
         "{}",
         run.stderr
+    );
+
+    // A refused create the shell did not see (`|| true` here) is caught at the unmount, and
+    // the unmount then never runs: the mount is found and removed as a leftover.
+    let (script, _) = script_for(&block(
+        "mkdir mnt\ndmfs mount mnt\necho '0 8 nosuch' > mnt/ctl/create/x || true\ndmfs umount mnt\n",
+    ));
+    let run = run_script("readme-self", &script);
+    assert!(!run.success, "a refused create passed");
+    assert!(
+        run.stderr
+            .contains("README line 13: mnt/ctl/errors before the unmount")
+            && run.stderr.contains("nosuch: unknown target type"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(run.leftovers.len(), 1, "{:?}", run.leftovers);
+    assert!(
+        run.leftovers[0].starts_with("mount on "),
+        "{:?}",
+        run.leftovers
     );
 
     let (script, _) = script_for(&block("setsid sleep 60 > /dev/null 2>&1 &\n"));

@@ -2,12 +2,17 @@
 # Builds dmfs, mounts it, and creates the classic example device "twoasone" (two images
 # concatenated), so there is something to read straight away.
 #   mount-helpers/quickstart.sh [WORKDIR]      (default /tmp/dmfs-demo)
+# DMFS=/path/to/dmfs uses that binary instead of building target/release/dmfs.
 # Unmount afterwards with: target/release/dmfs umount WORKDIR/mnt
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 work=${1:-/tmp/dmfs-demo}
-cargo build --release --quiet --manifest-path "$repo/Cargo.toml"
-dmfs=$repo/target/release/dmfs
+if [ -n "${DMFS:-}" ]; then
+    dmfs=$DMFS
+else
+    cargo build --release --quiet --manifest-path "$repo/Cargo.toml"
+    dmfs=$repo/target/release/dmfs
+fi
 mkdir -p "$work/mnt"
 cd "$work"
 if grep -q " $work/mnt " /proc/mounts; then

@@ -40,7 +40,7 @@ fn suspend_holds_io_until_resume_and_resume_swaps_the_reloaded_table() {
     "#);
     // Every mode shows the new size: in writeback mode, where the kernel owns the size of an
     // inode it knows, the resize dropped dev/x's entry and the readers' closes let the old
-    // inode go (README, Caching).
+    // inode go (docs/REFERENCE.md, Caching).
     assert_eq!(
         out,
         "0 128 linear b.img 0\nTables present:    LIVE & INACTIVE\n1\n0\n0 128 linear b.img 0\n\

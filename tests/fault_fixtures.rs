@@ -226,7 +226,7 @@ fn accepted_tables_print_and_read_as_the_kernel() {
     assert!(checked >= 50, "only {checked} accepted cases");
 }
 
-/// Where dmfs departs from the kernel on purpose (README, "Tests and fixtures"): a number past
+/// Where dmfs departs from the kernel on purpose (docs/REFERENCE.md, "Where dmfs departs from the kernel"): a number past
 /// 32 bits is refused, where the kernel cuts it to 32 bits and may then accept the table.
 const REFUSED_PAST_32_BITS: &[&str] = &["flakey-up-uint-overflow", "delay-delay-uint-overflow"];
 

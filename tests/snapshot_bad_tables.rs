@@ -102,7 +102,7 @@ fn bad_snapshot_tables_are_refused_and_change_nothing() {
             libc::EINVAL,
             "COW device cannot be the same as origin device",
         ),
-        // dmfs answers ENOENT for a missing backing file (README: the kernel says ENODEV).
+        // dmfs answers ENOENT for a missing backing file (docs/REFERENCE.md: the kernel says ENODEV).
         (
             "missing COW",
             format!("snapshot {o} {missing} P 8"),

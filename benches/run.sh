@@ -572,6 +572,9 @@ grep -qP '\t(FAIL|NOTRUN)$' "$RAW" "$SNAPRAW" "$SCALERAW" && COMPLETE=
 HEADER=$(
     echo "# dmfs benchmark results"
     echo
+    echo "How to read these figures: [docs/REFERENCE.md](../docs/REFERENCE.md#performance). This file is"
+    echo "written by \`benches/run.sh\`."
+    echo
     echo "- date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
     echo "- kernel: $(uname -r)"
     echo "- nproc: $(nproc)"

@@ -204,10 +204,13 @@ pub fn mount(opts: MountOptions) {
         &config,
     ) {
         Ok(s) => s,
-        Err(e) => fail(match dev_fuse_problem() {
-            Some(why) => format!("mount {}: {why}", mountpoint.display()),
-            None => format!("mount {}: {e}", mountpoint.display()),
-        }),
+        Err(e) => fail(format!(
+            "mount {}: {}",
+            mountpoint.display(),
+            dev_fuse_problem()
+                .or_else(missing_fusermount)
+                .unwrap_or_else(|| e.to_string())
+        )),
     };
     let notifier = session.notifier();
     let entries = session.notifier();
@@ -294,7 +297,7 @@ fn dev_fuse_problem() -> Option<String> {
         );
     }
     if euid != 0 && err.kind() == std::io::ErrorKind::PermissionDenied {
-        let fusermount = if fusermount3_installed() {
+        let fusermount = if fusermount_installed() {
             "installed"
         } else {
             "not installed"
@@ -348,16 +351,34 @@ fn has_acl(path: &str) -> bool {
     unsafe { libc::getxattr(p.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) > 0 }
 }
 
-/// Whether fusermount3 is where fuser looks for it: in $PATH, /sbin or /bin.
-fn fusermount3_installed() -> bool {
+/// For an ordinary user without fusermount3, what is missing, in one line (fuser's own words
+/// are those of a failed exec: "No such file or directory").
+fn missing_fusermount() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    (unsafe { libc::geteuid() } != 0 && !fusermount_installed()).then(|| {
+        "only root mounts with mount(2); ordinary users mount through fusermount3 (package \
+         fuse3), which is not installed"
+            .to_string()
+    })
+}
+
+/// Whether fuser finds a fusermount: $FUSERMOUNT_PATH, else fusermount3 or fusermount in
+/// $PATH, /sbin or /bin.
+fn fusermount_installed() -> bool {
     use std::os::unix::fs::PermissionsExt;
+    if std::env::var_os("FUSERMOUNT_PATH").is_some() {
+        return true;
+    }
     let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
+    let dirs: Vec<PathBuf> = std::env::split_paths(&path)
         .chain([PathBuf::from("/sbin"), PathBuf::from("/bin")])
-        .any(|dir| {
-            std::fs::metadata(dir.join("fusermount3"))
+        .collect();
+    ["fusermount3", "fusermount"].iter().any(|name| {
+        dirs.iter().any(|dir| {
+            std::fs::metadata(dir.join(name))
                 .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
         })
+    })
 }
 
 /// The `major:minor` of the mount at `mountpoint`, from /proc/self/mountinfo (a stat of the

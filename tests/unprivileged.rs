@@ -1,7 +1,7 @@
 //! An ordinary user's dmfs: a user who is not root mounts through fusermount3 (package fuse3),
 //! creates and snapshots devices over files of their own, is refused files they may not read,
-//! and unmounts, leaving no process and no mount behind. Without access to /dev/fuse, `dmfs
-//! mount` says in one line what is wrong and what fixes it.
+//! and unmounts, leaving no process and no mount behind. Without access to /dev/fuse, or without
+//! fusermount3, `dmfs mount` says in one line what is wrong and what fixes it.
 //!
 //! The tests run as root (as the rest of the suite does) and act as a user they create for the
 //! run (useradd, removed again by userdel), through setpriv. That user gets read-write access to
@@ -428,45 +428,64 @@ fn an_ordinary_user_mounts_creates_snapshots_and_unmounts() {
     assert_eq!(dev_fuse_acl(), dev_fuse_before);
 }
 
+/// Runs `dmfs mount $MNT` as the user in a private mount namespace of the test's own, after
+/// `setup` has run there as root (a failed setup exits 100, told apart from dmfs's status).
+fn mount_in_namespace(u: &Unprivileged, setup: &str) -> Output {
+    u.ok("mkdir -p mnt");
+    let (bin, mnt) = (u.dir.join("dmfs"), u.home.join("mnt"));
+    let user = u.command(&[bin.to_str().unwrap(), "mount", mnt.to_str().unwrap()]);
+    let user: Vec<String> = std::iter::once(user.get_program())
+        .chain(user.get_args())
+        .map(|a| format!("'{}'", a.to_string_lossy()))
+        .collect();
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "bash", "-c"])
+        .arg(format!(
+            "{{ {setup}\n}} || exit 100\ncd {} && exec {}",
+            u.home.display(),
+            user.join(" ")
+        ))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_ne!(
+        out.status.code(),
+        Some(100),
+        "namespace setup: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// The one line `dmfs mount` printed on stderr as it failed with exit status 1.
+fn one_failure_line(out: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line expected:\n{stderr}");
+    lines[0].to_string()
+}
+
 /// Without read-write access to /dev/fuse (here a 0600 node, as containers often have, bound
-/// over /dev/fuse in a mount namespace of the test's own), `dmfs mount` fails with one line
-/// that names the mode and the fix.
+/// over /dev/fuse), `dmfs mount` fails with one line that names the mode and the fix.
 #[test]
 fn without_access_to_dev_fuse_mount_says_why_in_one_line() {
     let u = Unprivileged::new(false);
     let rdev = std::fs::metadata(DEV_FUSE).unwrap().rdev();
     let node = u.dir.join("node");
     std::fs::create_dir(&node).unwrap();
-    u.ok("mkdir mnt");
-    // The namespace's own setup failures exit 100, told apart from dmfs's exit status.
-    let (bin, mnt) = (u.dir.join("dmfs"), u.home.join("mnt"));
-    let inner = u.command(&[bin.to_str().unwrap(), "mount", mnt.to_str().unwrap()]);
-    let inner: Vec<String> = std::iter::once(inner.get_program())
-        .chain(inner.get_args())
-        .map(|a| format!("'{}'", a.to_string_lossy()))
-        .collect();
-    let out = Command::new("unshare")
-        .args(["--mount", "--propagation", "private", "bash", "-c"])
-        .arg(format!(
-            "mount -t tmpfs -o mode=0755 dmfs-test {node} && mknod -m 0600 {node}/fuse c {} {} \
-             && mount --bind {node}/fuse {DEV_FUSE} || exit 100
-             cd {home} && exec {}",
+    let out = mount_in_namespace(
+        &u,
+        &format!(
+            "mount -t tmpfs -o mode=0755 dmfs-test {0} && mknod -m 0600 {0}/fuse c {1} {2} && \
+             mount --bind {0}/fuse {DEV_FUSE}",
+            node.display(),
             libc::major(rdev),
             libc::minor(rdev),
-            inner.join(" "),
-            node = node.display(),
-            home = u.home.display(),
-        ))
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_ne!(out.status.code(), Some(100), "namespace setup: {stderr}");
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "");
-    let lines: Vec<&str> = stderr.lines().collect();
-    assert_eq!(lines.len(), 1, "one line expected:\n{stderr}");
-    let line = lines[0];
+        ),
+    );
+    let line = one_failure_line(&out);
     for want in [
         &format!("dmfs: mount {}/mnt: ", u.home.display()),
         &format!("cannot open /dev/fuse read-write as uid {}", u.uid),
@@ -476,7 +495,31 @@ fn without_access_to_dev_fuse_mount_says_why_in_one_line() {
         "distributions make it 0666",
     ] as [&str; 6]
     {
-        assert_contains(line, want);
+        assert_contains(&line, want);
     }
+    u.assert_nothing_left();
+}
+
+/// With /dev/fuse open to them but no fusermount3 (hidden here by /dev/null bound over it),
+/// an ordinary user is told what to install, in one line, not "No such file or directory".
+#[test]
+fn without_fusermount3_mount_says_so_in_one_line() {
+    let u = Unprivileged::new(true);
+    let out = mount_in_namespace(
+        &u,
+        "for f in fusermount3 fusermount; do
+             for dir in /usr/local/bin /usr/bin /bin /usr/sbin /sbin; do
+                 if [ -e $dir/$f ]; then mount --bind /dev/null \"$(readlink -f $dir/$f)\" || exit 100; fi
+             done
+         done",
+    );
+    assert_eq!(
+        one_failure_line(&out),
+        format!(
+            "dmfs: mount {}/mnt: only root mounts with mount(2); ordinary users mount through \
+             fusermount3 (package fuse3), which is not installed",
+            u.home.display()
+        )
+    );
     u.assert_nothing_left();
 }

@@ -93,37 +93,51 @@ struct Unprivileged {
     _serial: MutexGuard<'static, ()>,
 }
 
+/// Creates the test's user with `home` as its home (taking over one a killed run left behind);
+/// its uid and gid.
+fn create_user(home: &Path) -> (u32, u32) {
+    let exists = Command::new("id")
+        .arg(USER)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap()
+        .success();
+    if !exists {
+        // A system account: no subordinate ids, no mail spool; unprivileged all the same.
+        root(&format!(
+            "useradd --system --no-create-home --home-dir {} --gid nogroup --shell /bin/bash \
+             {USER}",
+            home.display()
+        ));
+    }
+    let id = |flag: &str| root(&format!("id {flag} {USER}")).trim().parse().unwrap();
+    (id("-u"), id("-g"))
+}
+
 impl Unprivileged {
     fn new(dev_fuse_access: bool) -> Unprivileged {
         let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         require_tools();
         let dir = scratch_dir("unpriv");
         let home = dir.join("home");
+        let (uid, gid) = match std::panic::catch_unwind(|| create_user(&home)) {
+            Ok(ids) => ids,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                std::panic::resume_unwind(e)
+            }
+        };
+        // Dropping kills what runs as this uid: never root's processes.
+        assert_ne!(uid, 0, "{USER} is root");
         let mut u = Unprivileged {
             home: home.clone(),
             dir: dir.clone(),
-            uid: 0,
-            gid: 0,
+            uid,
+            gid,
             saved_acl: None,
             _serial: serial,
         };
-        // A run killed before its drop leaves the user behind: it is taken over, and removed.
-        let exists = Command::new("id")
-            .arg(USER)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .unwrap()
-            .success();
-        if !exists {
-            root(&format!(
-                "useradd --system --no-create-home --home-dir {} --gid nogroup --shell /bin/bash \
-                 {USER}",
-                home.display()
-            ));
-        }
-        u.uid = root(&format!("id -u {USER}")).trim().parse().unwrap();
-        u.gid = root(&format!("id -g {USER}")).trim().parse().unwrap();
         // The built binary may sit where the user cannot reach it (a 0700 home): a link to it
         // (a copy across filesystems) in the 0755 scratch directory.
         let bin = dir.join("dmfs");
@@ -287,7 +301,8 @@ impl Drop for Unprivileged {
         // Whatever still runs as the test's own user was started by this test.
         for p in self.live_processes() {
             if let Some(pid) = p.split(' ').next().and_then(|p| p.parse::<i32>().ok()) {
-                // SAFETY: kill sends a signal to a process of the test's user.
+                // SAFETY: kill sends a signal to a process of the test's user (never root:
+                // `new` checks the uid).
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
         }

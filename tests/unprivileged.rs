@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 const USER: &str = "dmfs-unpriv-test";
 const DEV_FUSE: &str = "/dev/fuse";
 
-/// Both tests create and remove the same user, and one changes /dev/fuse's ACL: one at a time.
+/// Every test creates and removes the same user, and two change /dev/fuse's ACL: one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn assert_contains(text: &str, want: &str) {

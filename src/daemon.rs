@@ -133,11 +133,16 @@ pub fn mount(opts: MountOptions) {
             }
         }
     }
+    // In the background the parent prints the reason (the child still shares its stderr):
+    // printed here as well, it would show twice.
     let fail = |msg: String| -> ! {
-        if let Some(mut p) = ready_pipe.as_ref() {
-            let _ = p.write_all(msg.as_bytes());
+        match ready_pipe.as_ref() {
+            Some(mut p) => {
+                let _ = p.write_all(msg.as_bytes());
+                std::process::exit(1)
+            }
+            None => die(&msg),
         }
-        die(&msg)
     };
 
     if let Err(e) = init_logging(&opts) {
@@ -209,7 +214,13 @@ pub fn mount(opts: MountOptions) {
         &config,
     ) {
         Ok(s) => s,
-        Err(e) => fail(format!("mount {}: {e}", mountpoint.display())),
+        Err(e) => fail(format!(
+            "mount {}: {}",
+            mountpoint.display(),
+            dev_fuse_problem()
+                .or_else(missing_fusermount)
+                .unwrap_or_else(|| e.to_string())
+        )),
     };
     let notifier = session.notifier();
     let entries = session.notifier();
@@ -257,6 +268,125 @@ pub fn mount(opts: MountOptions) {
     registry.flush_all();
     registry.kernel_teardown();
     log::info!("unmounted {}", mountpoint.display());
+}
+
+const DEV_FUSE: &str = "/dev/fuse";
+
+/// Why `/dev/fuse` cannot be opened and what fixes it, in one line; None when it opens (the
+/// mount failed for another reason). fuser opens it before anything else, also for ordinary
+/// users (who then mount through fusermount3), and only says "Permission denied".
+fn dev_fuse_problem() -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let err = File::options()
+        .read(true)
+        .write(true)
+        .open(DEV_FUSE)
+        .err()?;
+    if err.kind() == std::io::ErrorKind::NotFound {
+        return Some(format!(
+            "{DEV_FUSE} does not exist: the kernel's fuse module is not loaded (as root: \
+             modprobe fuse)"
+        ));
+    }
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    let mut msg = format!("cannot open {DEV_FUSE} read-write as uid {euid}: {err}");
+    if let Ok(meta) = std::fs::metadata(DEV_FUSE) {
+        msg += &format!(
+            "; it is mode {:04o}, owner {}:{}{}",
+            meta.mode() & 0o7777,
+            user_name(meta.uid()),
+            group_name(meta.gid()),
+            if has_acl(DEV_FUSE) {
+                ", with an ACL (getfacl /dev/fuse)"
+            } else {
+                ""
+            }
+        );
+    }
+    if euid != 0 && err.kind() == std::io::ErrorKind::PermissionDenied {
+        let fusermount = if fusermount_installed() {
+            "installed"
+        } else {
+            "not installed"
+        };
+        msg += &format!(
+            "; ordinary users mount through fusermount3 (package fuse3, {fusermount}) and \
+             need {DEV_FUSE} read-write: distributions make it 0666 (as root: chmod 0666 \
+             {DEV_FUSE})"
+        );
+    }
+    Some(msg)
+}
+
+/// The name of user `uid`, else the number.
+fn user_name(uid: u32) -> String {
+    // SAFETY: getpwuid returns NULL or an entry that is read at once, before any other
+    // password-database call; the mount has started no threads yet.
+    let pw = unsafe { libc::getpwuid(uid) };
+    if pw.is_null() {
+        return uid.to_string();
+    }
+    // SAFETY: a non-NULL entry has a NUL-terminated pw_name.
+    unsafe { std::ffi::CStr::from_ptr((*pw).pw_name) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// The name of group `gid`, else the number.
+fn group_name(gid: u32) -> String {
+    // SAFETY: as in user_name, for the group database.
+    let gr = unsafe { libc::getgrgid(gid) };
+    if gr.is_null() {
+        return gid.to_string();
+    }
+    // SAFETY: a non-NULL entry has a NUL-terminated gr_name.
+    unsafe { std::ffi::CStr::from_ptr((*gr).gr_name) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Whether `path` has an access ACL beyond its mode bits (the kernel keeps none for an ACL
+/// that the mode expresses).
+fn has_acl(path: &str) -> bool {
+    let (Ok(p), Ok(name)) = (
+        std::ffi::CString::new(path),
+        std::ffi::CString::new("system.posix_acl_access"),
+    ) else {
+        return false;
+    };
+    // SAFETY: both strings are NUL-terminated; a NULL buffer of size 0 asks for the size only.
+    unsafe { libc::getxattr(p.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) > 0 }
+}
+
+/// For an ordinary user without fusermount3, what is missing, in one line (fuser's own words
+/// are those of a failed exec: "No such file or directory").
+fn missing_fusermount() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    (unsafe { libc::geteuid() } != 0 && !fusermount_installed()).then(|| {
+        "only root mounts with mount(2); ordinary users mount through fusermount3 (package \
+         fuse3), which is not installed"
+            .to_string()
+    })
+}
+
+/// Whether fuser finds a fusermount: $FUSERMOUNT_PATH, else fusermount3 or fusermount in
+/// $PATH, /sbin or /bin.
+fn fusermount_installed() -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    if std::env::var_os("FUSERMOUNT_PATH").is_some() {
+        return true;
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let dirs: Vec<PathBuf> = std::env::split_paths(&path)
+        .chain([PathBuf::from("/sbin"), PathBuf::from("/bin")])
+        .collect();
+    ["fusermount3", "fusermount"].iter().any(|name| {
+        dirs.iter().any(|dir| {
+            std::fs::metadata(dir.join(name))
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+    })
 }
 
 /// The `major:minor` of the mount at `mountpoint`, from /proc/self/mountinfo (a stat of the

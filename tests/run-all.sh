@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Runs every dmfs test: unit tests and the integration tests that mount dmfs for real.
-# Installs what the tests use (util-linux for losetup/blockdev, diffutils for cmp) when it is
-# missing and this runs as root.
+# Installs what the tests use (util-linux for losetup/blockdev, diffutils for cmp; fuse3, acl and
+# passwd for tests/unprivileged.rs, which mounts as an ordinary user) when it is missing and this
+# runs as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 missing=()
 for tool in losetup:util-linux blockdev:util-linux setpriv:util-linux cmp:diffutils sha256sum:coreutils \
-            python3:python3 pgrep:procps gzip:gzip mkfs.ext4:e2fsprogs debugfs:e2fsprogs e2fsck:e2fsprogs; do
+            python3:python3 pgrep:procps gzip:gzip mkfs.ext4:e2fsprogs debugfs:e2fsprogs e2fsck:e2fsprogs \
+            unshare:util-linux fusermount3:fuse3 setfacl:acl getfacl:acl useradd:passwd userdel:passwd; do
     command -v "${tool%%:*}" >/dev/null || missing+=("${tool#*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 missing=()
 for tool in losetup:util-linux blockdev:util-linux setpriv:util-linux cmp:diffutils sha256sum:coreutils \
-            python3:python3 pgrep:procps gzip:gzip mkfs.ext4:e2fsprogs debugfs:e2fsprogs e2fsck:e2fsprogs; do
+            python3:python3 pgrep:procps gzip:gzip mkfs.ext4:e2fsprogs debugfs:e2fsprogs e2fsck:e2fsprogs \
+            fio:fio; do
     command -v "${tool%%:*}" >/dev/null || missing+=("${tool#*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then

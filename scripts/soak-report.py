@@ -41,8 +41,20 @@ def status_reports(text):
         except ValueError:
             reports.append(None)
             continue
-        reports.append(obj if isinstance(obj, dict) and obj.get("jobs") else None)
+        reports.append(obj if has_totals(obj) else None)
     return reports
+
+
+def has_totals(obj):
+    """Whether obj is a report with the figures the report reads."""
+    try:
+        j = obj["jobs"][0]
+        return all(
+            isinstance(v, int)
+            for v in [j["write"]["io_kbytes"], j["read"]["io_kbytes"], j["total_err"]]
+        )
+    except (KeyError, IndexError, TypeError):
+        return False
 
 
 def read_count(path, fields):

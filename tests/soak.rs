@@ -172,6 +172,22 @@ fn report_reads_past_messages_inside_a_status_report() {
         "{}",
         text(&out)
     );
+
+    // JSON without the figures (here after the final report) is skipped too, not a traceback.
+    write_run(&dir.0, &[], 0, 7);
+    let str_json = dir.0.join("str.json");
+    let mut json = std::fs::read_to_string(&str_json).unwrap();
+    json.push_str("{\n  \"jobs\" : [\n    {\n      \"jobname\" : \"str\"\n    }\n  ]\n}\n");
+    std::fs::write(&str_json, json).unwrap();
+    let out = report(&dir.0);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        stdout.contains("str: MiB written 42, MiB verified 42, errors 0")
+            && stdout.contains("str: 1 of 4 status reports unreadable"),
+        "{}",
+        text(&out)
+    );
 }
 
 #[test]

@@ -90,9 +90,10 @@ def main(d):
                 continue
             j = r["jobs"][0]
             kib, ms = j["write"]["io_kbytes"], j.get("job_runtime", 0)
-            rate = (kib - prev_kib) / 1024 / ((ms - prev_ms) / 1000) if ms > prev_ms else 0.0
             row = rows.setdefault(k, {"t": ms / 1000})
-            row[job] = rate
+            # The final report can come within the same millisecond as the last status report.
+            if ms > prev_ms:
+                row[job] = (kib - prev_kib) / 1024 / ((ms - prev_ms) / 1000)
             prev_kib, prev_ms = kib, ms
         count = read_count(os.path.join(d, job + ".count"), 2)
         if count is None:
@@ -116,7 +117,7 @@ def main(d):
     print("throughput per interval (MiB/s written; the last row may be a partial interval)")
     print("t(s)   " + "  ".join(f"{j:>7}" for j in TABLE))
     for k in sorted(rows):
-        # "-": that job's report for this interval could not be read.
+        # "-": that job's report for this interval could not be read, or no time passed.
         cells = "  ".join(f"{rows[k][j]:7.1f}" if j in rows[k] else f"{'-':>7}" for j in TABLE)
         print(f"{rows[k]['t']:<6.1f} {cells}")
     bad = 0

@@ -8,20 +8,30 @@
 #   scripts/soak.sh                      # 30 minutes
 #   SOAK_SECONDS=60 scripts/soak.sh      # a short run
 #   SOAK_DIR=/some/dir INTERVAL=10 SIZE_MIB=32 scripts/soak.sh
+#   DMFS_BIN=target/debug/dmfs scripts/soak.sh   # that binary, no release build
+#   SOAK_LOG_LINES=1000                  # lines of each job's messages kept (the rest counted)
 #
 # A fifth job, the canary, runs the same fio over a flakey device that corrupts one byte of
 # every write: its verification must fail, which proves the soak would see a corruption.
+#
+# What a run leaves in its directory stays small however long it runs and however often a
+# job fails (scripts/soak-report.py reads it): per job NAME, NAME.json holds only fio's JSON
+# status reports, NAME.log the first SOAK_LOG_LINES lines of fio's messages and NAME.count how
+# many there were (the canary reports every block it verifies as failed, three lines each).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SECONDS_TOTAL=${SOAK_SECONDS:-1800}
 INTERVAL=${INTERVAL:-30}
 SIZE_MIB=${SIZE_MIB:-32}
+LOG_LINES=${SOAK_LOG_LINES:-1000}
 DIR=${SOAK_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/dmfs-soak.XXXXXX")}
 MNT=$DIR/mnt
-DMFS=$ROOT/target/release/dmfs
+DMFS=${DMFS_BIN:-$ROOT/target/release/dmfs}
 DMFS_PID=
 CHURN_PID=
+FIO_PIDS=()
+LOG_PIDS=()
 
 log() { printf '== %s\n' "$*" >&2; }
 is_mounted() { awk -v m="$1" '$2 == m { f = 1 } END { exit !f }' /proc/mounts; }
@@ -31,7 +41,11 @@ cleanup() {
     set +e
     trap - EXIT INT TERM
     [[ -n $CHURN_PID ]] && kill "$CHURN_PID" 2>/dev/null && wait "$CHURN_PID" 2>/dev/null
-    pkill -f "fio .*$DIR/" 2>/dev/null
+    # fio ends its job processes itself on SIGTERM; the log filters end when fio closes its
+    # end of their pipes, and are killed if they have not.
+    for pid in "${FIO_PIDS[@]}"; do kill "$pid" 2>/dev/null; done
+    for pid in "${FIO_PIDS[@]}"; do wait "$pid" 2>/dev/null; done
+    for pid in "${LOG_PIDS[@]}"; do kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; done
     if is_mounted "$MNT"; then umount "$MNT" 2>/dev/null || umount -l "$MNT"; fi
     if [[ -n $DMFS_PID ]]; then
         for _ in $(seq 50); do kill -0 "$DMFS_PID" 2>/dev/null || break; sleep 0.1; done
@@ -43,15 +57,26 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-command -v fio >/dev/null || {
-    log "installing fio"
-    apt-get install -y -qq fio >/dev/null
-}
-log "building release"
-(cd "$ROOT" && cargo build --release -q)
+if ! command -v fio >/dev/null; then
+    if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+        log "installing fio"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fio >/dev/null
+    else
+        log "soak: please install fio"
+        exit 1
+    fi
+fi
+if [[ -z ${DMFS_BIN:-} ]]; then
+    log "building release"
+    (cd "$ROOT" && cargo build --release -q)
+fi
+[[ -x $DMFS ]] || { log "soak: no dmfs binary at $DMFS"; exit 1; }
+DMFS=$(realpath "$DMFS") # the run works in $DIR
 
 mkdir -p "$MNT"
 cd "$DIR"
+# A SOAK_DIR used before: no count or report of the last run may pass for this one's.
+rm -f ./*.json ./*.count ./*.log ./*.messages churn.err churn.last
 sectors=$((SIZE_MIB * 2048))
 for f in lin.img s1.img s2.img origin.img churn.img canary.img; do truncate -s "${SIZE_MIB}M" "$f"; done
 # The snapshot's COW device holds a copy-out of every origin chunk plus the snapshot's own
@@ -69,14 +94,30 @@ echo "0 $sectors snapshot-origin $DIR/origin.img" > "$MNT/ctl/create/orig"
 echo "0 $sectors snapshot $DIR/origin.img $DIR/cow.img P 16" > "$MNT/ctl/create/snap"
 echo "0 $sectors flakey $DIR/canary.img 0 0 1 5 corrupt_bio_byte 100 w 7 0" > "$MNT/ctl/create/canary"
 
+# Keeps the first LOG_LINES lines of what it reads in NAME.log and writes to NAME.count how
+# many lines reported a verify failure, and how many lines there were. It reads to the end
+# (a reader that stopped early would kill fio with SIGPIPE).
+capped_log() { # NAME
+    awk -v keep="$LOG_LINES" -v count="$DIR/$1.count" '
+        /verify failed|bad magic/ { failed++ }
+        NR <= keep { print }
+        END { print failed + 0, NR > count }' > "$DIR/$1.log"
+}
+
 # Each job writes its own device with checksummed blocks and verifies them as it goes
-# (verify_backlog) and at the end.
+# (verify_backlog) and at the end. Its JSON goes to stdout, not to --output: fio writes its
+# messages (three lines per verify failure) into the --output file as well as to stderr, and
+# there they can land inside a JSON report. The messages go through capped_log on a FIFO.
 fio_job() { # NAME DEVICE
-    fio --name="$1" --filename="$2" --rw=randwrite --bs=4k --iodepth=4 --ioengine=psync \
+    mkfifo "$DIR/$1.messages"
+    capped_log "$1" < "$DIR/$1.messages" &
+    LOG_PIDS+=($!)
+    fio --name="$1" --filename="$2" --rw=randwrite --bs=4k --iodepth=1 --ioengine=psync \
         --numjobs=1 --size="${SIZE_MIB}M" --time_based --runtime="$SECONDS_TOTAL" \
         --verify=crc32c --verify_backlog=256 --verify_fatal=0 --continue_on_error=all \
-        --status-interval="$INTERVAL" --output-format=json --output="$DIR/$1.json" \
-        >/dev/null 2>"$DIR/$1.err" &
+        --status-interval="$INTERVAL" --output-format=json --eta=never \
+        >"$DIR/$1.json" 2>"$DIR/$1.messages" &
+    FIO_PIDS+=($!)
 }
 fio_job lin "$MNT/dev/lin"
 fio_job str "$MNT/dev/str"
@@ -86,7 +127,14 @@ fio_job canary "$MNT/dev/canary"
 
 churn() {
     local n=0 fail=0 end=$((SECONDS + SECONDS_TOTAL))
-    step() { n=$((n + 1)); "$@" 2>>"$DIR/churn.err" || fail=$((fail + 1)); }
+    # The messages of the first LOG_LINES failed operations are kept in churn.err.
+    step() {
+        n=$((n + 1))
+        "$@" 2>"$DIR/churn.last" && return
+        fail=$((fail + 1))
+        if ((fail <= LOG_LINES)); then cat "$DIR/churn.last" >> "$DIR/churn.err"; fi
+    }
+    : > "$DIR/churn.err"
     while ((SECONDS < end)); do
         step sh -c "echo '0 $sectors linear $DIR/churn.img 0' > '$MNT/ctl/create/c1'"
         step sh -c "echo '0 1024 linear $MNT/dev/c1 $((n % 4096))' > '$MNT/ctl/create/c2'"
@@ -103,59 +151,18 @@ churn() {
         step sh -c "echo c2 > '$MNT/ctl/remove'"
         step sh -c "echo c1 > '$MNT/ctl/remove'"
     done
+    rm -f "$DIR/churn.last"
     echo "$n $fail" > "$DIR/churn.count"
 }
 churn &
 CHURN_PID=$!
 
 log "soaking for ${SECONDS_TOTAL}s in $DIR (throughput every ${INTERVAL}s)"
-wait $(jobs -p | grep -v "^$CHURN_PID\$" | grep -v "^$DMFS_PID\$") 2>/dev/null || true
+# fio exits non-zero when a job had errors (the canary always does): the report counts them.
+for pid in "${FIO_PIDS[@]}" "${LOG_PIDS[@]}"; do wait "$pid" || true; done
+FIO_PIDS=()
+LOG_PIDS=()
 wait "$CHURN_PID" || true
 CHURN_PID=
 
-python3 - "$DIR" "$INTERVAL" <<'PY'
-import json, sys, os
-d, interval = sys.argv[1], int(sys.argv[2])
-dec = json.JSONDecoder()
-rows, totals = {}, {}
-for job in ["lin", "str", "orig", "snap", "canary"]:
-    text = open(os.path.join(d, job + ".json")).read()
-    i, snaps = 0, []
-    while True:
-        while i < len(text) and text[i] not in "{":
-            i += 1
-        if i >= len(text):
-            break
-        obj, i = dec.raw_decode(text, i)
-        snaps.append(obj)
-    prev = 0
-    for k, s in enumerate(snaps):
-        j = s["jobs"][0]
-        written = j["write"]["io_kbytes"]
-        rows.setdefault(k, {})[job] = (written - prev) / 1024 / interval
-        prev = written
-    last = snaps[-1]["jobs"][0]
-    err = open(os.path.join(d, job + ".err")).read()
-    totals[job] = {
-        "MiB written": last["write"]["io_kbytes"] // 1024,
-        "MiB verified": last["read"]["io_kbytes"] // 1024,
-        "errors": last["total_err"],
-        "verify failures": err.count("verify failed") + err.count("bad magic"),
-    }
-print("throughput per interval (MiB/s written; the last row may be a partial interval)")
-print("t(s)   " + "  ".join(f"{j:>7}" for j in ["lin", "str", "orig", "snap"]))
-for k in sorted(rows):
-    print(f"{(k + 1) * interval:<6} " + "  ".join(f"{rows[k].get(j, 0):7.1f}" for j in ["lin", "str", "orig", "snap"]))
-bad = 0
-for job, t in totals.items():
-    print(f"{job}: " + ", ".join(f"{k} {v}" for k, v in t.items()))
-    if job != "canary":
-        bad += t["verify failures"]
-canary = totals["canary"]["verify failures"]
-print(f"canary (a device that corrupts every write): {canary} verify failures seen"
-      + ("" if canary else " -- NONE: the soak cannot see corruption"))
-n, fail = open(os.path.join(d, "churn.count")).read().split()
-print(f"churn: {n} operations, {fail} failed")
-print(f"corruptions: {bad}")
-sys.exit(1 if bad or int(fail) or not canary else 0)
-PY
+python3 "$ROOT/scripts/soak-report.py" "$DIR"

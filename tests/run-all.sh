@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 missing=()
 for tool in losetup:util-linux blockdev:util-linux setpriv:util-linux cmp:diffutils sha256sum:coreutils \
             python3:python3 pgrep:procps gzip:gzip mkfs.ext4:e2fsprogs debugfs:e2fsprogs e2fsck:e2fsprogs \
-            unshare:util-linux fusermount3:fuse3 setfacl:acl getfacl:acl useradd:passwd userdel:passwd; do
+            unshare:util-linux fusermount3:fuse3 setfacl:acl getfacl:acl useradd:passwd userdel:passwd \
+            fio:fio; do
     command -v "${tool%%:*}" >/dev/null || missing+=("${tool#*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then

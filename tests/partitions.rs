@@ -288,3 +288,157 @@ fn names_follow_kpartx_on_a_named_device() {
     assert_eq!(seen, 4, "recorded named cases");
     assert!(bad.is_empty(), "{}", bad.join("\n"));
 }
+
+/// Rewrites GPT header fields at `lba` of the image at `path` (`(offset, bytes)` pairs) and
+/// gives it a header CRC that matches again, so only the fields themselves are wrong.
+fn forge_gpt_header(path: &Path, lba: u64, fields: &[(usize, &[u8])]) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut h = [0u8; 92];
+    f.read_exact_at(&mut h, lba * 512).unwrap();
+    for (at, bytes) in fields {
+        h[*at..*at + bytes.len()].copy_from_slice(bytes);
+    }
+    h[16..20].fill(0);
+    let crc = crc32(&h);
+    h[16..20].copy_from_slice(&crc.to_le_bytes());
+    f.write_all_at(&h, lba * 512).unwrap();
+}
+
+fn crc32(data: &[u8]) -> u32 {
+    let mut c = !0u32;
+    for &b in data {
+        c ^= b as u32;
+        for _ in 0..8 {
+            c = if c & 1 != 0 {
+                0xedb8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
+        }
+    }
+    !c
+}
+
+fn read_error(path: &Path, base: &str) -> String {
+    match partitions::read(&File::open(path).unwrap(), base) {
+        Ok(t) => panic!("{}: read as {t:?}", path.display()),
+        Err(e) => {
+            assert_eq!(e.errno, libc::EINVAL, "{e}");
+            e.reason
+        }
+    }
+}
+
+/// Bad input the fixtures do not hold: a GPT whose two headers both claim 2^32-1 entries (or
+/// an array that wraps kpartx's 32-bit byte count to 0), or put their entries past the end, is
+/// refused at once, without reading or allocating what the headers claim.
+#[test]
+fn absurd_gpt_headers_are_refused_without_reading_them() {
+    let dir = scratch_dir("partitions-absurd");
+    let cases: [(&str, usize, &[u8], &str); 3] = [
+        (
+            "count",
+            80,
+            &u32::MAX.to_le_bytes(),
+            "GUID Partition Table is too large: 549755813760 > 4194304 bytes",
+        ),
+        (
+            "wrap",
+            80,
+            &(1u32 << 25).to_le_bytes(),
+            "GUID Partition Table is too large: 4294967296 > 4194304 bytes",
+        ),
+        (
+            "far",
+            72,
+            &(1u64 << 40).to_le_bytes(),
+            "partition entries at sector 1099511627776 run past the end of the image",
+        ),
+    ];
+    for (tag, at, bytes, why) in cases {
+        let path = image(&dir, "gpt.img");
+        let forged = dir.join(format!("absurd-{tag}.img"));
+        std::fs::rename(&path, &forged).unwrap();
+        forge_gpt_header(&forged, 1, &[(at, bytes)]);
+        // The primary alone: the backup is used.
+        let t = partitions::read(&File::open(&forged).unwrap(), "absurd").unwrap();
+        assert_eq!(t.scheme, Scheme::GptBackup, "{tag}");
+        assert_eq!(t.partitions.len(), 3, "{tag}");
+        forge_gpt_header(&forged, 8191, &[(at, bytes)]);
+        let started = std::time::Instant::now();
+        assert_eq!(
+            read_error(&forged, "absurd"),
+            format!(
+                "absurd: protective MBR, but no valid GPT: primary header (sector 1): {why}; \
+                 backup header (sector 8191): {why}"
+            ),
+            "{tag}"
+        );
+        // Reading 4 KiB is all it takes; a scan of what the header claims would take minutes.
+        assert!(
+            started.elapsed().as_secs() < 5,
+            "{tag}: took {:?}",
+            started.elapsed()
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The tables at work in a dmfs mount: the partition table read through a dmfs device over
+/// the image (a `Backing`, as `ctl/activate` will read it) is the image's, and every table line
+/// produced creates a device whose table is that line and whose bytes are the partition's.
+#[test]
+fn produced_tables_map_the_partitions_in_a_mount() {
+    use dmfs::backing::Backing;
+    let m = Mount::new();
+    for img in ["mbr-ext05.img", "gpt.img"] {
+        let path = image(&m.path(""), img);
+        let base = partitions::image_stem(&path);
+        // Distinct bytes in every partition, so a wrong start or length cannot read the same.
+        let direct = partitions::read(&File::open(&path).unwrap(), &base).unwrap();
+        {
+            use std::os::unix::fs::FileExt;
+            let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+            for p in &direct.partitions {
+                if p.kind != partitions::Kind::Extended {
+                    let data = pseudo_random(p.number.into(), (p.length.0 * 512) as usize);
+                    f.write_all_at(&data, p.start.0 * 512).unwrap();
+                }
+            }
+        }
+        let image_bytes = std::fs::read(&path).unwrap();
+        let sectors = image_bytes.len() as u64 / 512;
+        m.create("whole", &format!("0 {sectors} linear {} 0", path.display()));
+        let through_dmfs = File::open(m.mnt.join("dev/whole")).unwrap();
+        let via_mount = partitions::read(&through_dmfs, &base).unwrap();
+        let via_backing = partitions::read(
+            &Backing::open_path(&m.mnt.join("dev/whole"), false).unwrap(),
+            &base,
+        )
+        .unwrap();
+        assert_eq!(via_mount, direct, "{img} through dev/whole");
+        assert_eq!(via_backing, direct, "{img} through a Backing");
+        drop(through_dmfs);
+        m.remove("whole");
+        let reference = path.display().to_string();
+        for p in &direct.partitions {
+            let table = p.table(&reference);
+            m.create(&p.name, &table);
+            assert_eq!(
+                m.read(&format!("dm/{}/table", p.name)),
+                format!("{table}\n")
+            );
+            let want =
+                &image_bytes[(p.start.0 * 512) as usize..((p.start.0 + p.length.0) * 512) as usize];
+            assert_same(&p.name, &m.read_dev(&p.name).unwrap(), want);
+        }
+        for p in &direct.partitions {
+            m.remove(&p.name);
+        }
+    }
+}

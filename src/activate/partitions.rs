@@ -25,7 +25,7 @@
 //! the others) and partitions that overlap (kpartx maps them; two devices would then write the
 //! same sectors).
 
-use std::io;
+use std::io::{self, Seek};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -48,10 +48,14 @@ impl SectorSource for Backing {
     }
 }
 
-/// An image file, as the loop driver shows it: a trailing partial sector is not part of it.
+/// An image file or a block device, as the loop driver shows a file: a trailing partial sector
+/// is not part of it.
 impl SectorSource for std::fs::File {
     fn size(&self) -> Sectors {
-        Sectors(self.metadata().map(|m| m.len()).unwrap_or(0) / SECTOR_SIZE)
+        // The end by seeking, which a block device answers too (its metadata says 0 bytes);
+        // reads are positioned, so the file position does not matter.
+        let mut file = self;
+        Sectors(file.seek(io::SeekFrom::End(0)).unwrap_or(0) / SECTOR_SIZE)
     }
     fn read_at(&self, at: Sectors, buf: &mut [u8]) -> io::Result<()> {
         self.read_exact_at(buf, at.bytes().0)
@@ -524,6 +528,70 @@ mod tests {
         assert_eq!(image_stem(Path::new("/x/disk.img")), "disk");
         assert_eq!(image_stem(Path::new("vm0.raw")), "vm0");
         assert_eq!(image_stem(Path::new("a.b.img")), "a.b");
+    }
+
+    /// An image in memory.
+    struct Mem(Vec<u8>);
+
+    impl SectorSource for Mem {
+        fn size(&self) -> Sectors {
+            Sectors(self.0.len() as u64 / SECTOR_SIZE)
+        }
+        fn read_at(&self, at: Sectors, buf: &mut [u8]) -> io::Result<()> {
+            let from = at.bytes().0 as usize;
+            buf.copy_from_slice(&self.0[from..from + buf.len()]);
+            Ok(())
+        }
+    }
+
+    /// Writes MBR slot `i` of the table in sector `lba`, and the sector's signature.
+    fn put_slot(img: &mut [u8], lba: u64, i: usize, kind: u8, start: u32, length: u32) {
+        let s = lba as usize * 512;
+        let e = s + 0x1be + 16 * i;
+        img[e + 4] = kind;
+        img[e + 8..e + 12].copy_from_slice(&start.to_le_bytes());
+        img[e + 12..e + 16].copy_from_slice(&length.to_le_bytes());
+        img[s + 510] = 0x55;
+        img[s + 511] = 0xaa;
+    }
+
+    #[test]
+    fn an_ebr_chain_of_links_alone_ends() {
+        // Every EBR links to the next one and none holds a partition; the last links to itself.
+        let mut img = vec![0u8; 512 * 512];
+        put_slot(&mut img, 0, 0, 0x05, 100, 400);
+        for k in 0..300u32 {
+            let here = 100 + k.min(299);
+            let next = (k + 1).min(299);
+            // Entry 0 a link too (type 0x0f), entry 1 the link that is followed.
+            put_slot(&mut img, here.into(), 0, 0x0f, 0, 0);
+            put_slot(&mut img, here.into(), 1, 0x05, next.max(1), 1);
+        }
+        let t = scan(&Mem(img), "d").unwrap();
+        // The extended partition's two sectors, and nothing else: kpartx gives up after 100
+        // tables without a partition.
+        assert_eq!(t.scheme, Scheme::Dos);
+        assert_eq!(t.partitions.len(), 1);
+        assert_eq!(
+            (t.partitions[0].kind, t.partitions[0].length),
+            (Kind::Extended, Sectors(2))
+        );
+    }
+
+    #[test]
+    fn an_empty_ebr_entry_takes_a_number() {
+        // kpartx records every entry of an EBR that is not a link, empty or not: a logical
+        // partition in entry 1 behind an empty entry 0 is number 6.
+        let mut img = vec![0u8; 64 * 512];
+        put_slot(&mut img, 0, 1, 0x05, 8, 56);
+        put_slot(&mut img, 8, 1, 0x83, 8, 16);
+        let t = read(&Mem(img), "d").unwrap();
+        let got: Vec<_> = t
+            .partitions
+            .iter()
+            .map(|p| (p.name.as_str(), p.start.0, p.length.0))
+            .collect();
+        assert_eq!(got, [("d2", 8, 2), ("d6", 16, 16)]);
     }
 
     #[test]

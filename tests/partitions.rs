@@ -20,6 +20,21 @@ fn fixtures() -> Vec<Block> {
     blocks
 }
 
+/// A scratch directory, removed on drop (also when a test fails).
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(tag: &str) -> Scratch {
+        Scratch(scratch_dir(tag))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// The recorded image, unpacked into `dir`.
 fn image(dir: &Path, name: &str) -> PathBuf {
     let gz = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -251,17 +266,17 @@ fn compare(b: &Block, path: &Path, base: &str, device: &str) -> Vec<String> {
 
 #[test]
 fn every_recorded_image_reads_as_kpartx_read_it() {
-    let dir = scratch_dir("partitions");
+    let scratch = Scratch::new("partitions");
+    let dir = &scratch.0;
     let mut bad = Vec::new();
     let mut seen = 0;
     for b in fixtures().iter().filter(|b| b.kind == "image") {
-        let path = image(&dir, &b.name);
+        let path = image(dir, &b.name);
         let sectors = File::open(&path).unwrap().metadata().unwrap().len() / 512;
         assert_eq!(b.one("sectors"), Some(&*sectors.to_string()), "{}", b.name);
         bad.extend(compare(b, &path, "loop0", "7:0"));
         seen += 1;
     }
-    let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(seen, 15, "recorded images");
     assert!(bad.is_empty(), "{}", bad.join("\n"));
 }
@@ -270,7 +285,8 @@ fn every_recorded_image_reads_as_kpartx_read_it() {
 /// `disk1`... and `vm0p1`...: the image's stem is the base name dmfs gives it.
 #[test]
 fn names_follow_kpartx_on_a_named_device() {
-    let dir = scratch_dir("partitions-named");
+    let scratch = Scratch::new("partitions-named");
+    let dir = &scratch.0;
     let mut bad = Vec::new();
     let mut seen = 0;
     for b in fixtures().iter().filter(|b| b.kind == "named") {
@@ -278,13 +294,12 @@ fn names_follow_kpartx_on_a_named_device() {
         // The image as a user names it: disk.img or vm0.raw, its stem the base name.
         let ext = if base == "vm0" { "raw" } else { "img" };
         let path = dir.join(format!("{base}.{ext}"));
-        std::fs::rename(image(&dir, img), &path).unwrap();
+        std::fs::rename(image(dir, img), &path).unwrap();
         assert_eq!(partitions::image_stem(&path), base);
         assert_eq!(b.one("base").map(|l| l.ends_with(" 7:0 0")), Some(true));
         bad.extend(compare(b, &path, base, "253:0"));
         seen += 1;
     }
-    let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(seen, 4, "recorded named cases");
     assert!(bad.is_empty(), "{}", bad.join("\n"));
 }
@@ -339,7 +354,8 @@ fn read_error(path: &Path, base: &str) -> String {
 /// refused at once, without reading or allocating what the headers claim.
 #[test]
 fn absurd_gpt_headers_are_refused_without_reading_them() {
-    let dir = scratch_dir("partitions-absurd");
+    let scratch = Scratch::new("partitions-absurd");
+    let dir = &scratch.0;
     let cases: [(&str, usize, &[u8], &str); 3] = [
         (
             "count",
@@ -361,7 +377,7 @@ fn absurd_gpt_headers_are_refused_without_reading_them() {
         ),
     ];
     for (tag, at, bytes, why) in cases {
-        let path = image(&dir, "gpt.img");
+        let path = image(dir, "gpt.img");
         let forged = dir.join(format!("absurd-{tag}.img"));
         std::fs::rename(&path, &forged).unwrap();
         forge_gpt_header(&forged, 1, &[(at, bytes)]);
@@ -386,7 +402,6 @@ fn absurd_gpt_headers_are_refused_without_reading_them() {
             started.elapsed()
         );
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The tables at work in a dmfs mount: the partition table read through a dmfs device over

@@ -1,0 +1,4 @@
+//! Reading images into tables: what kpartx (and, later, LVM) would have the device mapper map.
+//! This code only produces tables; creating the devices is the registry's.
+
+pub mod partitions;

@@ -2,6 +2,7 @@
 //! names the layers and which module sits in which.
 
 pub mod access;
+pub mod activate;
 pub mod backing;
 pub mod block;
 pub mod changes;

@@ -321,8 +321,16 @@ fn calc_crc(data: &[u8]) -> u32 {
     crc
 }
 
-/// Writes `text` as p3's (only) metadata text, with valid checksums, and plans p3 and p4.
+/// Writes `text` as p3's (only) metadata text, with valid checksums, damages p4's copy so that
+/// p3's is the only one, and plans p3 and p4.
 fn plan_with_text(images: &Images, text: &[u8]) -> Result<Plan, String> {
+    write_p3_text(images, text);
+    // p4's own copy would stand in for p3's: damage it.
+    flip_text_byte(&images.path(4), 4096);
+    plan_files(&[images.path(3), images.path(4)])
+}
+
+fn write_p3_text(images: &Images, text: &[u8]) {
     let path = images.path(3);
     let mut img = std::fs::read(&path).unwrap();
     let (at, _) = mda_text(&img, 4096);
@@ -336,9 +344,6 @@ fn plan_with_text(images: &Images, text: &[u8]) -> Result<Plan, String> {
     let crc = calc_crc(&img[h + 4..h + 512]);
     img[h..h + 4].copy_from_slice(&crc.to_le_bytes());
     std::fs::write(&path, img).unwrap();
-    // p4's own copy would stand in for p3's: damage it.
-    flip_text_byte(&images.path(4), 4096);
-    plan_files(&[path, images.path(4)])
 }
 
 /// p3's metadata text as LVM2 wrote it.
@@ -383,6 +388,14 @@ fn hostile_metadata_is_refused_with_a_reason() {
                 .to_string(),
         ),
         (
+            // Within pe_count, but past the end of the image.
+            good.replacen("pe_count = 11", "pe_count = 100", 1)
+                .replacen("\"pv0\", 0", "\"pv0\", 50", 1),
+            "v-g/l-v: segment 1 runs past the end of PV Z1CHbQ-MA6r-k4UI-y1BG-5EHO-e5RV-oeL3HT \
+             ({P3})"
+                .to_string(),
+        ),
+        (
             good.replacen("extent_count = 1\n", "extent_count = 4611686018427387904\n", 1),
             "{P3}: LVM metadata: v-g/logical_volumes/l-v/segment1: extent_count = 4611686018427387904 \
              out of range"
@@ -395,5 +408,22 @@ fn hostile_metadata_is_refused_with_a_reason() {
         let p3 = images.path(3).display().to_string();
         let want = format!("errno 22: {}", want.replace("{P3}", &p3));
         assert_eq!(err, want);
+    }
+}
+
+#[test]
+fn the_newest_seqno_wins() {
+    let names = |p: Plan| -> Vec<String> { p.devices.into_iter().map(|d| d.name).collect() };
+    for (seqno, want) in [("8", "v--g-l--w"), ("6", "v--g-l--v")] {
+        let images = Images::new();
+        let good = p3_text(&images);
+        assert!(good.contains("seqno = 7\n"));
+        // p3 carries this copy, p4 still LVM2's seqno 7.
+        let text = good
+            .replacen("seqno = 7\n", &format!("seqno = {seqno}\n"), 1)
+            .replacen("\nl-v {", "\nl-w {", 1);
+        write_p3_text(&images, text.as_bytes());
+        let p = plan_files(&[images.path(3), images.path(4)]).unwrap();
+        assert_eq!(names(p)[0], want, "seqno {seqno}");
     }
 }

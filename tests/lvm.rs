@@ -19,28 +19,49 @@ const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/kernel/lvm
 /// How the planned tables name this activation's devices; replaced by the mount point later.
 const MNT_DEV: &str = "MNT/dev";
 
-/// The five images, unpacked into a scratch directory.
+/// A boot's images (`p0`..`p4` of lvm.out, `q0` of lvm-more.out), unpacked into a scratch
+/// directory.
 struct Images {
     dir: PathBuf,
+    /// The recorded output that goes with them.
+    out: &'static str,
+    names: Vec<String>,
 }
 
 impl Images {
     fn new() -> Images {
-        let dir = scratch_dir("lvm");
-        for i in 0..5 {
-            let out = Command::new("gzip")
-                .arg("-dc")
-                .arg(format!("{FIXTURES}/p{i}.img.gz"))
-                .output()
-                .unwrap();
-            assert!(out.status.success(), "gunzip p{i}.img.gz");
-            std::fs::write(dir.join(format!("p{i}.img")), out.stdout).unwrap();
-        }
-        Images { dir }
+        Images::unpack("lvm.out", &["p0", "p1", "p2", "p3", "p4"])
     }
 
+    fn more() -> Images {
+        Images::unpack("lvm-more.out", &["q0"])
+    }
+
+    fn unpack(out: &'static str, names: &[&str]) -> Images {
+        let dir = scratch_dir("lvm");
+        for n in names {
+            let img = Command::new("gzip")
+                .arg("-dc")
+                .arg(format!("{FIXTURES}/{n}.img.gz"))
+                .output()
+                .unwrap();
+            assert!(img.status.success(), "gunzip {n}.img.gz");
+            std::fs::write(dir.join(format!("{n}.img")), img.stdout).unwrap();
+        }
+        Images {
+            dir,
+            out,
+            names: names.iter().map(|n| n.to_string()).collect(),
+        }
+    }
+
+    /// The image that was the VM's disk number `i` (vda, vdb, ...).
     fn path(&self, i: usize) -> PathBuf {
-        self.dir.join(format!("p{i}.img"))
+        self.dir.join(format!("{}.img", self.names[i]))
+    }
+
+    fn all(&self) -> Vec<PathBuf> {
+        (0..self.names.len()).map(|i| self.path(i)).collect()
     }
 }
 
@@ -80,12 +101,12 @@ struct Dev {
     table: Vec<String>,
 }
 
-/// The section of lvm.out after the line `--- TITLE`.
+/// The section of a recorded output after the line `--- TITLE`.
 fn section<'a>(out: &'a str, title: &str) -> Vec<&'a str> {
     let head = format!("--- {title}\n");
     let at = out
         .find(&head)
-        .unwrap_or_else(|| panic!("no {title:?} in lvm.out"))
+        .unwrap_or_else(|| panic!("no {title:?} in the recorded output"))
         + head.len();
     out[at..]
         .lines()
@@ -96,7 +117,7 @@ fn section<'a>(out: &'a str, title: &str) -> Vec<&'a str> {
 /// The devices the oracle had after `after`, in creation (minor) order, with the tables' major:
 /// minor pairs replaced: 254:N by image N/16, 253:N by `MNT/dev/` and the name of minor N.
 fn oracle(images: &Images, after: &str) -> Vec<Dev> {
-    let out = std::fs::read_to_string(format!("{FIXTURES}/lvm.out")).unwrap();
+    let out = std::fs::read_to_string(format!("{FIXTURES}/{}", images.out)).unwrap();
     let mut by_minor = HashMap::new();
     let mut devs = Vec::new();
     for l in section(
@@ -156,7 +177,7 @@ const SKIP_NOTE: &str = "vg/skip: skipped: it carries the activation skip flag (
 #[test]
 fn plans_what_vgchange_activated() {
     let images = Images::new();
-    let all: Vec<PathBuf> = (0..5).map(|i| images.path(i)).collect();
+    let all: Vec<PathBuf> = images.all();
     let p = plan_files(&all).unwrap();
     assert_eq!(
         planned(&p),
@@ -183,7 +204,7 @@ fn plans_what_vgchange_activated() {
 #[test]
 fn tables_make_working_devices() {
     let images = Images::new();
-    let all: Vec<PathBuf> = (0..5).map(|i| images.path(i)).collect();
+    let all: Vec<PathBuf> = images.all();
     let p = plan_files(&all).unwrap();
     let m = Mount::new();
     let mnt_dev = m.mnt.join("dev").display().to_string();
@@ -426,4 +447,91 @@ fn the_newest_seqno_wins() {
         let p = plan_files(&[images.path(3), images.path(4)]).unwrap();
         assert_eq!(names(p)[0], want, "seqno {seqno}");
     }
+}
+
+/// A PV inside a partition: the reader takes the partition's range of the image, and the
+/// tables name the partition's device (here made by hand, as the partition reader will).
+#[test]
+fn pv_inside_a_partition() {
+    let images = Images::new();
+    let disk = images.dir.join("disk.img");
+    let mut bytes = vec![0u8; 1 << 20];
+    bytes.extend(std::fs::read(images.path(3)).unwrap());
+    std::fs::write(&disk, &bytes).unwrap();
+    let (df, p4f) = (
+        File::open(&disk).unwrap(),
+        File::open(images.path(4)).unwrap(),
+    );
+    let p4 = images.path(4).display().to_string();
+    let sources = [
+        PvSource {
+            name: disk.display().to_string(),
+            reference: format!("{MNT_DEV}/disk1"),
+            device: &df,
+            offset: 1 << 20,
+            size: 12 << 20,
+        },
+        PvSource {
+            name: p4.clone(),
+            reference: p4.clone(),
+            device: &p4f,
+            offset: 0,
+            size: 12 << 20,
+        },
+    ];
+    let opts = Options {
+        dev_dir: MNT_DEV.to_string(),
+        read_only: true,
+    };
+    let p = plan(&sources, &opts).unwrap();
+    let mut want = without_raid(oracle(&images, "after vgchange -ay v-g"));
+    want.retain(|d| d.name.starts_with("v--g-"));
+    for d in &mut want {
+        d.read_only = true;
+        for l in &mut d.table {
+            *l = l.replace(
+                &images.path(3).display().to_string(),
+                &format!("{MNT_DEV}/disk1"),
+            );
+        }
+    }
+    assert_eq!(planned(&p), want);
+
+    let m = Mount::new();
+    let mnt_dev = m.mnt.join("dev").display().to_string();
+    m.create("disk1", &format!("0 24576 linear {} 2048", disk.display()));
+    for d in &p.devices {
+        m.create(&d.name, &d.table.join("\n").replace(MNT_DEV, &mnt_dev));
+    }
+    let p3 = std::fs::read(images.path(3)).unwrap();
+    assert_eq!(m.read_dev("v--g-l--v").unwrap(), &p3[1 << 20..2 << 20]);
+    for d in p.devices.iter().rev() {
+        m.remove(&d.name);
+    }
+    m.remove("disk1");
+}
+
+/// Three snapshots of one origin (two chunk sizes, one read-only) and a thin pool: snapshots
+/// come up right after their origin, in metadata order; thin LVs are left out with a line.
+#[test]
+fn snapshots_and_thin_as_vgchange_made_them() {
+    let images = Images::more();
+    let p = plan_files(&images.all()).unwrap();
+    let want: Vec<Dev> = oracle(&images, "after vgchange -ay vg2")
+        .into_iter()
+        .filter(|d| !d.name.starts_with("vg2-pool") && d.name != "vg2-t1")
+        .collect();
+    assert_eq!(planned(&p), want);
+    assert_eq!(
+        p.notes,
+        vec![
+            "vg2/pool: segment type thin-pool is not supported by dmfs; not activated",
+            "vg2/t1: segment type thin is not supported by dmfs; not activated",
+        ]
+    );
+    // vgchange counted pool and t1 too ("8 logical volume(s) ...").
+    assert_eq!(
+        p.summary,
+        vec!["6 logical volume(s) in volume group \"vg2\" now active"]
+    );
 }

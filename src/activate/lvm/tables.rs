@@ -306,16 +306,18 @@ pub fn plan_vg(
         active += 1;
         for (s, cow_lv, chunk) in snaps {
             let cow_name = cx.name(&cow_lv.name, Some("cow"))?;
+            // LVM2 keeps the COW layer writable and puts the COW LV's permission (lvcreate
+            // -s -pr) on the snapshot device, as the oracle showed.
             plan.devices.push(PlannedDevice {
                 name: cow_name.clone(),
                 uuid: cx.uuid(cow_lv, Some("cow")),
-                read_only: cx.read_only(s),
+                read_only: cx.opts.read_only,
                 table: cx.table(cow_lv)?,
             });
             plan.devices.push(PlannedDevice {
                 name: cx.name(&cow_lv.name, None)?,
                 uuid: cx.uuid(cow_lv, None),
-                read_only: cx.read_only(s),
+                read_only: cx.read_only(s) || cx.read_only(cow_lv),
                 table: vec![format!(
                     "0 {len} snapshot {} {} P {chunk}",
                     cx.dev_ref(&real),

@@ -249,6 +249,87 @@ pub fn read_mda(src: &PvSource, mda: Area) -> Result<MdaText, LvmError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::activate::lvm::ReadAt;
+
+    struct Mem(Vec<u8>);
+
+    impl ReadAt for Mem {
+        fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+            let at = offset as usize;
+            buf.copy_from_slice(&self.0[at..at + buf.len()]);
+            Ok(())
+        }
+    }
+
+    /// A 64 KiB PV with a label in sector 1 and one 8 KiB metadata area at 4096 whose text
+    /// (`text_at`, relative to the area) runs past the area's end and wraps.
+    fn pv(text: &[u8], text_at: u64, crc: u32) -> Mem {
+        let mut d = vec![0u8; 64 << 10];
+        let l = 512;
+        d[l..l + 8].copy_from_slice(LABEL_ID);
+        d[l + 8..l + 16].copy_from_slice(&1u64.to_le_bytes());
+        d[l + 20..l + 24].copy_from_slice(&32u32.to_le_bytes());
+        d[l + 24..l + 32].copy_from_slice(LABEL_TYPE);
+        d[l + 32..l + 64].copy_from_slice(b"abcdefABCDEF0123456789abcdefABCD");
+        d[l + 64..l + 72].copy_from_slice(&(64u64 << 10).to_le_bytes());
+        // Data area (32768, 0), end; metadata area (4096, 8192), end.
+        d[l + 72..l + 80].copy_from_slice(&32768u64.to_le_bytes());
+        d[l + 104..l + 112].copy_from_slice(&4096u64.to_le_bytes());
+        d[l + 112..l + 120].copy_from_slice(&8192u64.to_le_bytes());
+        let crc_l = calc_crc(INITIAL_CRC, &d[l + 20..l + 512]);
+        d[l + 16..l + 20].copy_from_slice(&crc_l.to_le_bytes());
+        let h = 4096;
+        d[h + 4..h + 20].copy_from_slice(FMTT_MAGIC);
+        d[h + 20..h + 24].copy_from_slice(&1u32.to_le_bytes());
+        d[h + 24..h + 32].copy_from_slice(&4096u64.to_le_bytes());
+        d[h + 32..h + 40].copy_from_slice(&8192u64.to_le_bytes());
+        d[h + 40..h + 48].copy_from_slice(&text_at.to_le_bytes());
+        d[h + 48..h + 56].copy_from_slice(&(text.len() as u64).to_le_bytes());
+        d[h + 56..h + 60].copy_from_slice(&crc.to_le_bytes());
+        let crc_h = calc_crc(INITIAL_CRC, &d[h + 4..h + 512]);
+        d[h..h + 4].copy_from_slice(&crc_h.to_le_bytes());
+        let first = text.len().min(8192 - text_at as usize);
+        let at = h + text_at as usize;
+        d[at..at + first].copy_from_slice(&text[..first]);
+        d[h + 512..h + 512 + text.len() - first].copy_from_slice(&text[first..]);
+        Mem(d)
+    }
+
+    fn source(m: &Mem) -> PvSource<'_> {
+        PvSource {
+            name: "mem".into(),
+            reference: "mem".into(),
+            device: m,
+            offset: 0,
+            size: m.0.len() as u64,
+        }
+    }
+
+    #[test]
+    fn reads_a_text_that_wraps_around_the_area() {
+        let text: Vec<u8> = (0..1000u32).map(|i| b'a' + (i % 26) as u8).collect();
+        let m = pv(&text, 7700, calc_crc(INITIAL_CRC, &text));
+        let src = source(&m);
+        let label = read_label(&src).unwrap().unwrap();
+        assert_eq!(label.uuid, "abcdefABCDEF0123456789abcdefABCD");
+        assert_eq!(
+            label.metadata_areas,
+            vec![Area {
+                offset: 4096,
+                size: 8192
+            }]
+        );
+        match read_mda(&src, label.metadata_areas[0]).unwrap() {
+            MdaText::Text(t) => assert_eq!(t, text),
+            other => panic!("{other:?}"),
+        }
+        // The checksum covers the wrapped part too.
+        let m = pv(&text, 7700, calc_crc(INITIAL_CRC, &text[..492]));
+        assert!(matches!(
+            read_mda(&source(&m), label.metadata_areas[0]).unwrap(),
+            MdaText::Damaged(r) if r == "metadata text at byte 11796: bad checksum"
+        ));
+    }
 
     #[test]
     fn crc_is_lvm2s() {

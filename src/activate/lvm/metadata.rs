@@ -274,10 +274,13 @@ fn seg_kind(seg: &Ctx, extents: u64) -> R<SegKind> {
             } else {
                 0
             };
+            if stripes > 1 && stripe_size == 0 {
+                return seg.err("stripe_size = 0");
+            }
             let Some(Value::Array(items)) = seg.sec.get("stripes") else {
                 return seg.err("no stripes array");
             };
-            if items.len() as u64 != stripes * 2 {
+            if stripes.checked_mul(2) != Some(items.len() as u64) {
                 return seg.err(format!(
                     "stripes lists {} values for stripe_count = {stripes}",
                     items.len()

@@ -595,3 +595,26 @@ fn mangled_metadata_never_panics() {
         "planned {planned}, refused {refused}"
     );
 }
+
+/// A VG without WRITE in its status makes every LV read-only; an exported VG activates nothing.
+#[test]
+fn vg_status_is_honoured() {
+    let images = Images::new();
+    let good = p3_text(&images);
+    let vg_status = "status = [\"RESIZEABLE\", \"READ\", \"WRITE\"]";
+    assert!(good.contains(vg_status));
+    let p = plan_with_text(
+        &images,
+        good.replacen(vg_status, "status = [\"RESIZEABLE\", \"READ\"]", 1)
+            .as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(p.devices.len(), 3);
+    assert!(p.devices.iter().all(|d| d.read_only), "{:?}", p.devices);
+
+    let images = Images::new();
+    let exported = "status = [\"RESIZEABLE\", \"READ\", \"WRITE\", \"EXPORTED\"]";
+    let p = plan_with_text(&images, good.replacen(vg_status, exported, 1).as_bytes()).unwrap();
+    assert_eq!(p.devices, vec![]);
+    assert_eq!(p.notes, vec!["Volume group \"v-g\" is exported"]);
+}

@@ -11,23 +11,28 @@
 //! Ordering: a `write(2)` must not return before the pages it made stale are gone, or a reader
 //! could still be served the old bytes. The invalidation waits for pages the kernel has locked
 //! for a read in flight, and those reads need a request thread; so a request thread never
-//! invalidates itself. It collects what its request changed (`collect`), and hands the list and
-//! the reply to the invalidator thread, which drops the pages and then sends the reply.
-//! Changes made outside a request (a merge, a delayed write) are dropped as soon as the
-//! invalidator gets to them.
+//! invalidates itself. Every change queues its page drops on the invalidator thread as it is
+//! made, from a request or not (a merge, a delayed write); a request then hands its reply to the
+//! invalidator behind them (`reply_when_dropped`), or sends it at once when the invalidator has
+//! finished everything queued. No request keeps a list of its own: the queue's order is the
+//! guarantee.
+//!
+//! A write through `dev/NAME` leaves that file's own pages of the written range to the kernel
+//! (it drops them after a direct-I/O write; a writeback write came from them): while it is in
+//! progress its range is in `own_writes`, and changes to that device inside it drop nothing
+//! there.
 //!
 //! Writes through `dev/` are never cached by the kernel in page-cache mode (opens for writing
 //! are direct I/O), so a request never holds page locks of its own while it waits. With
 //! `--cache writeback` the kernel writes cached pages back later; those writes are answered at
 //! once and their aliases dropped after.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Sender, channel};
 use std::sync::{Arc, OnceLock, Weak};
 
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 
 use crate::changes::ChangeSink;
 use crate::device::Device;
@@ -261,14 +266,13 @@ pub struct Coherence {
     any_cached: AtomicBool,
     /// Set once the invalidator runs (`start`); until then changes are not followed.
     invalidator: OnceLock<Sender<Job>>,
-}
-
-thread_local! {
-    /// What the request running on this thread has made stale, while it is collected.
-    static COLLECTED: RefCell<Option<Vec<Stale>>> = const { RefCell::new(None) };
-    /// The device and sectors a write through `dev/NAME` went to: the kernel keeps that file's
+    /// Jobs handed to the invalidator, and jobs it has finished: a request is answered at once
+    /// when every job queued so far (its own page drops among them) is finished.
+    queued: Arc<AtomicU64>,
+    finished: Arc<AtomicU64>,
+    /// Writes through `dev/NAME` in progress (device id, sectors): the kernel keeps that file's
     /// own pages of them true itself.
-    static OWN_WRITE: RefCell<Option<(u64, u64, u64)>> = const { RefCell::new(None) };
+    own_writes: Mutex<Vec<(u64, u64, u64)>>,
 }
 
 /// The deepest stack a change is followed up (the stacking limit is 16).
@@ -284,6 +288,9 @@ impl Coherence {
             devices: Box::new(devices),
             any_cached: AtomicBool::new(false),
             invalidator: OnceLock::new(),
+            queued: Arc::default(),
+            finished: Arc::default(),
+            own_writes: Mutex::new(Vec::new()),
         }
     }
 
@@ -300,6 +307,7 @@ impl Coherence {
             return;
         }
         let (drop, forget): (Invalidate, Forget) = (Box::new(drop), Box::new(forget));
+        let finished = self.finished.clone();
         std::thread::Builder::new()
             .name("invalidator".into())
             .spawn(move || {
@@ -322,6 +330,7 @@ impl Coherence {
                         // ENOENT: the kernel has no such entry cached.
                         log::debug!("forget dev/{name}: {e}");
                     }
+                    finished.fetch_add(1, Ordering::SeqCst);
                     if let Some(then) = job.then {
                         then();
                     }
@@ -374,7 +383,9 @@ impl Coherence {
     /// Sectors `start..end` of `device` changed: its own pages, then those of devices stacked
     /// on it.
     fn changed(&self, device: &Device, start: u64, end: u64, depth: usize, out: &mut Vec<Stale>) {
-        if device.page_cached.load(Ordering::Relaxed) && !own_write_covers(device.id, start, end) {
+        if device.page_cached.load(Ordering::Relaxed)
+            && !self.own_write_covers(device.id, start, end)
+        {
             // A suspended device's reads are held and keep their pages locked until resume;
             // waiting for them would hold this write (and every write behind it) until then.
             // Its resume drops all its pages instead.
@@ -414,26 +425,19 @@ impl Coherence {
         }
     }
 
-    /// Hands what went stale to the request collecting it, or to the invalidator.
+    /// Hands what went stale to the invalidator.
     fn report(&self, stale: Vec<Stale>) {
-        if stale.is_empty() {
-            return;
-        }
-        let stale = COLLECTED.with_borrow_mut(|c| match c {
-            Some(c) => {
-                c.extend(stale);
-                None
-            }
-            None => Some(stale),
-        });
-        if let Some(stale) = stale {
+        if !stale.is_empty() {
             self.send(Job::pages(stale, None));
         }
     }
 
     fn send(&self, job: Job) {
         let unsent = match self.invalidator.get() {
-            Some(tx) => tx.send(job).err().map(|e| e.0),
+            Some(tx) => {
+                self.queued.fetch_add(1, Ordering::SeqCst);
+                tx.send(job).err().map(|e| e.0)
+            }
             None => Some(job),
         };
         // No invalidator (not started, or gone): nothing is cached yet, answer anyway.
@@ -442,24 +446,25 @@ impl Coherence {
         }
     }
 
-    /// Sends `reply` once the pages in `stale` are gone (at once if there are none).
-    pub fn then_reply(&self, stale: Vec<Stale>, reply: impl FnOnce() + Send + 'static) {
-        if stale.is_empty() {
+    /// Sends a request's `reply` once the pages it made stale are gone: at once when every
+    /// job queued so far is finished (a request queues its drops as it makes them, before it
+    /// asks to reply), else behind the jobs queued so far. So too an `fsync` or a close after
+    /// writeback writes (answered before their aliases' pages were dropped): it returns only
+    /// when every other device shows what they wrote.
+    pub fn reply_when_dropped(&self, reply: impl FnOnce() + Send + 'static) {
+        let queued = self.queued.load(Ordering::SeqCst);
+        if self.finished.load(Ordering::SeqCst) >= queued {
             reply()
         } else {
-            self.send(Job::pages(stale, Some(Box::new(reply))))
+            self.send(Job::pages(Vec::new(), Some(Box::new(reply))))
         }
     }
 
-    /// Sends `reply` once every page drop already asked for is done: an `fsync` or a close
-    /// after writeback writes (answered before their aliases' pages were dropped) returns only
-    /// when every other device shows what they wrote.
-    pub fn after_pending(&self, reply: impl FnOnce() + Send + 'static) {
-        if self.active() {
-            self.send(Job::pages(Vec::new(), Some(Box::new(reply))))
-        } else {
-            reply()
-        }
+    fn own_write_covers(&self, device: u64, start: u64, end: u64) -> bool {
+        self.own_writes
+            .lock()
+            .iter()
+            .any(|&(d, s, e)| d == device && s <= start && end <= e)
     }
 }
 
@@ -495,24 +500,17 @@ impl ChangeSink for Coherence {
     }
 
     fn own_write(&self, id: u64, start: Sectors, end: Sectors, work: &mut dyn FnMut()) {
-        OWN_WRITE.with_borrow_mut(|w| *w = Some((id, start.0, end.0)));
+        if !self.active() {
+            return work();
+        }
+        let own = (id, start.0, end.0);
+        self.own_writes.lock().push(own);
         work();
-        OWN_WRITE.with_borrow_mut(|w| *w = None);
+        let mut writes = self.own_writes.lock();
+        if let Some(at) = writes.iter().position(|&w| w == own) {
+            writes.swap_remove(at);
+        }
     }
-}
-
-fn own_write_covers(device: u64, start: u64, end: u64) -> bool {
-    OWN_WRITE.with_borrow(|w| w.is_some_and(|(d, s, e)| d == device && s <= start && end <= e))
-}
-
-/// Runs a request's work with what it makes stale collected, and returns that list.
-pub fn collect<R>(work: impl FnOnce() -> R) -> (R, Vec<Stale>) {
-    let outer = COLLECTED.with_borrow_mut(|c| c.replace(Vec::new()));
-    let result = work();
-    let stale = COLLECTED
-        .with_borrow_mut(|c| std::mem::replace(c, outer))
-        .unwrap_or_default();
-    (result, stale)
 }
 
 /// Sorts and merges overlapping ranges of the same device: one notification each.
@@ -666,7 +664,7 @@ mod tests {
         a.device_written(d1.id, Sectors(2), Sectors(3));
         for c in [&a, &b] {
             let (tx, rx) = sync_channel(1);
-            c.after_pending(move || tx.send(()).unwrap());
+            c.reply_when_dropped(move || tx.send(()).unwrap());
             rx.recv().unwrap();
         }
         let expect = Stale {

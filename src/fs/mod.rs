@@ -20,7 +20,7 @@ use fuser::{
 use parking_lot::{Mutex, RwLock};
 
 use crate::access::Caller;
-use crate::coherence::{self, CacheMode, Coherence};
+use crate::coherence::{CacheMode, Coherence};
 use crate::control::{CommandInput, TableSession, UuidInput, Writer};
 use crate::device::Device;
 use crate::error::DmError;
@@ -113,7 +113,7 @@ fn write_device(
         Ok(n) => reply.written(n as u32),
         Err(e) => reply.error(io_errno(&e)),
     };
-    let (result, stale) = coherence::collect(|| device.write(Bytes(offset), data));
+    let result = device.write(Bytes(offset), data);
     if writeback {
         // Cut short at the device's end, or refused past it (Device::write says which): the
         // kernel took these bytes into its cache and grew its size of dev/NAME to hold them
@@ -125,12 +125,11 @@ fn write_device(
         if past_end {
             device.kernel_size_stale.store(true, Ordering::SeqCst);
         }
-        // Queued before the answer: an fsync the answer lets through queues its own answer
-        // behind these drops (coherence::after_pending).
-        coherence.then_reply(stale, || {});
+        // The write queued its drops before this answer: an fsync the answer lets through
+        // answers behind them (Coherence::reply_when_dropped).
         answer(result);
     } else {
-        coherence.then_reply(stale, move || answer(result));
+        coherence.reply_when_dropped(move || answer(result));
     }
 }
 
@@ -689,21 +688,16 @@ impl Filesystem for DmFs {
                 }
                 // A command may change what devices show (a resume swapping tables in): it is
                 // answered once their stale pages are gone.
-                Handle::Table(session) => coherence::collect(|| match &mut *session.lock() {
+                Handle::Table(session) => match &mut *session.lock() {
                     Some(s) => s.write(&self.registry, data, writer(req, lock_owner)),
                     None => Err(DmError::new(libc::EBADF, "the table file is closed")),
-                }),
-                Handle::Command(input) => {
-                    coherence::collect(|| input.lock().write(&self.registry, data))
-                }
-                Handle::Uuid(input) => {
-                    coherence::collect(|| input.lock().write(&self.registry, data))
-                }
+                },
+                Handle::Command(input) => input.lock().write(&self.registry, data),
+                Handle::Uuid(input) => input.lock().write(&self.registry, data),
                 Handle::Text(_) => return reply.error(Errno::EBADF),
             };
-            let (result, stale) = result;
             let len = data.len() as u32;
-            self.coherence.then_reply(stale, move || match result {
+            self.coherence.reply_when_dropped(move || match result {
                 Ok(()) => reply.written(len),
                 Err(e) => reply.error(errno(&e)),
             })
@@ -722,7 +716,11 @@ impl Filesystem for DmFs {
             let Some(handle) = self.handle(fh) else {
                 return reply.ok();
             };
-            let (result, stale) = coherence::collect(|| match &*handle {
+            // A table or command may change what devices show (a resume swapping tables in):
+            // the close is answered once their stale pages are gone. The kernel flushes a
+            // closing dev/ file's writeback pages first: its close returns once the other
+            // devices showing them have dropped their copies.
+            let result = match &*handle {
                 Handle::Table(session) => match &mut *session.lock() {
                     Some(s) => s.commit(&self.registry, writer(req, Some(lock_owner))),
                     None => Ok(()),
@@ -730,17 +728,11 @@ impl Filesystem for DmFs {
                 Handle::Command(input) => input.lock().flush(&self.registry),
                 Handle::Uuid(input) => input.lock().flush(&self.registry),
                 Handle::Dev(..) | Handle::Text(_) => Ok(()),
-            });
-            let answer = move || match result {
+            };
+            self.coherence.reply_when_dropped(move || match result {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),
-            };
-            match &*handle {
-                // The kernel flushes a closing file's writeback pages first: its close
-                // returns once the other devices showing them have dropped their copies.
-                Handle::Dev(..) => self.coherence.after_pending(answer),
-                _ => self.coherence.then_reply(stale, answer),
-            }
+            })
         })
     }
 
@@ -802,7 +794,7 @@ impl Filesystem for DmFs {
                 // fsync returns once they have been.
                 Handle::Dev(device, _) => {
                     let result = device.flush();
-                    self.coherence.after_pending(move || match result {
+                    self.coherence.reply_when_dropped(move || match result {
                         Ok(()) => reply.ok(),
                         Err(e) => reply.error(io_errno(&e)),
                     })

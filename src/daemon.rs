@@ -151,13 +151,14 @@ pub fn mount(opts: MountOptions) {
         ctl_gid: opts.ctl_group,
         ..Policy::default()
     };
-    let registry = Arc::new(Registry::new(mountpoint.clone()).with_policy(policy));
+    let mut registry = Registry::new(mountpoint.clone()).with_policy(policy);
+    if let Some(k) = &kernel {
+        registry = registry.with_mirror(k.clone());
+    }
+    let registry = Arc::new(registry);
     // The kernel serves a mirrored device's I/O itself: no FUSE passthrough to the files.
     let passthrough = match &kernel {
-        Some(k) => {
-            registry.set_kernel(k.clone());
-            PassthroughMode::Off
-        }
+        Some(_) => PassthroughMode::Off,
         // The kernel does not combine writeback caching with passthrough.
         None if opts.cache == CacheMode::Writeback => {
             log::info!("--cache writeback: no FUSE passthrough (the kernel does not combine them)");
@@ -247,7 +248,7 @@ pub fn mount(opts: MountOptions) {
         log::error!("session ended: {e}");
     }
     registry.flush_all();
-    registry.kernel_teardown();
+    registry.mirror_teardown();
     log::info!("unmounted {}", mountpoint.display());
 }
 

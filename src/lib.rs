@@ -12,6 +12,7 @@ pub mod errlog;
 pub mod error;
 pub mod fs;
 pub mod kernel;
+pub mod mirror;
 pub mod registry;
 pub mod report;
 pub mod scratch;

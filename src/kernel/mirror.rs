@@ -8,11 +8,12 @@
 //! becomes OTHER's kernel device. A COW file is bound as it is: dmfs's persistent snapshot format
 //! is the kernel's.
 //!
-//! The registry calls in here before it changes its own state, so a refusal from the kernel
-//! leaves both sides as they were: a table the kernel refuses is never made live in dmfs either,
-//! and the error carries the kernel's reason from its log. While a device is mirrored, its
-//! `dev/NAME` I/O goes through `/dev/mapper/NAME` (see `Device::set_kernel_io`), so writes
-//! through either path are seen through the other, and `dm/NAME/status` is the kernel's.
+//! `Kernel` is the registry's `Mirror`: the registry calls in here before it changes its own
+//! state, so a refusal from the kernel leaves both sides as they were: a table the kernel refuses
+//! is never made live in dmfs either, and the error carries the kernel's reason from its log.
+//! While a device is mirrored, its `dev/NAME` I/O goes through `/dev/mapper/NAME` (dmfs keeps it
+//! open; `Device::mirror_io` asks for it), so writes through either path are seen through the
+//! other, and `dm/NAME/status` is the kernel's.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -21,7 +22,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 
 use super::KmsgTail;
 use super::ioctl::{CONTROL_PATH, Control, DM_VERSION_MAJOR, TargetLine};
@@ -29,6 +30,7 @@ use super::loopdev::Loop;
 use crate::backing::DeviceKey;
 use crate::device::Device;
 use crate::error::{DmError, DmResult};
+use crate::mirror::Mirror;
 use crate::table::Table;
 
 /// The kernel side of one dmfs device.
@@ -56,6 +58,9 @@ struct State {
 pub struct Kernel {
     ctl: Control,
     state: Mutex<State>,
+    /// `/dev/mapper/NAME`, open, by dmfs device id: where the device's I/O goes. Apart from
+    /// `state` so that I/O never waits for a kernel call on another device.
+    io: RwLock<HashMap<u64, Arc<File>>>,
 }
 
 fn major_minor(dev: u64) -> String {
@@ -204,7 +209,12 @@ impl Kernel {
         Ok(Kernel {
             ctl,
             state: Mutex::new(State::default()),
+            io: RwLock::new(HashMap::new()),
         })
+    }
+
+    fn kernel_io(&self, device: &Device) -> Option<Arc<File>> {
+        self.io.read().get(&device.id).cloned()
     }
 
     /// The kernel's table lines for `table`, with references translated, and the loop devices
@@ -286,11 +296,17 @@ impl Kernel {
         state.loops.retain(|_, w| w.strong_count() > 0);
         Ok((lines, loops))
     }
+}
+
+impl Mirror for Kernel {
+    fn io(&self, device: &Device) -> Option<Arc<File>> {
+        self.kernel_io(device)
+    }
 
     /// Mirrors a device about to be created: DM_DEV_CREATE, DM_TABLE_LOAD, resume, the
     /// `/dev/mapper/NAME` node, and dmfs's descriptor on it. On any failure the kernel device
     /// and its loop devices are gone again and the error says why.
-    pub fn create(&self, device: &Device, read_only: bool) -> DmResult<()> {
+    fn create(&self, device: &Device, read_only: bool) -> DmResult<()> {
         let name = device.name();
         let mut state = self.state.lock();
         let (lines, loops) = self.translate(&mut state, &device.table(), read_only)?;
@@ -338,7 +354,7 @@ impl Kernel {
                 )));
             }
         };
-        device.set_kernel_io(Some(Arc::new(io)));
+        self.io.write().insert(device.id, Arc::new(io));
         log::info!(
             "kernel: {name} is /dev/mapper/{name} ({}), {} lines, {} loop devices",
             major_minor(info.dev),
@@ -361,7 +377,7 @@ impl Kernel {
 
     /// Mirrors a table load (reload): DM_TABLE_LOAD into the kernel's inactive slot. A table the
     /// kernel refuses leaves both sides' inactive tables as they were.
-    pub fn load(&self, device: &Device, table: &Table) -> DmResult<()> {
+    fn load(&self, device: &Device, table: &Table) -> DmResult<()> {
         let mut state = self.state.lock();
         let Some((name, read_only)) = state
             .devices
@@ -384,14 +400,14 @@ impl Kernel {
 
     /// Makes `table` live at once (a create session extending its table): load, suspend,
     /// resume.
-    pub fn replace_live(&self, device: &Device, table: &Table) -> DmResult<()> {
+    fn replace_live(&self, device: &Device, table: &Table) -> DmResult<()> {
         self.load(device, table)?;
         self.suspend(device)?;
         self.resume(device)
     }
 
     /// DM_DEV_SUSPEND with the suspend flag.
-    pub fn suspend(&self, device: &Device) -> DmResult<()> {
+    fn suspend(&self, device: &Device) -> DmResult<()> {
         let state = self.state.lock();
         let Some(m) = state.devices.get(&device.id) else {
             return Ok(());
@@ -409,7 +425,7 @@ impl Kernel {
     /// it refuses the swap there, it has dropped the new table and left the device suspended on
     /// its old one. The mirror then resumes it on that old table, so I/O does not hang, and
     /// says so in the error; the registry drops dmfs's inactive table to match.
-    pub fn resume(&self, device: &Device) -> DmResult<()> {
+    fn resume(&self, device: &Device) -> DmResult<()> {
         let mut state = self.state.lock();
         let Some(m) = state.devices.get_mut(&device.id) else {
             return Ok(());
@@ -443,7 +459,7 @@ impl Kernel {
             // The kernel keeps the device's page cache across a table swap: pages read
             // through the old table would still be served. Dirty pages were written at
             // suspend; drop the clean ones so dev/NAME and /dev/mapper/NAME read the new table.
-            if let Some(io) = device.kernel_io()
+            if let Some(io) = self.kernel_io(device)
                 && let Err(e) = flush_buffers(&io)
             {
                 log::warn!("kernel: BLKFLSBUF on /dev/mapper/{}: {e}", m.name);
@@ -453,7 +469,7 @@ impl Kernel {
     }
 
     /// DM_DEV_RENAME, and the `/dev/mapper` node with it.
-    pub fn rename(&self, device: &Device, new: &str) -> DmResult<()> {
+    fn rename(&self, device: &Device, new: &str) -> DmResult<()> {
         let mut state = self.state.lock();
         let Some(m) = state.devices.get_mut(&device.id) else {
             return Ok(());
@@ -474,7 +490,7 @@ impl Kernel {
     }
 
     /// Sets the kernel device's uuid (DM_DEV_RENAME with DM_UUID_FLAG).
-    pub fn set_uuid(&self, device: &Device, uuid: &str) -> DmResult<()> {
+    fn set_uuid(&self, device: &Device, uuid: &str) -> DmResult<()> {
         let state = self.state.lock();
         let Some(m) = state.devices.get(&device.id) else {
             return Ok(());
@@ -489,20 +505,20 @@ impl Kernel {
     /// remove an open device); if the kernel still refuses, it is opened again and the error
     /// says why. Then the node goes, and the loop devices with the last table using them.
     /// Answers whether the device was mirrored.
-    pub fn remove(&self, device: &Device) -> DmResult<bool> {
+    fn remove(&self, device: &Device) -> DmResult<bool> {
         let mut state = self.state.lock();
         let Some(m) = state.devices.get(&device.id) else {
             return Ok(false);
         };
         let name = m.name.clone();
-        let io = device.set_kernel_io(None);
+        let io = self.io.write().remove(&device.id);
         drop(io);
         let tail = KmsgTail::start();
         if let Err(e) = self.ctl.remove(&name) {
             let err = kernel_error(format!("remove {name}"), &e, tail);
             match open_node(&name, m.read_only) {
                 Ok(f) => {
-                    device.set_kernel_io(Some(Arc::new(f)));
+                    self.io.write().insert(device.id, Arc::new(f));
                 }
                 Err(e) => log::error!("kernel: reopening /dev/mapper/{name}: {e}"),
             }
@@ -520,7 +536,7 @@ impl Kernel {
 
     /// The kernel's `dmsetup status` text for a mirrored device, with the kernel's
     /// `major:minor` references shown as dmfs shows them (the file, `MNT/dev/OTHER`).
-    pub fn status_text(&self, device: &Device) -> Option<DmResult<String>> {
+    fn status_text(&self, device: &Device) -> Option<DmResult<String>> {
         let state = self.state.lock();
         let m = state.devices.get(&device.id)?;
         let tail = KmsgTail::start();
@@ -544,7 +560,7 @@ impl Kernel {
 
     /// Removes every mirrored device (unmount): devices stacked on others first, as many
     /// rounds as the stacking is deep.
-    pub fn remove_all(&self, devices: &[Arc<Device>]) {
+    fn remove_all(&self, devices: &[Arc<Device>]) {
         let mut left: Vec<&Arc<Device>> = devices.iter().collect();
         for _ in 0..=devices.len() {
             if left.is_empty() {

@@ -4,7 +4,8 @@
 //!
 //! - `ioctl`: the `struct dm_ioctl` interface, layouts checked against the kernel's.
 //! - `loopdev`: loop devices standing in for the regular files tables name.
-//! - `mirror`: the mirroring itself: translating table references, rollback, status, I/O path.
+//! - `mirror`: the mirroring itself (the registry's `Mirror`): translating table references,
+//!   rollback, status, the I/O path.
 
 pub mod ioctl;
 pub mod loopdev;

@@ -1,0 +1,79 @@
+//! The mirror hook: what the registry tells a second device mapper about each change it makes,
+//! and where a mirrored device's I/O goes instead of its own table.
+//!
+//! A plain mount uses `NoMirror`, which accepts everything and mirrors nothing; `dmfs mount
+//! --kernel` uses `kernel::Kernel`, which makes every device in the kernel's device mapper too.
+//! The registry calls the hook before it changes its own state, so a refusal leaves both sides
+//! as they were; it owns the hook, and each device it creates holds it to ask where its I/O
+//! goes. The hook sits beside `Device` (it only takes devices and tables), below the registry
+//! and above nothing the kernel backend needs, so dependencies keep pointing down.
+
+use std::fs::File;
+use std::sync::Arc;
+
+use crate::device::Device;
+use crate::error::DmResult;
+use crate::table::Table;
+
+/// A second device mapper kept in step with dmfs's devices.
+pub trait Mirror: Send + Sync {
+    /// Where `device`'s I/O goes instead of its own table (the mirror's device), if anywhere.
+    /// While it answers Some, the device's own targets are not made live.
+    fn io(&self, device: &Device) -> Option<Arc<File>>;
+    /// A device about to be created with its live table (and read-only flag).
+    fn create(&self, device: &Device, read_only: bool) -> DmResult<()>;
+    /// `table` about to become `device`'s inactive table (reload).
+    fn load(&self, device: &Device, table: &Table) -> DmResult<()>;
+    /// `table` about to become `device`'s live table at once (a create session extending it).
+    fn replace_live(&self, device: &Device, table: &Table) -> DmResult<()>;
+    /// `device` has been suspended in dmfs (its I/O drained).
+    fn suspend(&self, device: &Device) -> DmResult<()>;
+    /// `device` is about to resume, swapping in its inactive table if any. On a refusal the
+    /// mirror runs on its old table again and dmfs drops its inactive table too.
+    fn resume(&self, device: &Device) -> DmResult<()>;
+    fn rename(&self, device: &Device, new: &str) -> DmResult<()>;
+    fn set_uuid(&self, device: &Device, uuid: &str) -> DmResult<()>;
+    /// `device` about to be removed; answers whether it was mirrored.
+    fn remove(&self, device: &Device) -> DmResult<bool>;
+    /// The mirror's `dmsetup status` text for a mirrored device.
+    fn status_text(&self, device: &Device) -> Option<DmResult<String>>;
+    /// The mount ends: every mirrored device goes.
+    fn remove_all(&self, devices: &[Arc<Device>]);
+}
+
+/// The plain mount's hook: nothing is mirrored, every change is accepted.
+pub struct NoMirror;
+
+impl Mirror for NoMirror {
+    fn io(&self, _: &Device) -> Option<Arc<File>> {
+        None
+    }
+    fn create(&self, _: &Device, _: bool) -> DmResult<()> {
+        Ok(())
+    }
+    fn load(&self, _: &Device, _: &Table) -> DmResult<()> {
+        Ok(())
+    }
+    fn replace_live(&self, _: &Device, _: &Table) -> DmResult<()> {
+        Ok(())
+    }
+    fn suspend(&self, _: &Device) -> DmResult<()> {
+        Ok(())
+    }
+    fn resume(&self, _: &Device) -> DmResult<()> {
+        Ok(())
+    }
+    fn rename(&self, _: &Device, _: &str) -> DmResult<()> {
+        Ok(())
+    }
+    fn set_uuid(&self, _: &Device, _: &str) -> DmResult<()> {
+        Ok(())
+    }
+    fn remove(&self, _: &Device) -> DmResult<bool> {
+        Ok(false)
+    }
+    fn status_text(&self, _: &Device) -> Option<DmResult<String>> {
+        None
+    }
+    fn remove_all(&self, _: &[Arc<Device>]) {}
+}

@@ -313,6 +313,13 @@ impl Device {
         Ok(())
     }
 
+    /// Undoes a suspend the mirror refused: I/O flows again on the same live table, and an
+    /// inactive table stays loaded.
+    pub fn undo_suspend(&self) {
+        let state = self.gate.state.lock();
+        self.open_gate(state);
+    }
+
     /// Tells the live targets they are live again and lets I/O in, the held requests first.
     fn open_gate(&self, mut state: parking_lot::MutexGuard<'_, GateState>) {
         self.resume_targets(&self.table());

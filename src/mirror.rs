@@ -26,13 +26,18 @@ pub trait Mirror: Send + Sync {
     fn load(&self, device: &Device, table: &Table) -> DmResult<()>;
     /// `table` about to become `device`'s live table at once (a create session extending it).
     fn replace_live(&self, device: &Device, table: &Table) -> DmResult<()>;
-    /// `device` has been suspended in dmfs (its I/O drained).
+    /// `device` has been suspended in dmfs (its I/O drained); a refusal makes dmfs undo it.
     fn suspend(&self, device: &Device) -> DmResult<()>;
     /// `device` is about to resume, swapping in its inactive table if any. On a refusal the
     /// mirror runs on its old table again and dmfs drops its inactive table too.
     fn resume(&self, device: &Device) -> DmResult<()>;
     fn rename(&self, device: &Device, new: &str) -> DmResult<()>;
     fn set_uuid(&self, device: &Device, uuid: &str) -> DmResult<()>;
+    /// `device` about to become read-only (`chmod a-w dev/NAME`) or writable again.
+    fn set_read_only(&self, device: &Device, read_only: bool) -> DmResult<()>;
+    /// `dmsetup message`: the mirror's targets answer for a mirrored device (Some); None lets
+    /// dmfs's own targets answer.
+    fn message(&self, device: &Device, sector: &str, words: &[&str]) -> Option<DmResult<String>>;
     /// `device` about to be removed; answers whether it was mirrored.
     fn remove(&self, device: &Device) -> DmResult<bool>;
     /// The mirror's `dmsetup status` text for a mirrored device.
@@ -68,6 +73,12 @@ impl Mirror for NoMirror {
     }
     fn set_uuid(&self, _: &Device, _: &str) -> DmResult<()> {
         Ok(())
+    }
+    fn set_read_only(&self, _: &Device, _: bool) -> DmResult<()> {
+        Ok(())
+    }
+    fn message(&self, _: &Device, _: &str, _: &[&str]) -> Option<DmResult<String>> {
+        None
     }
     fn remove(&self, _: &Device) -> DmResult<bool> {
         Ok(false)

@@ -410,11 +410,17 @@ impl Registry {
     }
 
     /// Suspends a device: dmfs's in-flight I/O drains first (it may be I/O into the mirror's
-    /// device), then the mirror's device is suspended.
+    /// device), then the mirror's device is suspended. A suspend the mirror refuses is undone
+    /// in dmfs too.
     pub fn suspend(&self, name: &str) -> DmResult<()> {
         let device = self.find(name)?;
+        let was_suspended = device.is_suspended();
         device.suspend();
-        self.mirror.suspend(&device)
+        self.mirror.suspend(&device).inspect_err(|_| {
+            if !was_suspended {
+                device.undo_suspend();
+            }
+        })
     }
 
     /// Resumes a device: the kernel's device first (it swaps in its inactive table), then
@@ -462,6 +468,22 @@ impl Registry {
     /// Removes every device's mirror (at unmount).
     pub fn mirror_teardown(&self) {
         self.mirror.remove_all(&self.list());
+    }
+
+    /// `dmsetup message`: the mirror's targets answer for a mirrored device, dmfs's otherwise.
+    pub fn message(&self, device: &Device, sector: &str, words: &[&str]) -> DmResult<String> {
+        self.mirror
+            .message(device, sector, words)
+            .unwrap_or_else(|| device.message(sector, words))
+    }
+
+    /// Makes a device read-only (`chmod a-w dev/NAME`) or writable again, in the mirror first.
+    pub fn set_read_only(&self, device: &Device, read_only: bool) -> DmResult<()> {
+        if device.is_read_only() != read_only {
+            self.mirror.set_read_only(device, read_only)?;
+            device.set_read_only(read_only);
+        }
+        Ok(())
     }
 
     /// Looks a device up, ENOENT if there is none.

@@ -13,7 +13,7 @@
 //! is never made live in dmfs either, and the error carries the kernel's reason from its log.
 //! While a device is mirrored, its `dev/NAME` I/O goes through `/dev/mapper/NAME` (dmfs keeps it
 //! open; `Device::mirror_io` asks for it), so writes through either path are seen through the
-//! other, and `dm/NAME/status` is the kernel's.
+//! other, `dm/NAME/status` is the kernel's, and so are the answers to `ctl/message`.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -556,6 +556,77 @@ impl Mirror for Kernel {
             })
             .collect();
         Some(Ok(lines_text(&lines)))
+    }
+
+    /// `chmod a-w dev/NAME` (or `u+w`), as `dmsetup` and `lvchange -p` change it: the live
+    /// table is loaded again with (or without) the read-only flag, then the device is suspended
+    /// and resumed to swap it in. Refused while the device is suspended or a reloaded table
+    /// waits for its resume: the swap would resume the one, or replace the other.
+    fn set_read_only(&self, device: &Device, read_only: bool) -> DmResult<()> {
+        let mut state = self.state.lock();
+        let Some(m) = state.devices.get(&device.id) else {
+            return Ok(());
+        };
+        let name = m.name.clone();
+        let busy = |why: &str| {
+            Err(DmError::busy(format!(
+                "kernel device mapper: cannot make {name} {} while {why} (the kernel takes the change with a reload and a resume)",
+                if read_only { "read-only" } else { "writable" },
+            )))
+        };
+        if m.inactive.is_some() || device.inactive_table().is_some() {
+            return busy("a reloaded table waits for its resume");
+        }
+        if device.is_suspended() || self.ctl.info(&name).is_ok_and(|i| i.suspended()) {
+            return busy("it is suspended");
+        }
+        let (lines, loops) = self.translate(&mut state, &device.table(), read_only)?;
+        let tail = KmsgTail::start();
+        self.ctl
+            .load(&name, &lines, read_only)
+            .map_err(|e| kernel_error(format!("table load for {name}"), &e, tail))?;
+        let tail = KmsgTail::start();
+        if let Err(e) = self.ctl.suspend(&name) {
+            let err = kernel_error(format!("suspend {name}"), &e, tail);
+            if let Err(e) = self.ctl.clear(&name) {
+                log::error!("kernel: dropping the read-only table of {name} again: {e}");
+            }
+            return Err(err);
+        }
+        let tail = KmsgTail::start();
+        if let Err(e) = self.ctl.resume(&name) {
+            // As at a refused resume: the kernel dropped the new table; run on the old one.
+            let err = kernel_error(format!("resume {name}"), &e, tail);
+            if let Err(e2) = self.ctl.resume(&name) {
+                log::error!("kernel: resuming {name} on its old table: {e2}");
+            }
+            return Err(err);
+        }
+        let m = state.devices.get_mut(&device.id).expect("looked up above");
+        // The kernel destroyed the old table: loop devices only it used can go.
+        m.live = loops;
+        m.read_only = read_only;
+        log::info!(
+            "kernel: {name} is {} now",
+            if read_only { "read-only" } else { "writable" }
+        );
+        Ok(())
+    }
+
+    /// `dmsetup message`: DM_TARGET_MSG to the kernel's target at `sector`. The message text
+    /// stays out of errors and logs (a message may carry a key).
+    fn message(&self, device: &Device, sector: &str, words: &[&str]) -> Option<DmResult<String>> {
+        let state = self.state.lock();
+        let m = state.devices.get(&device.id)?;
+        let Some(sector) = crate::target::parse_sector_arg(sector) else {
+            return Some(Err(DmError::invalid("Invalid sector")));
+        };
+        let tail = KmsgTail::start();
+        Some(
+            self.ctl
+                .message(&m.name, sector.0, &words.join(" "))
+                .map_err(|e| kernel_error(format!("message to {}", m.name), &e, tail)),
+        )
     }
 
     /// Removes every mirrored device (unmount): devices stacked on others first, as many

@@ -5,7 +5,7 @@
 //! - `ioctl`: the `struct dm_ioctl` interface, layouts checked against the kernel's.
 //! - `loopdev`: loop devices standing in for the regular files tables name.
 //! - `mirror`: the mirroring itself (the registry's `Mirror`): translating table references,
-//!   rollback, status, the I/O path.
+//!   rollback, status, messages, the I/O path.
 
 pub mod ioctl;
 pub mod loopdev;

@@ -143,6 +143,13 @@ pub fn mount(opts: MountOptions) {
     if let Err(e) = init_logging(&opts) {
         fail(format!("log file: {e}"));
     }
+    // Before anything is served: what a daemon for this mount point left in the kernel when it
+    // died goes (logged), and this daemon's record of what it makes starts.
+    if let Some(k) = &kernel
+        && let Err(e) = k.start(Path::new(crate::kernel::leftovers::STATE_DIR), &mountpoint)
+    {
+        fail(e);
+    }
     let signals = exit_signals();
     // SAFETY: blocks the exit signals in this thread; threads spawned later inherit the mask.
     unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &signals, std::ptr::null_mut()) };
@@ -249,6 +256,9 @@ pub fn mount(opts: MountOptions) {
     }
     registry.flush_all();
     registry.mirror_teardown();
+    if let Some(k) = &kernel {
+        k.finish();
+    }
     log::info!("unmounted {}", mountpoint.display());
 }
 

@@ -14,6 +14,9 @@
 //! While a device is mirrored, its `dev/NAME` I/O goes through `/dev/mapper/NAME` (dmfs keeps it
 //! open; `Device::mirror_io` asks for it), so writes through either path are seen through the
 //! other, `dm/NAME/status` is the kernel's, and so are the answers to `ctl/message`.
+//!
+//! Every kernel device made is recorded (`leftovers`), so that a daemon killed without unmounting
+//! leaves nothing the next mount on the same mount point does not find and remove.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -26,6 +29,7 @@ use parking_lot::{Mutex, RwLock};
 
 use super::KmsgTail;
 use super::ioctl::{CONTROL_PATH, Control, DM_VERSION_MAJOR, TargetLine};
+use super::leftovers::{self, Journal};
 use super::loopdev::Loop;
 use crate::backing::DeviceKey;
 use crate::device::Device;
@@ -53,6 +57,8 @@ struct State {
     devices: HashMap<u64, Mirrored>,
     /// Loop devices by the (st_dev, st_ino) of their file.
     loops: HashMap<(u64, u64), Weak<Loop>>,
+    /// The record of the kernel devices made, for the next mount after a crash (`start`).
+    journal: Option<Journal>,
 }
 
 pub struct Kernel {
@@ -213,6 +219,27 @@ impl Kernel {
         })
     }
 
+    /// Before the mount serves: removes what daemons for `mountpoint` that died without
+    /// unmounting left in the kernel, and starts this daemon's record (in `state_dir`).
+    pub fn start(&self, state_dir: &Path, mountpoint: &Path) -> Result<(), String> {
+        leftovers::remove_leftovers(&self.ctl, state_dir, mountpoint);
+        let journal = Journal::create(state_dir, mountpoint).map_err(|e| {
+            format!(
+                "--kernel: cannot record the kernel devices in {}: {e}",
+                state_dir.display()
+            )
+        })?;
+        self.state.lock().journal = Some(journal);
+        Ok(())
+    }
+
+    /// The mount has ended: the record goes (unless devices were left behind).
+    pub fn finish(&self) {
+        if let Some(j) = self.state.lock().journal.take() {
+            j.finish();
+        }
+    }
+
     fn kernel_io(&self, device: &Device) -> Option<Arc<File>> {
         self.io.read().get(&device.id).cloned()
     }
@@ -355,6 +382,9 @@ impl Mirror for Kernel {
             }
         };
         self.io.write().insert(device.id, Arc::new(io));
+        if let Some(j) = &mut state.journal {
+            j.add(&name, info.dev);
+        }
         log::info!(
             "kernel: {name} is /dev/mapper/{name} ({}), {} lines, {} loop devices",
             major_minor(info.dev),
@@ -486,6 +516,10 @@ impl Mirror for Kernel {
             }
         }
         m.name = new.to_string();
+        let dev = m.dev;
+        if let Some(j) = &mut state.journal {
+            j.rename(dev, new);
+        }
         Ok(())
     }
 
@@ -527,6 +561,9 @@ impl Mirror for Kernel {
         let m = state.devices.remove(&device.id).expect("looked up above");
         if let Some(node) = &m.node {
             let _ = std::fs::remove_file(node);
+        }
+        if let Some(j) = &mut state.journal {
+            j.remove(m.dev);
         }
         drop(m);
         state.loops.retain(|_, w| w.strong_count() > 0);

@@ -393,7 +393,7 @@ impl Command {
             (Command::Resume, [name]) => find(name).and_then(|_| registry.resume(name)),
             (Command::Rename, [old, new]) => registry.rename(old, new, caller),
             (Command::Message, [name, sector, message @ ..]) if !message.is_empty() => find(name)
-                .and_then(|d| d.message(sector, message))
+                .and_then(|d| registry.message(&d, sector, message))
                 .map(|reply| {
                     if !reply.is_empty() {
                         log::info!("message {name}: {reply}");

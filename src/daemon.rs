@@ -148,6 +148,13 @@ pub fn mount(opts: MountOptions) {
     if let Err(e) = init_logging(&opts) {
         fail(format!("log file: {e}"));
     }
+    // Before anything is served: what a daemon for this mount point left in the kernel when it
+    // died goes (logged), and this daemon's record of what it makes starts.
+    if let Some(k) = &kernel
+        && let Err(e) = k.start(Path::new(crate::kernel::leftovers::STATE_DIR), &mountpoint)
+    {
+        fail(e);
+    }
     let signals = exit_signals();
     // SAFETY: blocks the exit signals in this thread; threads spawned later inherit the mask.
     unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &signals, std::ptr::null_mut()) };
@@ -156,13 +163,14 @@ pub fn mount(opts: MountOptions) {
         ctl_gid: opts.ctl_group,
         ..Policy::default()
     };
-    let registry = Arc::new(Registry::new(mountpoint.clone()).with_policy(policy));
+    let mut registry = Registry::new(mountpoint.clone()).with_policy(policy);
+    if let Some(k) = &kernel {
+        registry = registry.with_mirror(k.clone());
+    }
+    let registry = Arc::new(registry);
     // The kernel serves a mirrored device's I/O itself: no FUSE passthrough to the files.
     let passthrough = match &kernel {
-        Some(k) => {
-            registry.set_kernel(k.clone());
-            PassthroughMode::Off
-        }
+        Some(_) => PassthroughMode::Off,
         // The kernel does not combine writeback caching with passthrough.
         None if opts.cache == CacheMode::Writeback => {
             log::info!("--cache writeback: no FUSE passthrough (the kernel does not combine them)");
@@ -266,7 +274,10 @@ pub fn mount(opts: MountOptions) {
         log::error!("session ended: {e}");
     }
     registry.flush_all();
-    registry.kernel_teardown();
+    registry.mirror_teardown();
+    if let Some(k) = &kernel {
+        k.finish();
+    }
     log::info!("unmounted {}", mountpoint.display());
 }
 

@@ -16,6 +16,7 @@ use crate::block::BlockDevice;
 use crate::changes::Changes;
 use crate::device_link::DeviceLink;
 use crate::error::{DmError, DmResult};
+use crate::mirror_io::{MirrorIo, NoMirrorIo};
 use crate::table::Table;
 use crate::units::{Bytes, SECTOR_SIZE, Sectors};
 
@@ -60,9 +61,45 @@ pub struct Device {
     edge_lock: RwLock<()>,
     /// Where changes to its bytes and its size are reported.
     changes: Arc<Changes>,
-    /// `/dev/mapper/NAME` while the device is mirrored into the kernel (`--kernel`): its I/O
-    /// then goes through the kernel's device, so both paths see the same bytes.
-    kernel_io: RwLock<Option<Arc<File>>>,
+    /// The mount's mirror (`--kernel`: the kernel's device mapper), asked where I/O goes: a
+    /// mirrored device's I/O goes through the mirror's device, so both paths see the same bytes.
+    mirror: Arc<dyn MirrorIo>,
+    /// Signals when the last holder has let go of the device (see `Registry::remove`). The
+    /// last field: fields are dropped in the order they are declared, so the tables, and what
+    /// their targets registered, are gone when it signals.
+    dropped: DropNotice,
+}
+
+/// Says when a device has been dropped, to whoever removed it and waits for the last holder.
+#[derive(Default)]
+pub struct DropSignal {
+    dropped: Mutex<bool>,
+    changed: Condvar,
+}
+
+impl DropSignal {
+    /// Waits until the device is dropped, at most `timeout`; answers whether it was.
+    pub fn wait(&self, timeout: std::time::Duration) -> bool {
+        let mut dropped = self.dropped.lock();
+        let deadline = std::time::Instant::now() + timeout;
+        while !*dropped {
+            if self.changed.wait_until(&mut dropped, deadline).timed_out() {
+                break;
+            }
+        }
+        *dropped
+    }
+}
+
+/// Sets its `DropSignal` when dropped.
+#[derive(Default)]
+struct DropNotice(Arc<DropSignal>);
+
+impl Drop for DropNotice {
+    fn drop(&mut self) {
+        *self.0.dropped.lock() = true;
+        self.0.changed.notify_all();
+    }
 }
 
 /// An I/O request held while its device is suspended, run at resume.
@@ -144,8 +181,20 @@ impl Device {
             holders: AtomicU32::new(0),
             page_cached: AtomicBool::new(false),
             edge_lock: RwLock::new(()),
-            kernel_io: RwLock::new(None),
+            mirror: Arc::new(NoMirrorIo),
+            dropped: DropNotice::default(),
         }
+    }
+
+    /// The same device, mirrored by `mirror` (the registry's, before the device is shared).
+    pub fn with_mirror(mut self, mirror: Arc<dyn MirrorIo>) -> Device {
+        self.mirror = mirror;
+        self
+    }
+
+    /// Signalled when the last holder of this device lets go of it.
+    pub fn drop_signal(&self) -> Arc<DropSignal> {
+        self.dropped.0.clone()
     }
 
     pub fn name(&self) -> String {
@@ -191,7 +240,7 @@ impl Device {
     /// kernel: then the kernel's targets serve its I/O, and dmfs's must not start work of their
     /// own (a snapshot-merge would copy into the origin behind the kernel's back).
     pub fn resume_targets(&self, table: &Table) {
-        if self.kernel_io().is_none() {
+        if self.mirror_io().is_none() {
             table.resume_targets(&self.link);
         }
     }
@@ -201,14 +250,9 @@ impl Device {
         *self.inactive.write() = None;
     }
 
-    /// Sends this device's I/O through the kernel's device (Some) or dmfs's own table (None);
-    /// returns the descriptor used before.
-    pub fn set_kernel_io(&self, file: Option<Arc<File>>) -> Option<Arc<File>> {
-        std::mem::replace(&mut *self.kernel_io.write(), file)
-    }
-
-    pub fn kernel_io(&self) -> Option<Arc<File>> {
-        self.kernel_io.read().clone()
+    /// The mirror's device this device's I/O goes through instead of its own table, if any.
+    pub fn mirror_io(&self) -> Option<Arc<File>> {
+        self.mirror.io(self.id)
     }
 
     pub fn is_suspended(&self) -> bool {
@@ -270,13 +314,26 @@ impl Device {
             *self.table.write() = table;
             self.event();
         }
-        if self.kernel_io().is_none()
+        if self.mirror_io().is_none()
             && let Err(e) = self.table().preresume_targets(&self.link)
         {
             state.suspended = true;
             self.link.suspended.store(true, Ordering::SeqCst);
             return Err(e);
         }
+        self.open_gate(state);
+        Ok(())
+    }
+
+    /// Undoes a suspend the mirror refused: I/O flows again on the same live table, and an
+    /// inactive table stays loaded.
+    pub fn undo_suspend(&self) {
+        let state = self.gate.state.lock();
+        self.open_gate(state);
+    }
+
+    /// Tells the live targets they are live again and lets I/O in, the held requests first.
+    fn open_gate(&self, mut state: parking_lot::MutexGuard<'_, GateState>) {
         self.resume_targets(&self.table());
         state.suspended = false;
         self.link.suspended.store(false, Ordering::SeqCst);
@@ -286,7 +343,6 @@ impl Device {
         if !deferred.is_empty() {
             std::thread::spawn(move || deferred.into_iter().for_each(|op| op()));
         }
-        Ok(())
     }
 
     /// Parks the request `make` builds if the device is suspended (true), to run at resume;
@@ -323,8 +379,8 @@ impl Device {
         }
         let n = std::cmp::min(buf.len() as u64, size - offset.0) as usize;
         let buf = &mut buf[..n];
-        if let Some(kernel) = self.kernel_io() {
-            kernel.read_exact_at(buf, offset.0)?;
+        if let Some(mirror) = self.mirror_io() {
+            mirror.read_exact_at(buf, offset.0)?;
             return Ok(n);
         }
         if aligned(offset.0, n) {
@@ -363,8 +419,8 @@ impl Device {
         // write came from them), so only other devices' pages, and other ranges of this one,
         // are dropped.
         self.changes.own_write(self.id, first, first + changed, || {
-            let result = match self.kernel_io() {
-                Some(kernel) => kernel.write_all_at(data, offset.0),
+            let result = match self.mirror_io() {
+                Some(mirror) => mirror.write_all_at(data, offset.0),
                 None => self.write_pieces(&table, offset, data),
             };
             // Every piece is written even when one fails (see Table::write): the whole range
@@ -426,8 +482,8 @@ impl Device {
     /// Whole-sector reads for devices stacked on this one.
     pub fn read_sectors(&self, at: Sectors, buf: &mut [u8]) -> io::Result<()> {
         let _io = self.gate.enter();
-        if let Some(kernel) = self.kernel_io() {
-            return kernel.read_exact_at(buf, at.bytes().0);
+        if let Some(mirror) = self.mirror_io() {
+            return mirror.read_exact_at(buf, at.bytes().0);
         }
         self.table().read(at, buf)
     }
@@ -439,8 +495,8 @@ impl Device {
         }
         let _io = self.gate.enter();
         let _shared = self.edge_lock.read();
-        let result = match self.kernel_io() {
-            Some(kernel) => kernel.write_all_at(buf, at.bytes().0),
+        let result = match self.mirror_io() {
+            Some(mirror) => mirror.write_all_at(buf, at.bytes().0),
             None => self.table().write(at, buf),
         };
         let len = Sectors(buf.len() as u64 / SECTOR_SIZE);
@@ -450,8 +506,8 @@ impl Device {
 
     /// Flushes the backing devices of the live and the inactive table.
     pub fn flush(&self) -> io::Result<()> {
-        if let Some(kernel) = self.kernel_io() {
-            kernel.sync_data()?;
+        if let Some(mirror) = self.mirror_io() {
+            mirror.sync_data()?;
         }
         self.table().flush()?;
         match self.inactive_table() {
@@ -542,5 +598,41 @@ mod tests {
         assert_eq!(covering_sectors(1024, 1), (Sectors(2), 512));
         assert!(aligned(1024, 4096));
         assert!(!aligned(1024, 100));
+    }
+
+    struct NoFiles;
+    impl crate::backing::DeviceResolver for NoFiles {
+        fn open(&self, _: &str) -> DmResult<Arc<crate::backing::Backing>> {
+            Err(DmError::invalid("no files here"))
+        }
+    }
+
+    /// The drop signal comes when the last holder lets go, in whichever thread, and only once
+    /// the device's table is gone too.
+    #[test]
+    fn drop_signal_after_the_last_holder_and_the_table() {
+        let mut b = crate::table::TableBuilder::new();
+        b.add_line("0 8 zero", &NoFiles, &Arc::default()).unwrap();
+        let device = Arc::new(Device::new(
+            0,
+            "d".into(),
+            b.table().unwrap(),
+            Changes::none(),
+        ));
+        let table = Arc::downgrade(&device.table());
+        let signal = device.drop_signal();
+        let holder = device.clone();
+        drop(device);
+        assert!(!signal.wait(std::time::Duration::from_millis(20)));
+        let releaser = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            drop(holder);
+        });
+        assert!(signal.wait(std::time::Duration::from_secs(5)));
+        assert!(
+            table.upgrade().is_none(),
+            "the table went before the signal"
+        );
+        releaser.join().unwrap();
     }
 }

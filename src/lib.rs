@@ -17,6 +17,8 @@ pub mod errlog;
 pub mod error;
 pub mod fs;
 pub mod kernel;
+pub mod mirror;
+pub mod mirror_io;
 pub mod registry;
 pub mod report;
 pub mod resolver;

@@ -2,8 +2,9 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use parking_lot::RwLock;
 
@@ -14,7 +15,7 @@ use crate::device::{Device, device_under};
 use crate::device_link::DeviceLink;
 use crate::errlog::ErrorLog;
 use crate::error::{DmError, DmResult};
-use crate::kernel::Kernel;
+use crate::mirror::{Mirror, NoMirror};
 use crate::resolver::Resolver;
 use crate::snapshot::Origins;
 use crate::table::Table;
@@ -45,15 +46,18 @@ pub struct Registry {
     pub errors: ErrorLog,
     /// Who owns what, and who may manage which device.
     pub policy: Policy,
-    /// The kernel mirror (`--kernel`): each change below is made in the kernel first, and a
-    /// refusal there leaves dmfs unchanged.
-    kernel: OnceLock<Arc<Kernel>>,
+    /// The mirror (`--kernel`: the kernel's device mapper; else `NoMirror`): each change below
+    /// is made there first, and a refusal there leaves dmfs unchanged.
+    mirror: Arc<dyn Mirror>,
     /// Where this mount's devices and files report changes to their bytes (the page-cache
     /// coherence attaches to it when the mount is made).
     pub changes: Arc<Changes>,
     /// This mount's snapshots, which its tables' targets share (and no other mount's do).
     origins: Arc<Origins>,
 }
+
+/// How long `remove` waits for the last other holder of a removed device to let go.
+const REMOVE_WAIT: Duration = Duration::from_secs(5);
 
 /// Checks a device name against the kernel's rules (non-empty, shorter than DM_NAME_LEN, no
 /// '/') and what a file name needs besides (not "." or "..", no NUL).
@@ -165,7 +169,7 @@ impl Registry {
             next_id: AtomicU64::new(0),
             errors: ErrorLog::default(),
             policy: Policy::default(),
-            kernel: OnceLock::new(),
+            mirror: Arc::new(NoMirror),
             changes: Arc::new(Changes::default()),
             origins: Arc::default(),
         }
@@ -174,6 +178,12 @@ impl Registry {
     /// This mount's snapshots, for the target constructors of its tables.
     pub fn origins(&self) -> &Arc<Origins> {
         &self.origins
+    }
+
+    /// The same registry mirroring every device into `mirror` (`--kernel`).
+    pub fn with_mirror(mut self, mirror: Arc<dyn Mirror>) -> Registry {
+        self.mirror = mirror;
+        self
     }
 
     /// The same registry with another ownership policy (`--ctl-group`).
@@ -189,11 +199,6 @@ impl Registry {
         } else {
             Err(self.policy.not_manager(caller, &device.name()))
         }
-    }
-
-    /// Mirrors every device from now on into the kernel's device mapper.
-    pub fn set_kernel(&self, kernel: Arc<Kernel>) {
-        let _ = self.kernel.set(kernel);
     }
 
     /// Takes `name` for a table about to be written. EBUSY if a device has it or another
@@ -236,13 +241,12 @@ impl Registry {
         table.preresume_targets(&DeviceLink::default())?;
         d.reserved.remove(name);
         let id = self.next_id.fetch_add(1, Ordering::SeqCst);
-        let mut device = Device::new(id, name.to_string(), table, self.changes.clone());
+        let mut device = Device::new(id, name.to_string(), table, self.changes.clone())
+            .with_mirror(self.mirror.clone());
         device.owner = owner;
         let device = Arc::new(device);
         device.set_read_only(read_only);
-        if let Some(k) = self.kernel.get() {
-            k.create(&device, read_only)?;
-        }
+        self.mirror.create(&device, read_only)?;
         device.resume_targets(&device.table());
         d.by_name.insert(name.to_string(), device.clone());
         d.by_id.insert(id, device.clone());
@@ -282,10 +286,7 @@ impl Registry {
         }
         // A mirrored device's I/O went through the kernel: dmfs's own targets hold nothing to
         // flush (and a delay target would hold the remove for its flush delay).
-        let mirrored = match self.kernel.get() {
-            Some(k) => k.remove(&device)?,
-            None => false,
-        };
+        let mirrored = self.mirror.remove(&device)?;
         d.by_name.remove(name);
         d.by_id.remove(&device.id);
         drop(d);
@@ -305,13 +306,10 @@ impl Registry {
         // (a release still in progress) to let go: when remove returns, the table and what it
         // registered (a snapshot of its COW device) are gone, and a table created next on the
         // same COW device starts from the device, not from the removed snapshot.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while Arc::strong_count(&device) > 1 {
-            if std::time::Instant::now() > deadline {
-                log::warn!("remove {name}: the device is still referenced");
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(1));
+        let dropped = device.drop_signal();
+        drop(device);
+        if !dropped.wait(REMOVE_WAIT) {
+            log::warn!("remove {name}: the device is still referenced");
         }
         log::info!("removed {name}");
         Ok(())
@@ -328,9 +326,7 @@ impl Registry {
                 "Unable to change name on mapped device {old} to one that already exists: {new}"
             )));
         }
-        if let Some(k) = self.kernel.get() {
-            k.rename(&device, new)?;
-        }
+        self.mirror.rename(&device, new)?;
         d.by_name.remove(old);
         d.by_name.insert(new.to_string(), device.clone());
         device.set_name(new);
@@ -361,9 +357,7 @@ impl Registry {
                 "Unable to change uuid of mapped device {name} to {uuid} because uuid is already in use"
             )));
         }
-        if let Some(k) = self.kernel.get() {
-            k.set_uuid(&device, uuid)?;
-        }
+        self.mirror.set_uuid(&device, uuid)?;
         device.set_uuid(uuid);
         // The kernel's rename raises an event through the live table; a uuid given with the
         // create comes before there is one.
@@ -379,9 +373,7 @@ impl Registry {
             return Err(not_found(name));
         }
         check_no_loop(name, device, &table.devices())?;
-        if let Some(k) = self.kernel.get() {
-            k.load(device, &table)?;
-        }
+        self.mirror.load(device, &table)?;
         device.load(table);
         Ok(())
     }
@@ -429,9 +421,7 @@ impl Registry {
 
     /// Makes `table` live at once (a create session extending the table it made live).
     pub fn set_live_table(&self, device: &Device, table: Table) -> DmResult<()> {
-        if let Some(k) = self.kernel.get() {
-            k.replace_live(device, &table)?;
-        }
+        self.mirror.replace_live(device, &table)?;
         let size = device.size();
         device.set_table(table);
         self.tables_changed();
@@ -442,24 +432,25 @@ impl Registry {
         Ok(())
     }
 
-    /// Suspends a device: dmfs's in-flight I/O drains first (it may be I/O into the kernel's
-    /// device), then the kernel's device is suspended.
+    /// Suspends a device: dmfs's in-flight I/O drains first (it may be I/O into the mirror's
+    /// device), then the mirror's device is suspended. A suspend the mirror refuses is undone
+    /// in dmfs too.
     pub fn suspend(&self, name: &str) -> DmResult<()> {
         let device = self.find(name)?;
+        let was_suspended = device.is_suspended();
         device.suspend();
-        match self.kernel.get() {
-            Some(k) => k.suspend(&device),
-            None => Ok(()),
-        }
+        self.mirror.suspend(&device).inspect_err(|_| {
+            if !was_suspended {
+                device.undo_suspend();
+            }
+        })
     }
 
     /// Resumes a device: the kernel's device first (it swaps in its inactive table), then
     /// dmfs's, which lets the I/O it held go into the resumed kernel device.
     pub fn resume(&self, name: &str) -> DmResult<()> {
         let device = self.find(name)?;
-        if let Some(k) = self.kernel.get()
-            && let Err(e) = k.resume(&device)
-        {
+        if let Err(e) = self.mirror.resume(&device) {
             // The kernel dropped the table it refused and runs on its old one again: so does
             // dmfs.
             device.clear_inactive();
@@ -485,9 +476,9 @@ impl Registry {
         self.changes.tables_changed();
     }
 
-    /// `dm/NAME/status`: the kernel's status while the device is mirrored, else dmfs's.
+    /// `dm/NAME/status`: the mirror's status while the device is mirrored, else dmfs's.
     pub fn status_text(&self, device: &Device) -> String {
-        match self.kernel.get().and_then(|k| k.status_text(device)) {
+        match self.mirror.status_text(device) {
             Some(Ok(text)) => text,
             Some(Err(e)) => {
                 self.errors.record("status", &device.name(), &e);
@@ -497,11 +488,25 @@ impl Registry {
         }
     }
 
-    /// Removes every device's kernel mirror (at unmount).
-    pub fn kernel_teardown(&self) {
-        if let Some(k) = self.kernel.get() {
-            k.remove_all(&self.list());
+    /// Removes every device's mirror (at unmount).
+    pub fn mirror_teardown(&self) {
+        self.mirror.remove_all(&self.list());
+    }
+
+    /// `dmsetup message`: the mirror's targets answer for a mirrored device, dmfs's otherwise.
+    pub fn message(&self, device: &Device, sector: &str, words: &[&str]) -> DmResult<String> {
+        self.mirror
+            .message(device, sector, words)
+            .unwrap_or_else(|| device.message(sector, words))
+    }
+
+    /// Makes a device read-only (`chmod a-w dev/NAME`) or writable again, in the mirror first.
+    pub fn set_read_only(&self, device: &Device, read_only: bool) -> DmResult<()> {
+        if device.is_read_only() != read_only {
+            self.mirror.set_read_only(device, read_only)?;
+            device.set_read_only(read_only);
         }
+        Ok(())
     }
 
     /// Looks a device up, ENOENT if there is none.

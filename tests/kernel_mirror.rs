@@ -4,7 +4,11 @@
 //!   fails at mount with one clear sentence and mounts nothing, while a plain mount works.
 //! - Where the kernel oracle is installed (`../shared/kernel-oracle/run-in-kernel` relative to
 //!   the repository), the end-to-end check `fixtures/kernel/mirror-vm.sh` runs inside its VM with
-//!   the dmfs binary this build made: one boot, bounded by a timeout. Without the oracle, or
+//!   the dmfs binary this build made: one boot, bounded by a timeout. Besides creating, reloading,
+//!   suspending, resuming, renaming and removing devices in both, it checks that `ctl/message`
+//!   and `chmod a-w dev/NAME` reach the kernel, that a suspend the kernel refuses is undone in
+//!   dmfs, and that after `kill -9` of the daemon the next mount removes the kernel devices (and
+//!   loop devices) it left, and nothing it did not make. Without the oracle, or
 //!   when its VM cannot start, the test says "skipped: ..." on stderr (not captured) and passes.
 //!   `DMFS_SKIP_KERNEL_ORACLE=1` skips it on purpose.
 
@@ -105,17 +109,18 @@ fn kernel_mirror_end_to_end_in_the_kernel_oracle() {
     std::fs::copy(&script, share.join("mirror-vm.sh")).unwrap();
     tell(&format!(
         "running fixtures/kernel/mirror-vm.sh in the kernel oracle's VM (one boot, {} at most)",
-        "6 minutes"
+        "10 minutes"
     ));
     let started = Instant::now();
-    // The oracle's own timeout ends qemu; `timeout` ends the oracle if it hangs anyway.
+    // The oracle's own timeout ends qemu; `timeout` ends the oracle if it hangs anyway. The VM
+    // emulates its CPU: on a machine busy with other work the run takes several times longer.
     let out = Command::new("timeout")
-        .args(["-k", "10", "360"])
+        .args(["-k", "10", "600"])
         .arg(&oracle)
         .arg("--share")
         .arg(&share)
         .arg(share.join("mirror-vm.sh"))
-        .env("KERNEL_ORACLE_TIMEOUT", "330")
+        .env("KERNEL_ORACLE_TIMEOUT", "570")
         .stdin(Stdio::null())
         .output()
         .unwrap();
@@ -147,5 +152,5 @@ fn kernel_mirror_end_to_end_in_the_kernel_oracle() {
         failed.join("\n")
     );
     let checks = stdout.lines().filter(|l| l.starts_with("ok: ")).count();
-    assert!(checks >= 60, "only {checks} checks ran:\n{stdout}");
+    assert!(checks >= 150, "only {checks} checks ran:\n{stdout}");
 }

@@ -456,11 +456,14 @@ impl Filesystem for DmFs {
                 // chmod a-w makes the device read-only, as `blockdev --setro` does; u+w undoes it.
                 if let Some(device) = self.device(id) {
                     let caller = caller(req);
-                    if let Err(e) = self.registry.check_manager(&caller, &device) {
+                    if let Err(e) = self
+                        .registry
+                        .check_manager(&caller, &device)
+                        .and_then(|()| self.registry.set_read_only(&device, mode & 0o222 == 0))
+                    {
                         self.registry.errors.record("chmod", &device.name(), &e);
                         return reply.error(errno(&e));
                     }
-                    device.set_read_only(mode & 0o222 == 0);
                 }
             }
             let Some(attr) = self.attr(node) else {

@@ -75,6 +75,8 @@ pub const DM_TABLE_LOAD_CMD: u32 = 9;
 pub const DM_TABLE_CLEAR_CMD: u32 = 10;
 pub const DM_TABLE_DEPS_CMD: u32 = 11;
 pub const DM_TABLE_STATUS_CMD: u32 = 12;
+pub const DM_LIST_VERSIONS_CMD: u32 = 13;
+pub const DM_TARGET_MSG_CMD: u32 = 14;
 
 pub const DM_READONLY_FLAG: u32 = 1 << 0;
 pub const DM_SUSPEND_FLAG: u32 = 1 << 1;
@@ -84,6 +86,11 @@ pub const DM_INACTIVE_PRESENT_FLAG: u32 = 1 << 6;
 pub const DM_BUFFER_FULL_FLAG: u32 = 1 << 8;
 pub const DM_QUERY_INACTIVE_TABLE_FLAG: u32 = 1 << 12;
 pub const DM_UUID_FLAG: u32 = 1 << 14;
+pub const DM_DATA_OUT_FLAG: u32 = 1 << 16;
+
+/// The reply room a target message gets: a message may change state (`@stats_create`), so it
+/// is never sent twice to retry with a larger buffer.
+const MESSAGE_REPLY_BYTES: usize = 256 * 1024;
 
 /// `_IOWR(DM_IOCTL, cmd, struct dm_ioctl)`: direction read|write (3) in bits 30-31, the size in
 /// bits 16-29, the type in bits 8-15, the number in bits 0-7.
@@ -377,6 +384,37 @@ impl Control {
             b.header_mut().flags |= DM_READONLY_FLAG;
         }
         self.call(DM_TABLE_LOAD_CMD, &mut b)
+    }
+
+    /// DM_TARGET_MSG: `message` to the target at `sector` (what `dmsetup message` sends);
+    /// answers the target's reply, empty when it has none. The message follows the header as
+    /// `struct dm_target_msg` (the sector, then the NUL-terminated text); the reply comes back
+    /// from the data start.
+    pub fn message(&self, name: &str, sector: u64, message: &str) -> io::Result<String> {
+        if message.as_bytes().contains(&0) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the message contains a NUL byte",
+            ));
+        }
+        let size = (HEADER + 8 + message.len() + 1).max(HEADER + MESSAGE_REPLY_BYTES);
+        let mut b = Buffer::new(size);
+        copy_str(&mut b.header_mut().name, name, "device name")?;
+        let bytes = b.bytes_mut();
+        bytes[HEADER..HEADER + 8].copy_from_slice(&sector.to_ne_bytes());
+        bytes[HEADER + 8..HEADER + 8 + message.len()].copy_from_slice(message.as_bytes());
+        self.call(DM_TARGET_MSG_CMD, &mut b)?;
+        let h = *b.header();
+        if h.flags & DM_DATA_OUT_FLAG == 0 {
+            return Ok(String::new());
+        }
+        if h.flags & DM_BUFFER_FULL_FLAG != 0 {
+            log::warn!(
+                "kernel: a message's reply from {name} is longer than {MESSAGE_REPLY_BYTES} bytes: cut short"
+            );
+        }
+        let start = (h.data_start as usize).min(b.len());
+        Ok(c_str(&b.bytes()[start..]))
     }
 
     /// DM_TABLE_CLEAR: drops the inactive table.

@@ -8,11 +8,15 @@
 //! becomes OTHER's kernel device. A COW file is bound as it is: dmfs's persistent snapshot format
 //! is the kernel's.
 //!
-//! The registry calls in here before it changes its own state, so a refusal from the kernel
-//! leaves both sides as they were: a table the kernel refuses is never made live in dmfs either,
-//! and the error carries the kernel's reason from its log. While a device is mirrored, its
-//! `dev/NAME` I/O goes through `/dev/mapper/NAME` (see `Device::set_kernel_io`), so writes
-//! through either path are seen through the other, and `dm/NAME/status` is the kernel's.
+//! `Kernel` is the registry's `Mirror`: the registry calls in here before it changes its own
+//! state, so a refusal from the kernel leaves both sides as they were: a table the kernel refuses
+//! is never made live in dmfs either, and the error carries the kernel's reason from its log.
+//! While a device is mirrored, its `dev/NAME` I/O goes through `/dev/mapper/NAME` (dmfs keeps it
+//! open; `Device::mirror_io` asks for it), so writes through either path are seen through the
+//! other, `dm/NAME/status` is the kernel's, and so are the answers to `ctl/message`.
+//!
+//! Every kernel device made is recorded (`leftovers`), so that a daemon killed without unmounting
+//! leaves nothing the next mount on the same mount point does not find and remove.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -21,14 +25,17 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 
 use super::KmsgTail;
 use super::ioctl::{CONTROL_PATH, Control, DM_VERSION_MAJOR, TargetLine};
+use super::leftovers::{self, Journal};
 use super::loopdev::Loop;
 use crate::device::Device;
 use crate::device_key::DeviceKey;
 use crate::error::{DmError, DmResult};
+use crate::mirror::Mirror;
+use crate::mirror_io::MirrorIo;
 use crate::table::Table;
 
 /// The kernel side of one dmfs device.
@@ -51,11 +58,16 @@ struct State {
     devices: HashMap<u64, Mirrored>,
     /// Loop devices by the (st_dev, st_ino) of their file.
     loops: HashMap<(u64, u64), Weak<Loop>>,
+    /// The record of the kernel devices made, for the next mount after a crash (`start`).
+    journal: Option<Journal>,
 }
 
 pub struct Kernel {
     ctl: Control,
     state: Mutex<State>,
+    /// `/dev/mapper/NAME`, open, by dmfs device id: where the device's I/O goes. Apart from
+    /// `state` so that I/O never waits for a kernel call on another device.
+    io: RwLock<HashMap<u64, Arc<File>>>,
 }
 
 fn major_minor(dev: u64) -> String {
@@ -204,7 +216,33 @@ impl Kernel {
         Ok(Kernel {
             ctl,
             state: Mutex::new(State::default()),
+            io: RwLock::new(HashMap::new()),
         })
+    }
+
+    /// Before the mount serves: removes what daemons for `mountpoint` that died without
+    /// unmounting left in the kernel, and starts this daemon's record (in `state_dir`).
+    pub fn start(&self, state_dir: &Path, mountpoint: &Path) -> Result<(), String> {
+        leftovers::remove_leftovers(&self.ctl, state_dir, mountpoint);
+        let journal = Journal::create(state_dir, mountpoint).map_err(|e| {
+            format!(
+                "--kernel: cannot record the kernel devices in {}: {e}",
+                state_dir.display()
+            )
+        })?;
+        self.state.lock().journal = Some(journal);
+        Ok(())
+    }
+
+    /// The mount has ended: the record goes (unless devices were left behind).
+    pub fn finish(&self) {
+        if let Some(j) = self.state.lock().journal.take() {
+            j.finish();
+        }
+    }
+
+    fn kernel_io(&self, id: u64) -> Option<Arc<File>> {
+        self.io.read().get(&id).cloned()
     }
 
     /// The kernel's table lines for `table`, with references translated, and the loop devices
@@ -286,11 +324,19 @@ impl Kernel {
         state.loops.retain(|_, w| w.strong_count() > 0);
         Ok((lines, loops))
     }
+}
 
+impl MirrorIo for Kernel {
+    fn io(&self, id: u64) -> Option<Arc<File>> {
+        self.kernel_io(id)
+    }
+}
+
+impl Mirror for Kernel {
     /// Mirrors a device about to be created: DM_DEV_CREATE, DM_TABLE_LOAD, resume, the
     /// `/dev/mapper/NAME` node, and dmfs's descriptor on it. On any failure the kernel device
     /// and its loop devices are gone again and the error says why.
-    pub fn create(&self, device: &Device, read_only: bool) -> DmResult<()> {
+    fn create(&self, device: &Device, read_only: bool) -> DmResult<()> {
         let name = device.name();
         let mut state = self.state.lock();
         let (lines, loops) = self.translate(&mut state, &device.table(), read_only)?;
@@ -338,7 +384,10 @@ impl Kernel {
                 )));
             }
         };
-        device.set_kernel_io(Some(Arc::new(io)));
+        self.io.write().insert(device.id, Arc::new(io));
+        if let Some(j) = &mut state.journal {
+            j.add(&name, info.dev);
+        }
         log::info!(
             "kernel: {name} is /dev/mapper/{name} ({}), {} lines, {} loop devices",
             major_minor(info.dev),
@@ -361,7 +410,7 @@ impl Kernel {
 
     /// Mirrors a table load (reload): DM_TABLE_LOAD into the kernel's inactive slot. A table the
     /// kernel refuses leaves both sides' inactive tables as they were.
-    pub fn load(&self, device: &Device, table: &Table) -> DmResult<()> {
+    fn load(&self, device: &Device, table: &Table) -> DmResult<()> {
         let mut state = self.state.lock();
         let Some((name, read_only)) = state
             .devices
@@ -384,14 +433,14 @@ impl Kernel {
 
     /// Makes `table` live at once (a create session extending its table): load, suspend,
     /// resume.
-    pub fn replace_live(&self, device: &Device, table: &Table) -> DmResult<()> {
+    fn replace_live(&self, device: &Device, table: &Table) -> DmResult<()> {
         self.load(device, table)?;
         self.suspend(device)?;
         self.resume(device)
     }
 
     /// DM_DEV_SUSPEND with the suspend flag.
-    pub fn suspend(&self, device: &Device) -> DmResult<()> {
+    fn suspend(&self, device: &Device) -> DmResult<()> {
         let state = self.state.lock();
         let Some(m) = state.devices.get(&device.id) else {
             return Ok(());
@@ -409,7 +458,7 @@ impl Kernel {
     /// it refuses the swap there, it has dropped the new table and left the device suspended on
     /// its old one. The mirror then resumes it on that old table, so I/O does not hang, and
     /// says so in the error; the registry drops dmfs's inactive table to match.
-    pub fn resume(&self, device: &Device) -> DmResult<()> {
+    fn resume(&self, device: &Device) -> DmResult<()> {
         let mut state = self.state.lock();
         let Some(m) = state.devices.get_mut(&device.id) else {
             return Ok(());
@@ -443,7 +492,7 @@ impl Kernel {
             // The kernel keeps the device's page cache across a table swap: pages read
             // through the old table would still be served. Dirty pages were written at
             // suspend; drop the clean ones so dev/NAME and /dev/mapper/NAME read the new table.
-            if let Some(io) = device.kernel_io()
+            if let Some(io) = self.kernel_io(device.id)
                 && let Err(e) = flush_buffers(&io)
             {
                 log::warn!("kernel: BLKFLSBUF on /dev/mapper/{}: {e}", m.name);
@@ -453,7 +502,7 @@ impl Kernel {
     }
 
     /// DM_DEV_RENAME, and the `/dev/mapper` node with it.
-    pub fn rename(&self, device: &Device, new: &str) -> DmResult<()> {
+    fn rename(&self, device: &Device, new: &str) -> DmResult<()> {
         let mut state = self.state.lock();
         let Some(m) = state.devices.get_mut(&device.id) else {
             return Ok(());
@@ -470,11 +519,15 @@ impl Kernel {
             }
         }
         m.name = new.to_string();
+        let dev = m.dev;
+        if let Some(j) = &mut state.journal {
+            j.rename(dev, new);
+        }
         Ok(())
     }
 
     /// Sets the kernel device's uuid (DM_DEV_RENAME with DM_UUID_FLAG).
-    pub fn set_uuid(&self, device: &Device, uuid: &str) -> DmResult<()> {
+    fn set_uuid(&self, device: &Device, uuid: &str) -> DmResult<()> {
         let state = self.state.lock();
         let Some(m) = state.devices.get(&device.id) else {
             return Ok(());
@@ -489,20 +542,20 @@ impl Kernel {
     /// remove an open device); if the kernel still refuses, it is opened again and the error
     /// says why. Then the node goes, and the loop devices with the last table using them.
     /// Answers whether the device was mirrored.
-    pub fn remove(&self, device: &Device) -> DmResult<bool> {
+    fn remove(&self, device: &Device) -> DmResult<bool> {
         let mut state = self.state.lock();
         let Some(m) = state.devices.get(&device.id) else {
             return Ok(false);
         };
         let name = m.name.clone();
-        let io = device.set_kernel_io(None);
+        let io = self.io.write().remove(&device.id);
         drop(io);
         let tail = KmsgTail::start();
         if let Err(e) = self.ctl.remove(&name) {
             let err = kernel_error(format!("remove {name}"), &e, tail);
             match open_node(&name, m.read_only) {
                 Ok(f) => {
-                    device.set_kernel_io(Some(Arc::new(f)));
+                    self.io.write().insert(device.id, Arc::new(f));
                 }
                 Err(e) => log::error!("kernel: reopening /dev/mapper/{name}: {e}"),
             }
@@ -512,6 +565,9 @@ impl Kernel {
         if let Some(node) = &m.node {
             let _ = std::fs::remove_file(node);
         }
+        if let Some(j) = &mut state.journal {
+            j.remove(m.dev);
+        }
         drop(m);
         state.loops.retain(|_, w| w.strong_count() > 0);
         log::info!("kernel: removed {name}");
@@ -520,7 +576,7 @@ impl Kernel {
 
     /// The kernel's `dmsetup status` text for a mirrored device, with the kernel's
     /// `major:minor` references shown as dmfs shows them (the file, `MNT/dev/OTHER`).
-    pub fn status_text(&self, device: &Device) -> Option<DmResult<String>> {
+    fn status_text(&self, device: &Device) -> Option<DmResult<String>> {
         let state = self.state.lock();
         let m = state.devices.get(&device.id)?;
         let tail = KmsgTail::start();
@@ -542,9 +598,80 @@ impl Kernel {
         Some(Ok(lines_text(&lines)))
     }
 
+    /// `chmod a-w dev/NAME` (or `u+w`), as `dmsetup` and `lvchange -p` change it: the live
+    /// table is loaded again with (or without) the read-only flag, then the device is suspended
+    /// and resumed to swap it in. Refused while the device is suspended or a reloaded table
+    /// waits for its resume: the swap would resume the one, or replace the other.
+    fn set_read_only(&self, device: &Device, read_only: bool) -> DmResult<()> {
+        let mut state = self.state.lock();
+        let Some(m) = state.devices.get(&device.id) else {
+            return Ok(());
+        };
+        let name = m.name.clone();
+        let busy = |why: &str| {
+            Err(DmError::busy(format!(
+                "kernel device mapper: cannot make {name} {} while {why} (the kernel takes the change with a reload and a resume)",
+                if read_only { "read-only" } else { "writable" },
+            )))
+        };
+        if m.inactive.is_some() || device.inactive_table().is_some() {
+            return busy("a reloaded table waits for its resume");
+        }
+        if device.is_suspended() || self.ctl.info(&name).is_ok_and(|i| i.suspended()) {
+            return busy("it is suspended");
+        }
+        let (lines, loops) = self.translate(&mut state, &device.table(), read_only)?;
+        let tail = KmsgTail::start();
+        self.ctl
+            .load(&name, &lines, read_only)
+            .map_err(|e| kernel_error(format!("table load for {name}"), &e, tail))?;
+        let tail = KmsgTail::start();
+        if let Err(e) = self.ctl.suspend(&name) {
+            let err = kernel_error(format!("suspend {name}"), &e, tail);
+            if let Err(e) = self.ctl.clear(&name) {
+                log::error!("kernel: dropping the read-only table of {name} again: {e}");
+            }
+            return Err(err);
+        }
+        let tail = KmsgTail::start();
+        if let Err(e) = self.ctl.resume(&name) {
+            // As at a refused resume: the kernel dropped the new table; run on the old one.
+            let err = kernel_error(format!("resume {name}"), &e, tail);
+            if let Err(e2) = self.ctl.resume(&name) {
+                log::error!("kernel: resuming {name} on its old table: {e2}");
+            }
+            return Err(err);
+        }
+        let m = state.devices.get_mut(&device.id).expect("looked up above");
+        // The kernel destroyed the old table: loop devices only it used can go.
+        m.live = loops;
+        m.read_only = read_only;
+        log::info!(
+            "kernel: {name} is {} now",
+            if read_only { "read-only" } else { "writable" }
+        );
+        Ok(())
+    }
+
+    /// `dmsetup message`: DM_TARGET_MSG to the kernel's target at `sector`. The message text
+    /// stays out of errors and logs (a message may carry a key).
+    fn message(&self, device: &Device, sector: &str, words: &[&str]) -> Option<DmResult<String>> {
+        let state = self.state.lock();
+        let m = state.devices.get(&device.id)?;
+        let Some(sector) = crate::target::parse_sector_arg(sector) else {
+            return Some(Err(DmError::invalid("Invalid sector")));
+        };
+        let tail = KmsgTail::start();
+        Some(
+            self.ctl
+                .message(&m.name, sector.0, &words.join(" "))
+                .map_err(|e| kernel_error(format!("message to {}", m.name), &e, tail)),
+        )
+    }
+
     /// Removes every mirrored device (unmount): devices stacked on others first, as many
     /// rounds as the stacking is deep.
-    pub fn remove_all(&self, devices: &[Arc<Device>]) {
+    fn remove_all(&self, devices: &[Arc<Device>]) {
         let mut left: Vec<&Arc<Device>> = devices.iter().collect();
         for _ in 0..=devices.len() {
             if left.is_empty() {

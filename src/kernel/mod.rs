@@ -4,9 +4,13 @@
 //!
 //! - `ioctl`: the `struct dm_ioctl` interface, layouts checked against the kernel's.
 //! - `loopdev`: loop devices standing in for the regular files tables name.
-//! - `mirror`: the mirroring itself: translating table references, rollback, status, I/O path.
+//! - `mirror`: the mirroring itself (the registry's `Mirror`): translating table references,
+//!   rollback, status, messages, the I/O path.
+//! - `leftovers`: the record of the kernel devices a daemon made, and their removal by the next
+//!   mount when that daemon died without unmounting.
 
 pub mod ioctl;
+pub mod leftovers;
 pub mod loopdev;
 pub mod mirror;
 

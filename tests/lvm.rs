@@ -326,20 +326,10 @@ fn copied_pv_is_refused_naming_both_files() {
     );
 }
 
-/// LVM2's calc_crc, to write metadata the reader must accept up to its meaning.
+/// LVM2's calc_crc (its seed 0xf597a6cf), to write metadata the reader must accept up to its
+/// meaning.
 fn calc_crc(data: &[u8]) -> u32 {
-    let mut crc = 0xf597_a6cfu32;
-    for &b in data {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xedb8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    crc
+    dmfs::activate::crc::crc32_register(0xf597_a6cf, data)
 }
 
 /// Writes `text` as p3's (only) metadata text, with valid checksums, damages p4's copy so that

@@ -4,6 +4,7 @@
 //! area's circular buffer). Layouts as LVM2's lib/label/label.h and lib/format_text/layout.h.
 
 use super::{LvmError, PvSource};
+use crate::activate::crc::crc32_register;
 
 /// A label may sit in any of the first four sectors.
 const LABEL_SCAN_SECTORS: u64 = 4;
@@ -25,21 +26,9 @@ const MAX_AREAS: usize = 8;
 /// of LVs fits in a few MiB.
 pub const MAX_METADATA_TEXT: u64 = 16 << 20;
 
-/// LVM2's calc_crc: CRC-32 (reflected polynomial 0xedb88320) without the final inversion,
-/// seeded with `seed`.
+/// LVM2's calc_crc: the CRC-32 register, without the inversions, from `seed`.
 pub fn calc_crc(seed: u32, data: &[u8]) -> u32 {
-    let mut crc = seed;
-    for &b in data {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xedb8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    crc
+    crc32_register(seed, data)
 }
 
 fn le32(b: &[u8], at: usize) -> u32 {

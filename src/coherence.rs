@@ -35,7 +35,7 @@ use std::sync::{Arc, OnceLock, Weak};
 use parking_lot::{Mutex, RwLock};
 
 use crate::changes::ChangeSink;
-use crate::device::Device;
+use crate::device::{Device, SizeDrop};
 use crate::device_key::DeviceKey;
 use crate::target::View;
 use crate::units::Sectors;
@@ -232,8 +232,15 @@ pub struct Stale {
 /// reply).
 struct Job {
     stale: Vec<Stale>,
-    entry: Option<String>,
+    entry: Option<EntryDrop>,
     then: Option<Box<dyn FnOnce() + Send>>,
+}
+
+/// A `dev/NAME` entry to drop, so that the kernel forgets the size it holds (`KernelSize`).
+struct EntryDrop {
+    name: String,
+    device: Weak<Device>,
+    why: SizeDrop,
 }
 
 impl Job {
@@ -324,11 +331,15 @@ impl Coherence {
                             );
                         }
                     }
-                    if let Some(name) = job.entry
-                        && let Err(e) = forget(&name)
-                    {
-                        // ENOENT: the kernel has no such entry cached.
-                        log::debug!("forget dev/{name}: {e}");
+                    if let Some(entry) = job.entry {
+                        if let Err(e) = forget(&entry.name) {
+                            // ENOENT: the kernel has no such entry cached.
+                            log::debug!("forget dev/{}: {e}", entry.name);
+                        }
+                        if let Some(device) = entry.device.upgrade() {
+                            let open = device.open_count.load(Ordering::SeqCst) > 0;
+                            device.kernel_size.dropped(entry.why, open);
+                        }
                     }
                     finished.fetch_add(1, Ordering::SeqCst);
                     if let Some(then) = job.then {
@@ -362,20 +373,23 @@ impl Coherence {
         self.invalidator.get().is_some() && self.any_cached.load(Ordering::Relaxed)
     }
 
-    /// `device` has a new size, or the kernel's size of it is wrong
-    /// (`Device::kernel_size_stale`). With the writeback cache the kernel keeps the size it
-    /// knows for as long as it keeps the inode (it owns the size then, and takes none from
-    /// dmfs); so the `dev/NAME` entry is dropped, and with it the inode unless a file is open
-    /// on it: the next lookup makes a fresh one with the device's size (if a file is open,
-    /// again at its last close: a lookup meanwhile pins the old inode anew). Queued before
-    /// the pages a resume drops, so the command that resized is answered after both.
-    pub fn device_resized(&self, device: &Device) {
-        if device.open_count.load(Ordering::SeqCst) > 0 {
-            device.kernel_size_stale.store(true, Ordering::SeqCst);
+    /// `device` has a new size, or the kernel's size of it is wrong (`KernelSize`, `why`).
+    /// With the writeback cache the kernel keeps the size it knows for as long as it keeps the
+    /// inode (it owns the size then, and takes none from dmfs); so the `dev/NAME` entry is
+    /// dropped, and with it the inode unless a file is open on it: the next lookup makes a
+    /// fresh one with the device's size (if a file is open, again at its last close). Queued
+    /// before the pages a resume drops, so the command that resized is answered after both.
+    pub fn device_resized(&self, device: &Arc<Device>, why: SizeDrop) {
+        if why == SizeDrop::Wrong && device.open_count.load(Ordering::SeqCst) > 0 {
+            device.kernel_size.mark_wrong();
         }
         self.send(Job {
             stale: Vec::new(),
-            entry: Some(device.name()),
+            entry: Some(EntryDrop {
+                name: device.name(),
+                device: Arc::downgrade(device),
+                why,
+            }),
             then: None,
         });
     }
@@ -491,7 +505,7 @@ impl ChangeSink for Coherence {
     fn device_resized(&self, id: u64) {
         let device = self.index().by_id.get(&id).and_then(Weak::upgrade);
         if let Some(device) = device {
-            Coherence::device_resized(self, &device);
+            Coherence::device_resized(self, &device, SizeDrop::Wrong);
         }
     }
 

@@ -7,7 +7,7 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 
 use parking_lot::{Condvar, Mutex, RwLock};
 
@@ -44,10 +44,9 @@ pub struct Device {
     pub creating: AtomicBool,
     /// Open handles on `dev/NAME`.
     pub open_count: AtomicU32,
-    /// The kernel may hold a size for `dev/NAME` that is not the device's, and a file open on
-    /// it keeps that inode alive: a resize while a file was open, or (writeback cache) a write
-    /// past the end taken into the kernel's cache. The entry is dropped at the last close.
-    pub kernel_size_stale: AtomicBool,
+    /// Whether the kernel may hold a size for `dev/NAME` that is not the device's (see
+    /// `KernelSize`).
+    pub kernel_size: KernelSize,
     /// Open handles the kernel serves itself (FUSE passthrough): suspend cannot hold them.
     pub passthrough_opens: AtomicU32,
     /// References to this device from other devices' tables.
@@ -99,6 +98,83 @@ impl Drop for DropNotice {
     fn drop(&mut self) {
         *self.0.dropped.lock() = true;
         self.0.changed.notify_all();
+    }
+}
+
+/// Whether the kernel may hold a size for `dev/NAME` that is not the device's. With the
+/// writeback cache the kernel owns a file's size for as long as it keeps the inode, so a
+/// resize, or a write past the end taken into its cache, is put right by dropping the `dev/NAME`
+/// entry (the inode goes with it unless something holds it) at the last close. A lookup that
+/// races with that drop can pin the old inode anew under a new entry: an open whose lookup came
+/// before the drop reached the kernel (its OPEN reaching dmfs after), or any lookup while a file
+/// is open. So the drop is done again at the last close after such an open, once.
+#[derive(Default)]
+pub struct KernelSize {
+    /// `WRONG`, `RECHECK` or 0 (the kernel's size is the device's).
+    state: AtomicU8,
+    /// Drops for a wrong size (not re-checks) the invalidator has made.
+    drops: AtomicU64,
+    /// `drops` as the last open saw it.
+    seen_at_open: AtomicU64,
+}
+
+/// The kernel's size is wrong: drop the entry at the last close.
+const WRONG: u8 = 1;
+/// An open may have pinned the inode a drop meant to let go: drop the entry again at the last
+/// close.
+const RECHECK: u8 = 2;
+
+/// Why a `dev/NAME` entry is dropped at a last close.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SizeDrop {
+    /// The size was wrong.
+    Wrong,
+    /// A drop may have been undone by a racing open.
+    Recheck,
+}
+
+impl KernelSize {
+    /// A resize with a file open, or a write past the end in the kernel's cache.
+    pub fn mark_wrong(&self) {
+        self.state.store(WRONG, Ordering::SeqCst);
+    }
+
+    /// An open of `dev/NAME` (counted open before this is called): after a drop for a wrong
+    /// size, the first open re-checks at its last close.
+    pub fn opened(&self) {
+        let drops = self.drops.load(Ordering::SeqCst);
+        if self.seen_at_open.swap(drops, Ordering::SeqCst) != drops {
+            let _ = self
+                .state
+                .compare_exchange(0, RECHECK, Ordering::SeqCst, Ordering::SeqCst);
+        }
+    }
+
+    /// At the last close: whether the entry must be dropped now, and why.
+    pub fn take_at_last_close(&self) -> Option<SizeDrop> {
+        match self.state.swap(0, Ordering::SeqCst) {
+            0 => None,
+            WRONG => Some(SizeDrop::Wrong),
+            _ => Some(SizeDrop::Recheck),
+        }
+    }
+
+    /// The invalidator dropped the entry (`why`); `open` says whether a file was open then,
+    /// whose inode may have survived the drop: its last close drops it again.
+    pub fn dropped(&self, why: SizeDrop, open: bool) {
+        if why == SizeDrop::Wrong {
+            self.drops.fetch_add(1, Ordering::SeqCst);
+        }
+        if open {
+            let again = if why == SizeDrop::Wrong {
+                WRONG
+            } else {
+                RECHECK
+            };
+            let _ = self
+                .state
+                .compare_exchange(0, again, Ordering::SeqCst, Ordering::SeqCst);
+        }
     }
 }
 
@@ -176,7 +252,7 @@ impl Device {
             link: DeviceLink::default(),
             creating: AtomicBool::new(false),
             open_count: AtomicU32::new(0),
-            kernel_size_stale: AtomicBool::new(false),
+            kernel_size: KernelSize::default(),
             passthrough_opens: AtomicU32::new(0),
             holders: AtomicU32::new(0),
             page_cached: AtomicBool::new(false),
@@ -589,6 +665,28 @@ impl BlockDevice for Device {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A drop for a wrong size re-arms once, for the first open after it (whose lookup may have
+    /// pinned the old inode): that open's last close drops again, and the chain ends there. A
+    /// drop made while a file is open keeps the reason for its last close.
+    #[test]
+    fn kernel_size_rechecks_once_after_a_drop() {
+        let k = KernelSize::default();
+        assert_eq!(k.take_at_last_close(), None);
+        k.mark_wrong();
+        assert_eq!(k.take_at_last_close(), Some(SizeDrop::Wrong));
+        assert_eq!(k.take_at_last_close(), None);
+        k.dropped(SizeDrop::Wrong, false);
+        k.opened();
+        assert_eq!(k.take_at_last_close(), Some(SizeDrop::Recheck));
+        k.dropped(SizeDrop::Recheck, false);
+        k.opened();
+        assert_eq!(k.take_at_last_close(), None);
+        k.dropped(SizeDrop::Wrong, true);
+        assert_eq!(k.take_at_last_close(), Some(SizeDrop::Wrong));
+        k.dropped(SizeDrop::Recheck, true);
+        assert_eq!(k.take_at_last_close(), Some(SizeDrop::Recheck));
+    }
 
     #[test]
     fn covering() {

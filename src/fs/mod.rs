@@ -123,7 +123,7 @@ fn write_device(
             Err(e) => e.raw_os_error() == Some(libc::ENOSPC),
         };
         if past_end {
-            device.kernel_size_stale.store(true, Ordering::SeqCst);
+            device.kernel_size.mark_wrong();
         }
         // The write queued its drops before this answer: an fsync the answer lets through
         // answers behind them (Coherence::reply_when_dropped).
@@ -531,6 +531,7 @@ impl Filesystem for DmFs {
                     }
                     let backing = self.passthrough.for_open(&device, writing, &reply);
                     device.open_count.fetch_add(1, Ordering::SeqCst);
+                    device.kernel_size.opened();
                     if let Some(id) = backing {
                         device.passthrough_opens.fetch_add(1, Ordering::SeqCst);
                         let fh = self.add_handle(Handle::Dev(device, Some(id.clone())));
@@ -758,8 +759,8 @@ impl Filesystem for DmFs {
                         if backing.is_some() {
                             device.passthrough_opens.fetch_sub(1, Ordering::SeqCst);
                         }
-                        if last && device.kernel_size_stale.swap(false, Ordering::SeqCst) {
-                            self.coherence.device_resized(device);
+                        if last && let Some(why) = device.kernel_size.take_at_last_close() {
+                            self.coherence.device_resized(device, why);
                         }
                     }
                     Handle::Table(session) => {

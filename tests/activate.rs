@@ -400,7 +400,13 @@ fn taken_names_and_uuids_change_nothing() {
         "{err}"
     );
     m.remove("loop0p1");
-    must_activate(&m, "loop0.img");
+    // The names are free again; a relative path is taken in the writer's directory, and an
+    // unfinished last line runs at the writer's close.
+    m.ok("printf %s loop0.img > $MNT/ctl/activate");
+    assert_eq!(
+        m.read("dm/loop0p1/table"),
+        format!("0 1024 linear {} 2048\n", path.display())
+    );
     assert_eq!(m.devices().len(), 6);
     for d in m.devices() {
         m.remove(&d);
@@ -473,6 +479,15 @@ fn bad_images_are_refused_and_change_nothing() {
         err.contains("activate trunc.img: trunc: truncated"),
         "{err}"
     );
+    // An unfinished last line runs at the writer's close, which carries its error.
+    let mut f = OpenOptions::new()
+        .write(true)
+        .open(m.mnt.join("ctl/activate"))
+        .unwrap();
+    f.write_all(truncated.display().to_string().as_bytes())
+        .unwrap();
+    let closed = checked_close(f).expect_err("the close of an unfinished bad line succeeded");
+    assert_eq!(closed.raw_os_error(), Some(libc::EINVAL));
     let err = m.fails("$DMFS --mount $MNT activate trunc.img");
     assert!(
         err.contains("truncated image") && err.ends_with("Command failed.\n"),

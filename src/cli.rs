@@ -8,6 +8,20 @@ use std::os::fd::IntoRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+/// What the last line written into `ctl/activate` made, from its start.
+fn read_report(f: &File) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let mut text = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = f.read_at(&mut buf, text.len() as u64) {
+        if n == 0 {
+            break;
+        }
+        text.extend_from_slice(&buf[..n]);
+    }
+    text
+}
+
 /// A failed verb: dmsetup prints the message, then "Command failed.", and exits 1.
 pub struct Failed(pub String);
 
@@ -340,6 +354,54 @@ impl Mount {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// `activate`: the images as one line of `ctl/activate` (one activation: a volume group
+    /// may span them), by absolute path, printing what was made as kpartx -v and vgchange
+    /// print it.
+    pub fn activate(
+        &self,
+        images: &[PathBuf],
+        read_only: bool,
+        partitions_only: bool,
+        out: &mut impl Write,
+    ) -> CliResult {
+        let mut line = String::new();
+        if read_only {
+            line += "--readonly ";
+        }
+        if partitions_only {
+            line += "--partitions-only ";
+        }
+        for image in images {
+            let abs = std::path::absolute(image)
+                .map_err(|e| Failed(format!("{}: {}", image.display(), strerror(&e))))?;
+            match abs.to_str() {
+                Some(t) if !t.contains(char::is_whitespace) => line += &format!("{t} "),
+                _ => {
+                    return Err(Failed(format!(
+                        "{}: a path with whitespace or not UTF-8 cannot be activated",
+                        image.display()
+                    )));
+                }
+            }
+        }
+        line.pop();
+        line.push('\n');
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(self.path("ctl/activate"))
+            .map_err(|e| Failed(format!("ctl/activate: {}", strerror(&e))))?;
+        (&f).write_all(line.as_bytes()).map_err(|e| {
+            Failed(format!(
+                "activate: {}\n{}",
+                strerror(&e),
+                last_reason(&self.root)
+            ))
+        })?;
+        let _ = out.write_all(&read_report(&f));
         Ok(())
     }
 

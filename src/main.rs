@@ -156,6 +156,18 @@ enum Verb {
     Targets,
     /// Print the dmfs version and the device-mapper interface version it mirrors.
     Version,
+    /// Create a device for every partition of each image (as kpartx -a) and every logical
+    /// volume of the volume groups found on them (as vgchange -ay); all or nothing per image.
+    Activate {
+        /// Make every device read-only (images are opened read-only).
+        #[arg(short = 'r', long)]
+        readonly: bool,
+        /// Map the partitions only, not the logical volumes.
+        #[arg(long)]
+        partitions_only: bool,
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+    },
 }
 
 /// Runs a dmsetup-style verb; on failure prints dmsetup's "Command failed." and exits 1.
@@ -209,6 +221,11 @@ fn run_verb(mount: Option<PathBuf>, progress: bool, verb: Verb) {
             Verb::Ls { tree: false } => m.ls(out),
             Verb::Targets => m.cat("ctl/targets", out),
             Verb::Version => m.cat("ctl/version", out),
+            Verb::Activate {
+                readonly,
+                partitions_only,
+                images,
+            } => m.activate(&images, readonly, partitions_only, out),
             Verb::Mount { .. } | Verb::Umount { .. } => unreachable!("handled in main"),
         }
     });

@@ -1,6 +1,8 @@
 //! Reading images into tables: what kpartx and `vgchange -ay` would have the device mapper map.
-//! This code only produces tables; creating the devices is the registry's.
+//! The readers (`partitions`, `lvm`) only produce tables; `activation` creates the devices
+//! they plan through the registry, all or nothing.
 
+pub mod activation;
 pub mod crc;
 pub mod lvm;
 pub mod partitions;

@@ -2,6 +2,7 @@
 //! business logic: tables are assembled in `control`, I/O is done by `device`, texts come from
 //! `table`, `report` and `target`.
 
+mod activate;
 mod nodes;
 mod passthrough;
 
@@ -26,6 +27,7 @@ use crate::device::Device;
 use crate::error::DmError;
 use crate::registry::Registry;
 use crate::units::Bytes;
+use activate::ActivateInput;
 use nodes::{CtlFile, DmFile, Node};
 pub use passthrough::Mode as PassthroughMode;
 use passthrough::Passthrough;
@@ -42,6 +44,7 @@ enum Handle {
     Table(Mutex<Option<Box<TableSession>>>),
     Command(Mutex<CommandInput>),
     Uuid(Mutex<UuidInput>),
+    Activate(Mutex<ActivateInput>),
 }
 
 pub struct DmFs {
@@ -249,6 +252,11 @@ impl DmFs {
             Node::Ctl(CtlFile::Command(_)) => {
                 let (gid, mode) = policy.ctl_file();
                 (daemon, gid, mode, 0)
+            }
+            // Who may write it may read back, from the same open file, what it made.
+            Node::Ctl(CtlFile::Activate) => {
+                let (gid, mode) = policy.ctl_file();
+                (daemon, gid, mode | mode << 1, 0)
             }
             Node::Pending(_) => (daemon, gid, 0o200, 0),
             Node::CreateDir | Node::ReloadDir => {
@@ -474,7 +482,7 @@ impl Filesystem for DmFs {
                     // A device's size is its table's: only a no-op "truncate" to that size passes.
                     Node::DevFile(_) => size == attr.size,
                     // `echo NAME > ctl/remove` truncates before writing.
-                    Node::Ctl(CtlFile::Command(_))
+                    Node::Ctl(CtlFile::Command(_) | CtlFile::Activate)
                     | Node::Pending(_)
                     | Node::DmFile(_, DmFile::Uuid) => size == 0,
                     _ => false,
@@ -544,6 +552,10 @@ impl Filesystem for DmFs {
                 Node::Ctl(CtlFile::Command(c)) => {
                     Handle::Command(Mutex::new(CommandInput::new(c, caller(req))))
                 }
+                Node::Ctl(CtlFile::Activate) => Handle::Activate(Mutex::new(ActivateInput::new(
+                    caller(req),
+                    cwd_of(req.pid()),
+                ))),
                 Node::DmFile(id, DmFile::Uuid) if writing => {
                     let Some(device) = self.device(id) else {
                         return reply.error(Errno::ENOENT);
@@ -650,6 +662,13 @@ impl Filesystem for DmFs {
                     let end = std::cmp::min(start + size as usize, text.len());
                     reply.data(&text[start..end])
                 }
+                Handle::Activate(input) => {
+                    let input = input.lock();
+                    let text = input.report();
+                    let start = std::cmp::min(offset as usize, text.len());
+                    let end = std::cmp::min(start + size as usize, text.len());
+                    reply.data(&text[start..end])
+                }
                 Handle::Table(_) | Handle::Command(_) | Handle::Uuid(_) => {
                     reply.error(Errno::EBADF)
                 }
@@ -698,6 +717,7 @@ impl Filesystem for DmFs {
                 },
                 Handle::Command(input) => input.lock().write(&self.registry, data),
                 Handle::Uuid(input) => input.lock().write(&self.registry, data),
+                Handle::Activate(input) => input.lock().write(&self.registry, data),
                 Handle::Text(_) => return reply.error(Errno::EBADF),
             };
             let len = data.len() as u32;
@@ -731,6 +751,7 @@ impl Filesystem for DmFs {
                 },
                 Handle::Command(input) => input.lock().flush(&self.registry),
                 Handle::Uuid(input) => input.lock().flush(&self.registry),
+                Handle::Activate(input) => input.lock().flush(&self.registry),
                 Handle::Dev(..) | Handle::Text(_) => Ok(()),
             };
             self.coherence.reply_when_dropped(move || match result {
@@ -772,6 +793,9 @@ impl Filesystem for DmFs {
                         let _ = input.lock().flush(&self.registry);
                     }
                     Handle::Uuid(input) => {
+                        let _ = input.lock().flush(&self.registry);
+                    }
+                    Handle::Activate(input) => {
                         let _ = input.lock().flush(&self.registry);
                     }
                     Handle::Text(_) => {}

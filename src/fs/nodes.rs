@@ -13,10 +13,12 @@ pub enum CtlFile {
     Targets,
     Version,
     Errors,
+    /// `ctl/activate`: one image per line; the same open file reads back what was made.
+    Activate,
 }
 
 impl CtlFile {
-    pub const ALL: [CtlFile; 8] = [
+    pub const ALL: [CtlFile; 9] = [
         CtlFile::Command(Command::ALL[0]),
         CtlFile::Command(Command::ALL[1]),
         CtlFile::Command(Command::ALL[2]),
@@ -25,6 +27,7 @@ impl CtlFile {
         CtlFile::Targets,
         CtlFile::Version,
         CtlFile::Errors,
+        CtlFile::Activate,
     ];
 
     pub fn name(self) -> &'static str {
@@ -33,6 +36,7 @@ impl CtlFile {
             CtlFile::Targets => "targets",
             CtlFile::Version => "version",
             CtlFile::Errors => "errors",
+            CtlFile::Activate => "activate",
         }
     }
 }

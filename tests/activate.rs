@@ -1,0 +1,497 @@
+//! `ctl/activate` and `dmfs activate` against what kpartx and `vgchange -ay` did in the kernel
+//! with the same images (fixtures/kernel/partitions/kpartx.out, fixtures/kernel/lvm/lvm.out):
+//! the same devices, in the same order, with the same names, uuids, read-only flags and tables
+//! (the kernel's major:minor replaced by the image's path or `MNT/dev/NAME`), kpartx's own
+//! `add map` lines and vgchange's summary read back from the open file, and the bytes of every
+//! device those of its image. Then all or nothing: a name or uuid already taken, a truncated
+//! image, an image with nothing to activate: the write fails and exactly the devices that were
+//! there before are there after.
+
+mod common;
+use common::fixture::{self, Block};
+use common::*;
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use dmfs::activate::partitions;
+
+const LVM: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/kernel/lvm");
+const PARTITIONS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/kernel/partitions");
+
+/// Unpacks `DIR/NAME.gz` into `to`.
+fn gunzip(dir: &str, name: &str, to: &Path) {
+    let out = std::process::Command::new("gzip")
+        .arg("-dc")
+        .arg(format!("{dir}/{name}.gz"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "gunzip {name}.gz");
+    std::fs::write(to, out.stdout).unwrap();
+}
+
+/// Writes `line` into `ctl/activate` with one write(2) on a file opened read-write, then
+/// reads back from the same open file what the line made. Relative paths are taken in the
+/// mount's scratch directory (the test's own directory is shared by all tests).
+fn activate(m: &Mount, line: &str) -> io::Result<String> {
+    let line: Vec<String> = line
+        .split_whitespace()
+        .map(|w| match w.starts_with(['-', '/']) {
+            true => w.to_string(),
+            false => m.path(w).display().to_string(),
+        })
+        .collect();
+    let line = line.join(" ");
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.mnt.join("ctl/activate"))?;
+    f.write_all(format!("{line}\n").as_bytes())?;
+    let mut text = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = f.read_at(&mut buf, text.len() as u64)?;
+        if n == 0 {
+            break;
+        }
+        text.extend_from_slice(&buf[..n]);
+    }
+    checked_close(f)?;
+    Ok(String::from_utf8(text).unwrap())
+}
+
+fn must_activate(m: &Mount, line: &str) -> String {
+    activate(m, line).unwrap_or_else(|e| {
+        panic!(
+            "activate {line}: {e}\nctl/errors:\n{}\nlog:\n{}",
+            m.read("ctl/errors"),
+            m.log()
+        )
+    })
+}
+
+/// The bytes a table of linear lines over files maps, or None if a line is anything else.
+fn linear_bytes(table: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    for line in table.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() != 5 || f[2] != "linear" || !f[3].starts_with('/') {
+            return None;
+        }
+        let (len, start): (u64, u64) = (f[1].parse().unwrap(), f[4].parse().unwrap());
+        let mut buf = vec![0u8; (len * 512) as usize];
+        File::open(f[3])
+            .unwrap()
+            .read_exact_at(&mut buf, start * 512)
+            .unwrap();
+        out.extend(buf);
+    }
+    Some(out)
+}
+
+/// Fills every partition of `path` with its own bytes, so a wrong start or length shows.
+fn fill_partitions(path: &Path) {
+    let table = partitions::read(&File::open(path).unwrap(), "x").unwrap();
+    let f = OpenOptions::new().write(true).open(path).unwrap();
+    for p in &table.partitions {
+        if p.kind != partitions::Kind::Extended {
+            let data = pseudo_random(p.number.into(), (p.length.0 * 512) as usize);
+            f.write_all_at(&data, p.start.0 * 512).unwrap();
+        }
+    }
+}
+
+/// Checks a mount against a kpartx block: the `add map` lines read back, the devices, their
+/// tables and their bytes; `kernel_ref` is how kpartx named the image, `reference` ours.
+fn check_kpartx(m: &Mount, b: &Block, report: &str, kernel_ref: &str, reference: &str) {
+    let swap = |s: &str| s.replace(&format!(" {kernel_ref} "), &format!(" {reference} "));
+    let want: Vec<String> = b.all("stdout").iter().map(|l| swap(l)).collect();
+    assert_eq!(report.lines().collect::<Vec<_>>(), want, "{}", b.name);
+    let mut names = Vec::new();
+    for t in b.all("table") {
+        let (name, table) = t.split_once(": ").unwrap();
+        if format!(" {table} ").contains(&format!(" {kernel_ref} ")) {
+            names.push(name.to_string());
+            let table = swap(&format!("{table} "));
+            assert_eq!(
+                m.read(&format!("dm/{name}/table")),
+                format!("{}\n", table.trim_end())
+            );
+            if let Some(want) = linear_bytes(table.trim_end()) {
+                assert_same(name, &m.read_dev(name).unwrap(), &want);
+            }
+        }
+    }
+    let mut all = m.devices();
+    all.retain(|d| names.contains(d));
+    names.sort();
+    assert_eq!(all, names);
+}
+
+/// An image activated through `ctl/activate` and a dmfs device activated through `dmfs
+/// activate` show kpartx's devices, tables and `add map` lines.
+#[test]
+fn partitions_as_kpartx_mapped_them() {
+    let blocks = fixture::read("partitions/kpartx.out", &["image", "named"]);
+    for img in ["mbr-ext05.img", "gpt.img", "gpt-bad-primary-header.img"] {
+        let b = blocks
+            .iter()
+            .find(|b| b.kind == "image" && b.name == img)
+            .unwrap();
+        let m = Mount::new();
+        // Named as the loop device kpartx read, so the names match too.
+        let path = m.path("loop0.img");
+        gunzip(PARTITIONS, img, &path);
+        fill_partitions(&path);
+        let report = must_activate(&m, "loop0.img");
+        check_kpartx(&m, b, &report, "7:0", &path.display().to_string());
+    }
+    // kpartx on a device-mapper device named `disk` (253:0): dmfs on MNT/dev/disk.
+    for img in ["mbr-ext05.img", "gpt.img"] {
+        let b = blocks
+            .iter()
+            .find(|b| b.kind == "named" && b.name == format!("disk {img}"))
+            .unwrap();
+        let m = Mount::new();
+        let path = m.path(img);
+        gunzip(PARTITIONS, img, &path);
+        fill_partitions(&path);
+        m.create("disk", &format!("0 8192 linear {} 0", path.display()));
+        let report = m.ok("$DMFS --mount $MNT activate $MNT/dev/disk");
+        let disk = m.mnt.join("dev/disk").display().to_string();
+        check_kpartx(&m, b, &report, "253:0", &disk);
+    }
+}
+
+/// One device as the oracle printed it, or as a mount shows it.
+#[derive(Debug, PartialEq)]
+struct Dev {
+    name: String,
+    uuid: String,
+    read_only: bool,
+    table: Vec<String>,
+}
+
+/// The section of lvm.out after the line `--- TITLE`.
+fn section<'a>(out: &'a str, title: &str) -> Vec<&'a str> {
+    let head = format!("--- {title}\n");
+    let at = out.find(&head).unwrap_or_else(|| panic!("no {title:?}")) + head.len();
+    out[at..]
+        .lines()
+        .take_while(|l| !l.starts_with("--- ") && !l.starts_with("$ "))
+        .collect()
+}
+
+/// The devices `vgchange -ay` made in the oracle after `after`, in creation (minor) order,
+/// with 254:N replaced by image N/16 of `images` and 253:N by `mnt_dev/` and minor N's name;
+/// without raid1 (a target dmfs does not have: the LV is left out with a note).
+fn oracle(images: &[PathBuf], mnt_dev: &str, after: &str) -> Vec<Dev> {
+    let out = std::fs::read_to_string(format!("{LVM}/lvm.out")).unwrap();
+    let mut by_minor = HashMap::new();
+    let mut devs = Vec::new();
+    for l in section(
+        &out,
+        &format!("dmsetup info (minor,name,uuid,attr) {after}"),
+    ) {
+        let f: Vec<&str> = l.split(' ').collect();
+        by_minor.insert(f[0].to_string(), f[1].to_string());
+        devs.push(Dev {
+            name: f[1].to_string(),
+            uuid: f[2].to_string(),
+            read_only: f[3].ends_with('r'),
+            table: Vec::new(),
+        });
+    }
+    for l in section(&out, &format!("dmsetup table {after}")) {
+        let (name, line) = l.split_once(": ").unwrap();
+        let words: Vec<String> = line
+            .split_whitespace()
+            .map(|w| match w.split_once(':') {
+                Some(("254", n)) => images[n.parse::<usize>().unwrap() / 16]
+                    .display()
+                    .to_string(),
+                Some(("253", n)) => format!("{mnt_dev}/{}", by_minor[n]),
+                _ => w.to_string(),
+            })
+            .collect();
+        let dev = devs.iter_mut().find(|d| d.name == name).unwrap();
+        dev.table.push(words.join(" "));
+    }
+    devs.retain(|d| d.name != "v--g-r1" && !d.name.starts_with("v--g-r1_"));
+    devs
+}
+
+/// The mount's devices, in creation order.
+fn mounted(m: &Mount) -> Vec<Dev> {
+    let mut devs: Vec<(u64, Dev)> = m
+        .devices()
+        .into_iter()
+        .map(|name| {
+            let info = m.read(&format!("dm/{name}/info"));
+            let minor = info
+                .lines()
+                .find_map(|l| l.strip_prefix("Major, minor:"))
+                .and_then(|v| v.split(',').nth(1))
+                .map(|v| v.trim().parse().unwrap())
+                .unwrap();
+            let dev = Dev {
+                uuid: m.read(&format!("dm/{name}/uuid")).trim_end().to_string(),
+                read_only: info.contains("READ-ONLY"),
+                table: m
+                    .read(&format!("dm/{name}/table"))
+                    .lines()
+                    // dmsetup's trailing space after a target without arguments (`zero `).
+                    .map(|l| l.trim_end().to_string())
+                    .collect(),
+                name,
+            };
+            (minor, dev)
+        })
+        .collect();
+    devs.sort_by_key(|(minor, _)| *minor);
+    devs.into_iter().map(|(_, d)| d).collect()
+}
+
+const LVM_REPORT: &str = "  vg/skip: skipped: it carries the activation skip flag (lvchange -ky)
+  v-g/r1: segment type raid1 is not supported by dmfs; not activated
+  9 logical volume(s) in volume group \"vg\" now active
+  3 logical volume(s) in volume group \"v-g\" now active
+";
+
+/// The five PV images of lvm.out in a mount's scratch directory.
+fn lvm_images(m: &Mount) -> Vec<PathBuf> {
+    (0..5)
+        .map(|i| {
+            let path = m.path(&format!("p{i}.img"));
+            gunzip(LVM, &format!("p{i}.img"), &path);
+            path
+        })
+        .collect()
+}
+
+/// Two VGs over five images, activated in one line through `ctl/activate` and by `dmfs
+/// activate`: vgchange's devices, in its order, and the bytes of every linear one.
+#[test]
+fn volume_groups_as_vgchange_activated_them() {
+    let m = Mount::new();
+    let images = lvm_images(&m);
+    let line: Vec<String> = images.iter().map(|p| p.display().to_string()).collect();
+    let report = must_activate(&m, &line.join(" "));
+    assert_eq!(report, LVM_REPORT);
+    let out = std::fs::read_to_string(format!("{LVM}/lvm.out")).unwrap();
+    // vgchange counted raid1 r1 in v-g too.
+    for l in report.lines().filter(|l| l.ends_with("\"vg\" now active")) {
+        assert!(out.contains(&format!("{l}\n")), "{l} is not vgchange's");
+    }
+    let mnt_dev = m.mnt.join("dev").display().to_string();
+    let want = oracle(&images, &mnt_dev, "after vgchange -ay v-g");
+    assert_eq!(mounted(&m), want);
+    let mut checked = 0;
+    for d in &want {
+        if let Some(bytes) = linear_bytes(&d.table.join("\n")) {
+            assert_same(&d.name, &m.read_dev(&d.name).unwrap(), &bytes);
+            checked += 1;
+        }
+    }
+    assert!(checked >= 4, "too few linear LVs to compare bytes with");
+    drop(m);
+
+    // The verb, with relative paths, read-only.
+    let m = Mount::new();
+    let images = lvm_images(&m);
+    let stdout = m.ok("$DMFS --mount $MNT activate --readonly p0.img p1.img p2.img p3.img p4.img");
+    assert_eq!(stdout, LVM_REPORT);
+    let mnt_dev = m.mnt.join("dev").display().to_string();
+    let mut want = oracle(&images, &mnt_dev, "after vgchange -ay v-g");
+    want.iter_mut().for_each(|d| d.read_only = true);
+    assert_eq!(mounted(&m), want);
+    let err = m.fails("echo x | dd of=$MNT/dev/vg-lin conv=notrunc 2>&1 >/dev/null; exit 1");
+    assert!(!err.contains("panicked"));
+    assert!(
+        OpenOptions::new()
+            .write(true)
+            .open(m.mnt.join("dev/vg-lin"))
+            .is_err(),
+        "a --readonly activation made a writable device"
+    );
+}
+
+/// Writes an MBR into `disk` with one partition of type 0x8e (Linux LVM).
+fn write_mbr(disk: &Path, start: u32, sectors: u32) {
+    let mut mbr = [0u8; 512];
+    mbr[446 + 4] = 0x8e;
+    mbr[446 + 8..446 + 12].copy_from_slice(&start.to_le_bytes());
+    mbr[446 + 12..446 + 16].copy_from_slice(&sectors.to_le_bytes());
+    mbr[510] = 0x55;
+    mbr[511] = 0xaa;
+    let f = OpenOptions::new().write(true).open(disk).unwrap();
+    f.write_all_at(&mbr, 0).unwrap();
+}
+
+/// A PV inside a partition (p3 of lvm.out as partition 1 of a disk image) with its VG's other
+/// PV beside it: the partition's device, and LVs whose tables name it.
+#[test]
+fn pv_inside_a_partition() {
+    let m = Mount::new();
+    let images = lvm_images(&m);
+    let disk = m.path("disk.img");
+    let p3 = std::fs::read(&images[3]).unwrap();
+    let mut bytes = vec![0u8; 1 << 20];
+    bytes.extend(&p3);
+    std::fs::write(&disk, &bytes).unwrap();
+    write_mbr(&disk, 2048, (p3.len() / 512) as u32);
+
+    let report = must_activate(&m, "disk.img p4.img");
+    let mnt_dev = m.mnt.join("dev").display().to_string();
+    let disk1 = format!("0 {} linear {} 2048", p3.len() / 512, disk.display());
+    assert!(
+        report.starts_with(&format!("add map disk1 (253:0): {disk1}\n")),
+        "{report}"
+    );
+    assert!(report.ends_with("  3 logical volume(s) in volume group \"v-g\" now active\n"));
+    let mut want = vec![Dev {
+        name: "disk1".into(),
+        uuid: String::new(),
+        read_only: false,
+        table: vec![disk1],
+    }];
+    let mut lvs = oracle(&images, &mnt_dev, "after vgchange -ay v-g");
+    lvs.retain(|d| d.name.starts_with("v--g-"));
+    let p3_path = images[3].display().to_string();
+    for d in &mut lvs {
+        for l in &mut d.table {
+            *l = l.replace(&p3_path, &format!("{mnt_dev}/disk1"));
+        }
+    }
+    want.extend(lvs);
+    assert_eq!(mounted(&m), want);
+    assert_eq!(m.read_dev("v--g-l--v").unwrap(), &p3[1 << 20..2 << 20]);
+    // Stacked: the partition's device is held by the LVs on it.
+    assert!(m.ctl("remove", "disk1").is_err());
+}
+
+/// The errno of a failed activation.
+fn errno_of(r: io::Result<String>) -> i32 {
+    match r {
+        Ok(report) => panic!("activation succeeded: {report}"),
+        Err(e) => e.raw_os_error().unwrap(),
+    }
+}
+
+/// A name or a uuid already taken fails the write with EBUSY and leaves exactly the devices
+/// that were there; the names are free again for the next activation.
+#[test]
+fn taken_names_and_uuids_change_nothing() {
+    let m = Mount::new();
+    let path = m.path("loop0.img");
+    gunzip(PARTITIONS, "mbr-ext05.img", &path);
+    m.create("loop0p1", "0 8 zero");
+    assert_eq!(errno_of(activate(&m, "loop0.img")), libc::EBUSY);
+    assert_eq!(m.devices(), ["loop0p1"]);
+    let err = m.last_error();
+    assert!(
+        err.contains(&format!(
+            "activate {}: Device loop0p1 already exists (EBUSY)",
+            path.display()
+        )),
+        "{err}"
+    );
+    m.remove("loop0p1");
+    // The names are free again; a relative path is taken in the writer's directory, and an
+    // unfinished last line runs at the writer's close.
+    m.ok("printf %s loop0.img > $MNT/ctl/activate");
+    assert_eq!(
+        m.read("dm/loop0p1/table"),
+        format!("0 1024 linear {} 2048\n", path.display())
+    );
+    assert_eq!(m.devices().len(), 6);
+    for d in m.devices() {
+        m.remove(&d);
+    }
+
+    // A uuid taken by a device of another activation is found only when the LV that carries it
+    // is created, after others: every device made so far goes again.
+    let images = lvm_images(&m);
+    let line: Vec<String> = images.iter().map(|p| p.display().to_string()).collect();
+    let mnt_dev = m.mnt.join("dev").display().to_string();
+    let last = oracle(&images, &mnt_dev, "after vgchange -ay v-g")
+        .pop()
+        .unwrap();
+    m.create("other", "0 8 zero");
+    std::fs::write(m.mnt.join("dm/other/uuid"), &last.uuid).unwrap();
+    assert_eq!(errno_of(activate(&m, &line.join(" "))), libc::EBUSY);
+    assert_eq!(m.devices(), ["other"]);
+    let err = m.last_error();
+    assert!(
+        err.contains("already in use") && err.contains(&last.name),
+        "{err}"
+    );
+    m.remove("other");
+    assert_eq!(must_activate(&m, &line.join(" ")), LVM_REPORT);
+    assert_eq!(mounted(&m).len(), 14);
+}
+
+/// Images that cannot be activated fail the write with EINVAL and a line naming the reason;
+/// nothing is made.
+#[test]
+fn bad_images_are_refused_and_change_nothing() {
+    let m = Mount::new();
+    m.create("keep", "0 8 zero");
+    let truncated = m.path("trunc.img");
+    gunzip(PARTITIONS, "mbr-ext-truncated.img", &truncated);
+    assert_eq!(errno_of(activate(&m, "trunc.img")), libc::EINVAL);
+    let err = m.last_error();
+    assert!(
+        err.contains(&format!(
+            "activate {}: trunc: truncated image",
+            truncated.display()
+        )),
+        "{err}"
+    );
+
+    let past = m.path("past.img");
+    gunzip(PARTITIONS, "mbr-past-end.img", &past);
+    assert_eq!(errno_of(activate(&m, "past.img")), libc::EINVAL);
+    assert!(
+        m.last_error().contains("too small for target"),
+        "{}",
+        m.last_error()
+    );
+
+    std::fs::write(m.path("empty.img"), vec![0u8; 1 << 20]).unwrap();
+    assert_eq!(errno_of(activate(&m, "empty.img")), libc::EINVAL);
+    let err = m.last_error();
+    assert!(
+        err.contains("no partition table and no LVM physical volume found"),
+        "{err}"
+    );
+    assert_eq!(errno_of(activate(&m, "--bogus empty.img")), libc::EINVAL);
+    assert_eq!(errno_of(activate(&m, "missing.img")), libc::ENOENT);
+
+    // A relative path is taken in the writer's directory; the verb says why and `Command
+    // failed.`
+    m.fails("echo trunc.img > $MNT/ctl/activate");
+    let err = m.last_error();
+    assert!(
+        err.contains("activate trunc.img: trunc: truncated"),
+        "{err}"
+    );
+    // An unfinished last line runs at the writer's close, which carries its error.
+    let mut f = OpenOptions::new()
+        .write(true)
+        .open(m.mnt.join("ctl/activate"))
+        .unwrap();
+    f.write_all(truncated.display().to_string().as_bytes())
+        .unwrap();
+    let closed = checked_close(f).expect_err("the close of an unfinished bad line succeeded");
+    assert_eq!(closed.raw_os_error(), Some(libc::EINVAL));
+    let err = m.fails("$DMFS --mount $MNT activate trunc.img");
+    assert!(
+        err.contains("truncated image") && err.ends_with("Command failed.\n"),
+        "{err}"
+    );
+    assert_eq!(m.devices(), ["keep"]);
+}

@@ -58,6 +58,21 @@ fn normalize(path: &Path) -> PathBuf {
     out
 }
 
+/// The absolute, normalized path a reference names, relative paths taken against the writer's
+/// working directory `cwd` (as a shell user expects of tables and of `ctl/activate`).
+pub fn absolute(reference: &str, cwd: Option<&Path>) -> DmResult<PathBuf> {
+    let path = Path::new(reference);
+    if path.is_absolute() {
+        return Ok(normalize(path));
+    }
+    let cwd = cwd.ok_or_else(|| {
+        DmError::invalid(format!(
+            "{reference}: relative path, but the writer's directory is unknown"
+        ))
+    })?;
+    Ok(normalize(&cwd.join(path)))
+}
+
 /// `M:m` as a pair of numbers, if the reference has that shape.
 fn parse_major_minor(reference: &str) -> Option<(u32, u32)> {
     let (maj, min) = reference.split_once(':')?;
@@ -86,17 +101,7 @@ impl DeviceResolver for Resolver<'_> {
         if let Some((major, minor)) = parse_major_minor(reference) {
             return self.open_file(reference, &block_device_path(major, minor)?);
         }
-        let path = Path::new(reference);
-        let full = if path.is_absolute() {
-            normalize(path)
-        } else {
-            let cwd = self.cwd.as_ref().ok_or_else(|| {
-                DmError::invalid(format!(
-                    "{reference}: relative path, but the writer's directory is unknown"
-                ))
-            })?;
-            normalize(&cwd.join(path))
-        };
+        let full = absolute(reference, self.cwd.as_deref())?;
         if let Ok(inside) = full.strip_prefix(&*self.mountpoint) {
             let mut parts = inside.components();
             return match (parts.next(), parts.next(), parts.next()) {

@@ -2,7 +2,7 @@
 //! the logical volumes of the volume groups found on it and on its partitions, created through
 //! the registry, all or nothing.
 
-use std::path::{Component, Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -11,6 +11,7 @@ use crate::access::Caller;
 use crate::backing::{Backing, DeviceResolver};
 use crate::error::{DmError, DmResult};
 use crate::registry::Registry;
+use crate::resolver::absolute;
 use crate::table::{Table, TableBuilder};
 
 /// What one line written into `ctl/activate` asks for: one activation of one or more images
@@ -108,21 +109,6 @@ struct Planned {
     partition: bool,
 }
 
-/// `.` and `..` resolved without looking anything up (the path may lead into the mount).
-fn normalize(path: &Path) -> PathBuf {
-    let mut out = PathBuf::new();
-    for c in path.components() {
-        match c {
-            Component::ParentDir => {
-                out.pop();
-            }
-            Component::CurDir => {}
-            other => out.push(other.as_os_str()),
-        }
-    }
-    out
-}
-
 /// An image opened for reading, and its partitions.
 struct Image {
     /// As the writer gave it, for messages.
@@ -144,17 +130,7 @@ pub fn activate(
     let mut images = Vec::new();
     let mut dev_dir = String::new();
     for given in &request.paths {
-        let path = Path::new(given);
-        let full = if path.is_absolute() {
-            normalize(path)
-        } else {
-            let cwd = cwd.as_ref().ok_or_else(|| {
-                DmError::invalid(format!(
-                    "{given}: relative path, but the writer's directory is unknown"
-                ))
-            })?;
-            normalize(&cwd.join(path))
-        };
+        let full = absolute(given, cwd.as_deref())?;
         let reference = full.to_str().map(str::to_string).ok_or_else(|| {
             DmError::invalid(format!("{given}: path is not UTF-8 (tables are text)"))
         })?;

@@ -9,9 +9,9 @@
 
 mod common;
 use common::fixture::{self, Block};
+use common::lvm_recording::{Dev, recorded_devices};
 use common::*;
 
-use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
@@ -166,60 +166,12 @@ fn partitions_as_kpartx_mapped_them() {
     }
 }
 
-/// One device as the oracle printed it, or as a mount shows it.
-#[derive(Debug, PartialEq)]
-struct Dev {
-    name: String,
-    uuid: String,
-    read_only: bool,
-    table: Vec<String>,
-}
-
-/// The section of lvm.out after the line `--- TITLE`.
-fn section<'a>(out: &'a str, title: &str) -> Vec<&'a str> {
-    let head = format!("--- {title}\n");
-    let at = out.find(&head).unwrap_or_else(|| panic!("no {title:?}")) + head.len();
-    out[at..]
-        .lines()
-        .take_while(|l| !l.starts_with("--- ") && !l.starts_with("$ "))
-        .collect()
-}
-
 /// The devices `vgchange -ay` made in the oracle after `after`, in creation (minor) order,
 /// with 254:N replaced by image N/16 of `images` and 253:N by `mnt_dev/` and minor N's name;
 /// without raid1 (a target dmfs does not have: the LV is left out with a note).
 fn oracle(images: &[PathBuf], mnt_dev: &str, after: &str) -> Vec<Dev> {
     let out = std::fs::read_to_string(format!("{LVM}/lvm.out")).unwrap();
-    let mut by_minor = HashMap::new();
-    let mut devs = Vec::new();
-    for l in section(
-        &out,
-        &format!("dmsetup info (minor,name,uuid,attr) {after}"),
-    ) {
-        let f: Vec<&str> = l.split(' ').collect();
-        by_minor.insert(f[0].to_string(), f[1].to_string());
-        devs.push(Dev {
-            name: f[1].to_string(),
-            uuid: f[2].to_string(),
-            read_only: f[3].ends_with('r'),
-            table: Vec::new(),
-        });
-    }
-    for l in section(&out, &format!("dmsetup table {after}")) {
-        let (name, line) = l.split_once(": ").unwrap();
-        let words: Vec<String> = line
-            .split_whitespace()
-            .map(|w| match w.split_once(':') {
-                Some(("254", n)) => images[n.parse::<usize>().unwrap() / 16]
-                    .display()
-                    .to_string(),
-                Some(("253", n)) => format!("{mnt_dev}/{}", by_minor[n]),
-                _ => w.to_string(),
-            })
-            .collect();
-        let dev = devs.iter_mut().find(|d| d.name == name).unwrap();
-        dev.table.push(words.join(" "));
-    }
+    let mut devs = recorded_devices(&out, after, |i| images[i].display().to_string(), mnt_dev);
     devs.retain(|d| d.name != "v--g-r1" && !d.name.starts_with("v--g-r1_"));
     devs
 }

@@ -7,11 +7,11 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::lvm_recording::{Dev, recorded_devices};
 use common::{Mount, scratch_dir};
 use dmfs::activate::lvm::{Options, Plan, PvSource, plan};
 
@@ -92,64 +92,16 @@ fn plan_files(paths: &[PathBuf]) -> Result<Plan, String> {
     plan(&sources, &opts).map_err(|e| format!("errno {}: {}", e.errno, e.reason))
 }
 
-/// One device as the oracle printed it.
-#[derive(Debug, PartialEq)]
-struct Dev {
-    name: String,
-    uuid: String,
-    read_only: bool,
-    table: Vec<String>,
-}
-
-/// The section of a recorded output after the line `--- TITLE`.
-fn section<'a>(out: &'a str, title: &str) -> Vec<&'a str> {
-    let head = format!("--- {title}\n");
-    let at = out
-        .find(&head)
-        .unwrap_or_else(|| panic!("no {title:?} in the recorded output"))
-        + head.len();
-    out[at..]
-        .lines()
-        .take_while(|l| !l.starts_with("--- ") && !l.starts_with("$ "))
-        .collect()
-}
-
 /// The devices the oracle had after `after`, in creation (minor) order, with the tables' major:
 /// minor pairs replaced: 254:N by image N/16, 253:N by `MNT/dev/` and the name of minor N.
 fn oracle(images: &Images, after: &str) -> Vec<Dev> {
     let out = std::fs::read_to_string(format!("{FIXTURES}/{}", images.out)).unwrap();
-    let mut by_minor = HashMap::new();
-    let mut devs = Vec::new();
-    for l in section(
+    recorded_devices(
         &out,
-        &format!("dmsetup info (minor,name,uuid,attr) {after}"),
-    ) {
-        let f: Vec<&str> = l.split(' ').collect();
-        by_minor.insert(f[0].to_string(), f[1].to_string());
-        devs.push(Dev {
-            name: f[1].to_string(),
-            uuid: f[2].to_string(),
-            read_only: f[3].ends_with('r'),
-            table: Vec::new(),
-        });
-    }
-    for l in section(&out, &format!("dmsetup table {after}")) {
-        let (name, line) = l.split_once(": ").unwrap();
-        let words: Vec<String> = line
-            .split_whitespace()
-            .map(|w| match w.split_once(':') {
-                Some(("254", n)) => images
-                    .path(n.parse::<usize>().unwrap() / 16)
-                    .display()
-                    .to_string(),
-                Some(("253", n)) => format!("{MNT_DEV}/{}", by_minor[n]),
-                _ => w.to_string(),
-            })
-            .collect();
-        let dev = devs.iter_mut().find(|d| d.name == name).unwrap();
-        dev.table.push(words.join(" "));
-    }
-    devs
+        after,
+        |i| images.path(i).display().to_string(),
+        MNT_DEV,
+    )
 }
 
 fn planned(p: &Plan) -> Vec<Dev> {

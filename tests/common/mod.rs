@@ -16,6 +16,7 @@
 
 pub mod ctl;
 pub mod fixture;
+pub mod lvm_recording;
 pub mod snapshot;
 
 #[allow(unused_imports)] // not every test binary uses them

@@ -9,6 +9,7 @@ pub mod changes;
 pub mod cli;
 pub mod coherence;
 pub mod control;
+pub mod crypt;
 pub mod daemon;
 pub mod device;
 pub mod device_key;

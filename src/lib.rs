@@ -24,6 +24,7 @@ pub mod registry;
 pub mod report;
 pub mod resolver;
 pub mod scratch;
+pub mod secret;
 pub mod snapshot;
 pub mod table;
 pub mod target;

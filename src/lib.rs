@@ -20,6 +20,7 @@ pub mod fs;
 pub mod kernel;
 pub mod mirror;
 pub mod mirror_io;
+pub mod passphrase;
 pub mod registry;
 pub mod report;
 pub mod resolver;

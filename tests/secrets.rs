@@ -56,7 +56,10 @@ fn a_crypt_table_is_its_owners_and_the_verbs_mask_its_key() {
     // The owner (root here) reads the key; the mode says nobody else does.
     assert_eq!(
         m.read("dm/c/table"),
-        format!("0 64 crypt aes-xts-plain64 {KEY} 0 {} 0\n", m.path("a.img").display())
+        format!(
+            "0 64 crypt aes-xts-plain64 {KEY} 0 {} 0\n",
+            m.path("a.img").display()
+        )
     );
     assert_eq!(
         m.ok("cd $MNT/dm && stat -c '%n %a' c/table c/inactive-table c/status l/table"),
@@ -64,7 +67,10 @@ fn a_crypt_table_is_its_owners_and_the_verbs_mask_its_key() {
     );
     let denied = m.fails(&as_user(NOBODY, "cat $MNT/dm/c/table"));
     assert!(denied.contains("Permission denied"), "{denied}");
-    m.ok(&as_user(NOBODY, "cat $MNT/dm/l/table $MNT/dm/c/status >/dev/null"));
+    m.ok(&as_user(
+        NOBODY,
+        "cat $MNT/dm/l/table $MNT/dm/c/status >/dev/null",
+    ));
 
     // dmsetup's masking: the key as zeros unless --showkeys; other lines untouched.
     let image = m.path("a.img").display().to_string();
@@ -86,7 +92,10 @@ fn a_crypt_table_is_its_owners_and_the_verbs_mask_its_key() {
 
     // A reload that brings a key makes the inactive table the owner's too, and the live one
     // once resumed; the kernel's cached attributes do not let another user in meanwhile.
-    m.ok(&as_user(NOBODY, "stat $MNT/dm/l/inactive-table $MNT/dm/l/table >/dev/null"));
+    m.ok(&as_user(
+        NOBODY,
+        "stat $MNT/dm/l/inactive-table $MNT/dm/l/table >/dev/null",
+    ));
     m.ok(&format!("echo \"{}\" > $MNT/ctl/reload/l", crypt_line(KEY)));
     let denied = m.fails(&as_user(NOBODY, "cat $MNT/dm/l/inactive-table"));
     assert!(denied.contains("Permission denied"), "{denied}");
@@ -110,16 +119,19 @@ fn a_members_crypt_table_is_hidden_from_the_other_members() {
         MEMBER,
         &format!("echo \"{}\" > $MNT/ctl/create/mine", crypt_line(KEY)),
     ));
-    assert_eq!(
-        m.ok("stat -c '%a %u' $MNT/dm/mine/table"),
-        "400 65534\n"
+    assert_eq!(m.ok("stat -c '%a %u' $MNT/dm/mine/table"), "400 65534\n");
+    assert!(
+        m.ok(&as_user(MEMBER, "cat $MNT/dm/mine/table"))
+            .contains(KEY)
     );
-    assert!(m.ok(&as_user(MEMBER, "cat $MNT/dm/mine/table")).contains(KEY));
     let denied = m.fails(&as_user(OTHER_MEMBER, "cat $MNT/dm/mine/table"));
     assert!(denied.contains("Permission denied"), "{denied}");
     // The other member's `dmfs table` lists what it may read and no key.
     let listed = m.sh(&as_user(OTHER_MEMBER, "$DMFS table"));
-    assert_no_key("another member's dmfs table", &String::from_utf8_lossy(&listed.stdout));
+    assert_no_key(
+        "another member's dmfs table",
+        &String::from_utf8_lossy(&listed.stdout),
+    );
     // root reads every table, as it reads every file.
     assert!(m.read("dm/mine/table").contains(KEY));
 }
@@ -131,7 +143,10 @@ fn a_refused_crypt_table_leaves_its_key_nowhere() {
         // An unknown chain mode, a key of the wrong size, an odd number of hex digits, a
         // missing device, a bad offset, an unknown optional parameter, and a gap.
         format!("0 64 crypt aes-nosuch-plain64 {KEY} 0 $PWD/a.img 0"),
-        format!("0 64 crypt aes-xts-plain64 {} 0 $PWD/a.img 0", &KEY[..KEY.len() - 2]),
+        format!(
+            "0 64 crypt aes-xts-plain64 {} 0 $PWD/a.img 0",
+            &KEY[..KEY.len() - 2]
+        ),
         format!("0 64 crypt aes-xts-plain64 {}f 0 $PWD/a.img 0", KEY),
         format!("0 64 crypt aes-xts-plain64 {KEY} 0 $PWD/missing.img 0"),
         format!("0 64 crypt aes-xts-plain64 {KEY} 0 $PWD/a.img x"),

@@ -81,8 +81,8 @@ fn construct(ctor: &Ctor<'_>, args: &[String]) -> DmResult<Box<dyn Target>> {
         };
         DmError::new(errno, e)
     })?;
-    if let Some(size) = keyring {
-        return Err(keyring_refusal(&args[1], size));
+    if keyring.is_some() {
+        return Err(keyring_refusal(&args[1]));
     }
     // "-" (no key) reads as a key of no bytes; any other text that short is no key at all.
     let key = Key::from_kernel_hex(&args[1]).ok_or_else(|| DmError::invalid(KEY_ERROR))?;
@@ -144,7 +144,7 @@ fn keyring_size(key: &str) -> DmResult<Option<u32>> {
 /// dmfs reads no kernel keyring: a well-formed keyring reference is refused as the kernel
 /// refuses a key it cannot find (ENOKEY), a malformed one as the kernel does (EINVAL). The
 /// description is not key material, but it is left out all the same.
-fn keyring_refusal(key: &str, _size: u32) -> DmError {
+fn keyring_refusal(key: &str) -> DmError {
     let after_size = key[1..].split_once(':').map_or("", |(_, rest)| rest);
     let well_formed = match after_size.split_once(':') {
         Some((kind, desc)) => {

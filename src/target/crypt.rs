@@ -87,6 +87,9 @@ fn construct(ctor: &Ctor<'_>, args: &[String]) -> DmResult<Box<dyn Target>> {
     // "-" (no key) reads as a key of no bytes; any other text that short is no key at all.
     let key = Key::from_kernel_hex(&args[1]).ok_or_else(|| DmError::invalid(KEY_ERROR))?;
     spec.key_size_ok(key.len()).map_err(DmError::invalid)?;
+    if !key.is_empty() {
+        crate::secret::no_core_dumps();
+    }
     let engine = SectorCipher::new(
         &spec,
         key.as_bytes(),
@@ -288,6 +291,10 @@ impl Target for Crypt {
             self.engine.encrypt(out, self.iv_sector(offset));
             self.dev.write_at(self.start + offset, out)
         })
+    }
+
+    fn holds_key(&self) -> bool {
+        !self.key.is_empty()
     }
 
     /// As `crypt_status` prints it: the key in hex (masking it is the reader's business),

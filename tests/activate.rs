@@ -717,3 +717,43 @@ fn deactivate_unknown_arguments_change_nothing() {
     );
     assert_eq!(m.devices().len(), all.len() - 1);
 }
+
+/// Two images whose names give the same partition names, in one activation: EBUSY, a line
+/// naming both, nothing made.
+#[test]
+fn same_stem_images_are_refused() {
+    let m = Mount::new();
+    for dir in ["a", "b"] {
+        std::fs::create_dir(m.path(dir)).unwrap();
+        gunzip(PARTITIONS, "gpt.img", &m.path(&format!("{dir}/disk.img")));
+    }
+    m.create("keep", "0 8 zero");
+    let (a, b) = (m.path("a/disk.img"), m.path("b/disk.img"));
+    assert_eq!(
+        errno_of(activate(&m, &format!("{} {}", a.display(), b.display()))),
+        libc::EBUSY
+    );
+    let err = m.last_error();
+    assert!(
+        err.contains(&format!(
+            "{} and {} both name a partition disk1",
+            a.display(),
+            b.display()
+        )),
+        "{err}"
+    );
+    assert_eq!(m.devices(), ["keep"]);
+    assert_eq!(
+        errno_of(activate(&m, &format!("{} {}", a.display(), a.display()))),
+        libc::EINVAL
+    );
+    assert!(
+        m.last_error().contains("is given twice"),
+        "{}",
+        m.last_error()
+    );
+    // One at a time under another name.
+    std::os::unix::fs::symlink(&b, m.path("other.img")).unwrap();
+    must_activate(&m, &format!("{} other.img", a.display()));
+    assert_eq!(m.devices().len(), 7);
+}

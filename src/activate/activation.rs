@@ -2,6 +2,7 @@
 //! the logical volumes of the volume groups found on it and on its partitions, created through
 //! the registry, all or nothing.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -153,9 +154,13 @@ pub fn activate(
     }
 
     let mut planned = Vec::new();
+    let mut named_by: HashMap<&str, &Image> = HashMap::new();
     for image in &images {
         let parent = parent_uuid(&image.backing, dm_major);
         for p in &image.table.partitions {
+            if let Some(other) = named_by.insert(&p.name, image) {
+                return Err(same_names(other, image, &p.name));
+            }
             planned.push(Planned {
                 name: p.name.clone(),
                 uuid: parent
@@ -244,6 +249,19 @@ fn parent_uuid(backing: &Backing, dm_major: u32) -> Option<String> {
         )),
         _ => None,
     }
+}
+
+/// Two images of one activation that would give a partition the same name (kpartx names them
+/// after the image's file name: `a/disk.img` and `b/disk.img` both give `disk1`).
+fn same_names(first: &Image, second: &Image, name: &str) -> DmError {
+    if first.reference == second.reference {
+        return DmError::invalid(format!("{} is given twice", second.given));
+    }
+    DmError::busy(format!(
+        "{} and {} both name a partition {name} (the names come from the image's file name): \
+         activate one of them under another name (a symbolic link)",
+        first.given, second.given
+    ))
 }
 
 /// Creates `planned` in order, all or nothing: every name is taken first; if a device cannot

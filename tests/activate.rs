@@ -611,6 +611,35 @@ fn deactivate_refuses_an_open_device() {
     drop(open);
     assert_eq!(must_deactivate(&m, "loop0p5"), "del devmap : loop0p5\n");
     assert!(m.devices().is_empty());
+
+    // A table still being written that names a partition holds it: busy, nothing goes. Once
+    // that device is made, it goes with the partition, before it.
+    must_activate(&m, "loop0.img");
+    let p1 = m.mnt.join("dev/loop0p1").display().to_string();
+    let mut pending = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(m.mnt.join("ctl/create/pend"))
+        .unwrap();
+    pending
+        .write_all(format!("0 8 linear {p1} 0\n").as_bytes())
+        .unwrap();
+    let (result, _) = deactivate(&m, &image);
+    assert_eq!(result.unwrap_err().raw_os_error(), Some(libc::EBUSY));
+    let err = m.last_error();
+    assert!(
+        err.contains("Device loop0p1 is in use by another device (EBUSY)"),
+        "{err}"
+    );
+    assert_eq!(m.devices(), all);
+    checked_close(pending).unwrap();
+    let report = must_deactivate(&m, &image);
+    assert!(
+        report.ends_with("del devmap : pend\ndel devmap : loop0p1\n"),
+        "{report}"
+    );
+    assert!(m.devices().is_empty());
 }
 
 /// A volume group by name: its LVs and the hidden layers of its snapshots, whatever else is

@@ -654,6 +654,25 @@ fn deactivate_volume_groups_and_stacked_images() {
     must_activate(&m, &line.join(" "));
     let before = m.devices();
     let out = std::fs::read_to_string(format!("{LVM}/lvm.out")).unwrap();
+    // --force with an LV open: it stays with an error table and is counted as active.
+    let open = File::open(m.mnt.join("dev/vg-z")).unwrap();
+    let (result, report) = deactivate(&m, "-f vg-z");
+    assert_eq!(result.unwrap_err().raw_os_error(), Some(libc::EBUSY));
+    assert_eq!(
+        report,
+        "  9 logical volume(s) in volume group \"vg\" now active\n"
+    );
+    assert_eq!(m.devices(), before);
+    let (result, report) = deactivate(&m, "-f vg");
+    assert_eq!(result.unwrap_err().raw_os_error(), Some(libc::EBUSY));
+    assert_eq!(
+        report,
+        "  1 logical volume(s) in volume group \"vg\" now active\n"
+    );
+    assert!(m.devices().contains(&"vg-z".to_string()));
+    assert!(!m.devices().contains(&"vg-lin".to_string()));
+    assert_eq!(m.read("dm/vg-z/table"), "0 6144 error \n");
+    drop(open);
     let vg_line = "  0 logical volume(s) in volume group \"vg\" now active\n";
     assert!(out.contains(vg_line));
     assert_eq!(must_deactivate(&m, "vg"), vg_line);

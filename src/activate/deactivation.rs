@@ -248,16 +248,6 @@ pub fn deactivate(
         registry.check_manager(caller, d)?;
     }
 
-    let mut report = Report::default();
-    if request.force {
-        wait_for_releases(&members);
-        for d in members.iter().filter(|d| d.is_open()) {
-            fail_all_io(registry, caller, d)?;
-            report.kept.push(d.name());
-        }
-        members.retain(|d| !d.is_open());
-    }
-
     // vgchange's line per volume group: its name from its LVs' device names.
     let mut vgs: Vec<(String, String)> = Vec::new();
     for d in &members {
@@ -267,6 +257,17 @@ pub fn deactivate(
         {
             vgs.push((vg_uuid.to_string(), vg));
         }
+    }
+    let mut report = Report::default();
+    if request.force {
+        wait_for_releases(&members);
+        // Decided once: a device opened after this is refused by remove_set, as without force.
+        let (open, closed): (Vec<_>, Vec<_>) = members.into_iter().partition(|d| d.is_open());
+        for d in &open {
+            fail_all_io(registry, caller, d)?;
+            report.kept.push(d.name());
+        }
+        members = closed;
     }
     let removed: Vec<(String, bool)> = members
         .iter()

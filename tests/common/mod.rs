@@ -14,6 +14,7 @@
 
 #![allow(dead_code)]
 
+pub mod block_tools;
 pub mod ctl;
 pub mod fixture;
 pub mod lvm_recording;

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Benchmark the crypt target on a LUKS1 volume (issue 17, "Speed"), side by side in one run.
 #
-#   benches/crypt.sh               # scratch in /tmp/dmfs-bench-crypt, its section of results.md
-#   ROUNDS=1 RUNTIME=2 SIZE_MIB=256 RESULTS=/tmp/r.md benches/crypt.sh    # a quick check
+#   benches/luks.sh               # scratch in /tmp/dmfs-bench-luks, its section of results.md
+#   ROUNDS=1 RUNTIME=2 SIZE_MIB=256 RESULTS=/tmp/r.md benches/luks.sh    # a quick check
 #
 # The volume: luks.img, a LUKS1 volume made by `cryptsetup luksFormat --type luks1` (aes-xts-plain64,
 # 512-bit key, PBKDF2 forced to 1000 iterations so that opening it costs nothing) over SIZE_MIB
@@ -47,8 +47,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-BENCH_DIR=${BENCH_DIR:-/tmp/dmfs-bench-crypt}
-CACHE_DIR=${CACHE_DIR:-/tmp/dmfs-bench-cache/crypt}
+BENCH_DIR=${BENCH_DIR:-/tmp/dmfs-bench-luks}
+CACHE_DIR=${CACHE_DIR:-/tmp/dmfs-bench-cache/luks}
 SIZE_MIB=${SIZE_MIB:-1024}
 FIO_SIZE=${FIO_SIZE:-1000M}
 RUNTIME=${RUNTIME:-5}
@@ -270,6 +270,7 @@ for _ in $(seq 100); do
 done
 [[ -e $LMNT/luksde1 ]] || { cat "$BENCH_DIR/luksdemount.log" >&2; echo "luksdemount never mounted" >&2; exit 1; }
 
+DMFS_PID=${FUSE_PIDS[0]} DMFS_D_PID=${FUSE_PIDS[1]} NBDFUSE_PID=${FUSE_PIDS[2]} LUKSDE_PID=${FUSE_PIDS[3]}
 target_file() {
     case $1 in
         crypt|linear) echo "$MNT/dev/$1" ;;
@@ -278,6 +279,24 @@ target_file() {
         luksdemount*) echo "$LMNT/luksde1" ;;
     esac
 }
+
+server_pids() {   # the processes that serve a row's requests
+    case $1 in
+        crypt|linear) echo "$DMFS_PID" ;;
+        crypt-direct|linear-direct) echo "$DMFS_D_PID" ;;
+        nbdkit*) echo "$NBDKIT_PID $NBDFUSE_PID" ;;
+        luksdemount*) echo "$LUKSDE_PID" ;;
+    esac
+}
+cpu_ticks() {   # cpu_ticks PID...: user + system time of these processes (all their threads)
+    local p sum=0
+    for p in "$@"; do
+        # Fields 14 and 15 of stat, counted after the command name, which may hold spaces.
+        sum=$((sum + $(sed 's/.*) //' "/proc/$p/stat" | awk '{ print $12 + $13 }')))
+    done
+    echo "$sum"
+}
+CLK_TCK=$(getconf CLK_TCK)
 
 # ---- 5. the same plaintext everywhere ---------------------------------------------------------
 PAYLOAD=$((SECTORS * 512))
@@ -304,26 +323,35 @@ log "the same plaintext: crypt, crypt-direct, nbdkit and luksdemount agree on th
 
 # ---- 6. fio -----------------------------------------------------------------------------------
 ROWS=(crypt linear nbdkit luksdemount crypt-direct linear-direct nbdkit-direct luksdemount-direct)
-RAW=$BENCH_DIR/fio-raw.tsv   # row, metric, value (one line per round)
+RAW=$BENCH_DIR/fio-raw.tsv   # row, metric, MB/s (one line per round)
+CPURAW=$BENCH_DIR/cpu-raw.tsv   # row, metric, CPU ms of the serving processes per GiB moved
 : > "$RAW"
+: > "$CPURAW"
 COMMON=(--size="$FIO_SIZE" --runtime="$RUNTIME" --time_based --invalidate=0 --fallocate=none
         --create_on_open=0 --allow_file_create=0 --output-format=json --bs=1M --ioengine=psync)
 ONEPASS=(--size="$FIO_SIZE" --invalidate=1 --fallocate=none --create_on_open=0
          --allow_file_create=0 --output-format=json --bs=1M --ioengine=psync)
 run_fio() {   # run_fio ROW METRIC RW fio-args...
     local t=$1 m=$2 rw=$3; shift 3
-    local out=$BENCH_DIR/fio-$t-$m.json direct=()
+    local out=$BENCH_DIR/fio-$t-$m.json direct=() pids c0 c1
     [[ $t == nbdkit-direct || $t == luksdemount-direct ]] && direct=(--direct=1)
+    read -r -a pids <<< "$(server_pids "$t")"
+    c0=$(cpu_ticks "${pids[@]}")
     if fio --name="$t-$m" --filename="$(target_file "$t")" "$@" "${direct[@]}" > "$out" 2> "$out.err"; then
+        c1=$(cpu_ticks "${pids[@]}")
         python3 -c '
 import json, sys
-t, m, rw = sys.argv[1:4]
-v = json.load(sys.stdin)["jobs"][0][rw]["bw_bytes"] / 1e6
-print(f"{t}\t{m}\t{v:.1f}")
-' "$t" "$m" "$rw" < "$out" | tee -a "$RAW" >&2
+t, m, rw, ticks, hz, raw, cpuraw = sys.argv[1:8]
+j = json.load(sys.stdin)["jobs"][0][rw]
+mbs, gib = j["bw_bytes"] / 1e6, j["io_bytes"] / 2**30
+ms = int(ticks) * 1000 / int(hz) / gib
+print(f"{t}\t{m}\t{mbs:.1f}", file=open(raw, "a"))
+print(f"{t}\t{m}\t{ms:.0f}", file=open(cpuraw, "a"))
+print(f"   {t} {m}: {mbs:.0f} MB/s, {ms:.0f} ms CPU of its server per GiB")
+' "$t" "$m" "$rw" $((c1 - c0)) "$CLK_TCK" "$RAW" "$CPURAW" < "$out" >&2
     else
         log "fio failed: $t $m: $(head -3 "$out.err" | tr '\n' ' ')"
-        printf '%s\t%s\tFAIL\n' "$t" "$m" >> "$RAW"
+        printf '%s\t%s\tFAIL\n' "$t" "$m" | tee -a "$CPURAW" >> "$RAW"
     fi
 }
 LOAD_FIO=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -338,13 +366,16 @@ done
 LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # ---- 7. the section of results.md -------------------------------------------------------------
-TABLE=$(python3 - "$RAW" <<'EOF'
+TABLE=$(python3 - "$RAW" "$CPURAW" <<'EOF'
 import statistics, sys
-vals = {}
-for l in open(sys.argv[1]):
-    t, m, x = l.rstrip("\n").split("\t")
-    vals.setdefault((t, m), []).append(None if x == "FAIL" else float(x))
-def med(t, m):
+def load(path):
+    vals = {}
+    for l in open(path):
+        t, m, x = l.rstrip("\n").split("\t")
+        vals.setdefault((t, m), []).append(None if x == "FAIL" else float(x))
+    return vals
+vals, cpu = load(sys.argv[1]), load(sys.argv[2])
+def med(t, m, vals=vals):
     xs = vals.get((t, m), [])
     return None if not xs or None in xs else statistics.median(xs)
 def num(x):
@@ -367,6 +398,15 @@ for name, sfx, m in rows:
     best = max(peers) if peers else None
     dcol = "read-only" if m == "seqwrite" else num(d)
     print(f"| {name} | {num(c)} | {num(l)} | {ratio(c, l)} | {every} | {num(n)} | {dcol} | {ratio(c, best)} |")
+print()
+print("| CPU ms of the serving processes per GiB (median) | crypt | linear | crypt - linear | nbdkit (with nbdfuse) | luksdemount |")
+print("| --- | --- | --- | --- | --- | --- |")
+for name, sfx, m in rows[1:]:
+    c, l = med("crypt" + sfx, m, cpu), med("linear" + sfx, m, cpu)
+    n, d = med("nbdkit" + sfx, m, cpu), med("luksdemount" + sfx, m, cpu)
+    diff = "-" if c is None or l is None else f"{c - l:.0f}"
+    dcol = "read-only" if m == "seqwrite" else num(d)
+    print(f"| {name} | {num(c)} | {num(l)} | {diff} | {num(n)} | {dcol} |")
 EOF
 )
 echo
@@ -377,10 +417,10 @@ grep -qP '\tFAIL$' "$RAW" && COMPLETE=
 CPU=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
 AES_FLAGS=$(grep -o -w -E 'v?aes' /proc/cpuinfo | sort -u | paste -sd' ' || true)
 SECTION=$(
-    echo "<!-- benches/crypt.sh: begin -->"
-    echo "## dm-crypt: a LUKS1 volume through dmfs and its peers (\`benches/crypt.sh\`)"
+    echo "<!-- benches/luks.sh: begin -->"
+    echo "## dm-crypt: a LUKS1 volume through dmfs and its peers (\`benches/luks.sh\`)"
     echo
-    echo "This section is written by \`benches/crypt.sh\`; how to read it:"
+    echo "This section is written by \`benches/luks.sh\`; how to read it:"
     echo "[docs/REFERENCE.md](../docs/REFERENCE.md#performance)."
     echo
     echo "- date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
@@ -389,7 +429,7 @@ SECTION=$(
     echo "  $LOAD_END at the end (a shared machine: other work ran beside this one)"
     echo "- $FIO_VERSION; $CRYPTSETUP_VERSION; $NBDKIT_VERSION; $NBDFUSE_VERSION"
     echo "- dmfs: $("$DMFS" --version 2>/dev/null | sed -n 1p), commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$ROOT" diff --quiet HEAD -- src 2>/dev/null || echo ' + uncommitted changes in src/')"
-    echo "- command: \`benches/crypt.sh\` (ROUNDS=$ROUNDS, RUNTIME=${RUNTIME}s per time-based job, fio"
+    echo "- command: \`benches/luks.sh\` (ROUNDS=$ROUNDS, RUNTIME=${RUNTIME}s per time-based job, fio"
     echo "  --size=$FIO_SIZE)"
     echo "- the volume: luks.img, \`cryptsetup luksFormat --type luks1 --cipher $CIPHER --key-size"
     echo "  $KEY_BITS --hash sha256 --pbkdf-force-iterations 1000\` over $SIZE_MIB MiB of random bytes"
@@ -414,9 +454,14 @@ SECTION=$(
     echo "  pages dropped when the job starts: every byte read through the daemon once). $ROUNDS"
     echo "  rounds, each running every row in turn, the median kept (every round's crypt / linear in"
     echo "  its own column); best peer = the faster of nbdkit and luksdemount in the same kind of row"
+    echo "- CPU: user + system time of the processes serving a row (dmfs's daemon; nbdkit and nbdfuse;"
+    echo "  luksdemount) across each fio job, from /proc/PID/stat, per GiB fio moved: on a shared"
+    echo "  machine a steadier measure of the work than MB/s. fio's own time (its side of the FUSE"
+    echo "  copies) is not in it; the time-based read through the page cache is left out, as the"
+    echo "  kernel serves all but its first pass"
     echo
     echo "$TABLE"
-    echo "<!-- benches/crypt.sh: end -->"
+    echo "<!-- benches/luks.sh: end -->"
 )
 write_section() {   # write_section FILE SECTION-FILE: replaces this script's section, or adds it at the end
     python3 - "$1" "$2" <<'EOF'
@@ -424,7 +469,7 @@ import os, sys
 path = sys.argv[1]
 new = open(sys.argv[2]).read().rstrip("\n") + "\n"
 old = open(path).read() if os.path.exists(path) else ""
-b, e = "<!-- benches/crypt.sh: begin -->", "<!-- benches/crypt.sh: end -->"
+b, e = "<!-- benches/luks.sh: begin -->", "<!-- benches/luks.sh: end -->"
 if b in old and e in old:
     i, j = old.index(b), old.index(e) + len(e)
     out = old[:i] + new.rstrip("\n") + old[j:]
@@ -438,7 +483,7 @@ if [[ -n $COMPLETE ]]; then
     write_section "$RESULTS" "$BENCH_DIR/section.md"
     log "section written to $RESULTS"
 else
-    INCOMPLETE=${INCOMPLETE_RESULTS:-/tmp/dmfs-bench-crypt.incomplete.md}
+    INCOMPLETE=${INCOMPLETE_RESULTS:-/tmp/dmfs-bench-luks.incomplete.md}
     echo "$SECTION" > "$INCOMPLETE"
     log "some rows failed: $RESULTS left as it was; this run's section is in $INCOMPLETE"
     exit 1

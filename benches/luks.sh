@@ -8,9 +8,10 @@
 # 512-bit key, PBKDF2 forced to 1000 iterations so that opening it costs nothing) over SIZE_MIB
 # MiB of random bytes, so its plaintext is as random as its ciphertext. The rows, all over the
 # same bytes of luks.img:
-# - crypt: `0 N crypt aes-xts-plain64 KEY 0 luks.img OFFSET` written to ctl/create, exactly the
-#   table cryptsetup loads for the volume (the volume key from `cryptsetup luksDump
-#   --dump-master-key`, the payload offset from luksDump; nothing needs the device mapper);
+# - crypt: `0 N crypt aes-xts-plain64 KEY 0 luks.img OFFSET`, exactly the table cryptsetup loads
+#   for the volume (the volume key from `cryptsetup luksDump --dump-master-key`, the payload
+#   offset from luksDump; nothing needs the device mapper): made by `dmfs open` with the
+#   passphrase where this dmfs has it (and checked to be that table), else written to ctl/create;
 # - linear: `0 N linear luks.img OFFSET`, the same file range without crypt (the issue's goal:
 #   crypt at >= 0.5x of it);
 # - nbdkit: nbdkit's luks filter over its file plugin, served on a Unix socket, and nbdfuse making
@@ -29,7 +30,8 @@
 # suffix, a one-pass read of FIO_SIZE with --invalidate=1, which drops the file's page cache
 # when the job starts: there every byte goes through the daemon once, where the time-based read
 # serves all but its first pass from the kernel's cache. ROUNDS rounds, each running every row in
-# turn; the median of the rounds is kept, every round's crypt/linear ratio shown.
+# turn; the median of the rounds is kept, every round's crypt/linear ratio shown. Beside MB/s,
+# the CPU time the serving processes (dmfs, nbdkit + nbdfuse, luksdemount) spent per GiB moved.
 #
 # Knobs (environment): BENCH_DIR (scratch), CACHE_DIR (the luksdemount build, kept between runs),
 # SIZE_MIB (payload of luks.img; 1024), FIO_SIZE (1000M; at most the payload), RUNTIME (s per
@@ -222,13 +224,25 @@ masked() { sed -E 's/(crypt [^ ]+ )[0-9a-fA-F]+/\1<key>/'; }
 make_devices() {   # make_devices MNT: crypt and linear over the payload of luks.img
     local m=$1
     grep -qw crypt "$m/ctl/targets" || { echo "this dmfs has no crypt target" >&2; exit 1; }
-    printf '0 %s crypt %s %s 0 %s %s\n' "$SECTORS" "$CIPHER" "$KEY" "$IMG" "$OFFSET" \
-        > "$m/ctl/create/crypt"
+    local table
+    table=$(printf '0 %s crypt %s %s 0 %s %s' "$SECTORS" "$CIPHER" "$KEY" "$IMG" "$OFFSET")
+    if [[ -n $OPEN ]]; then
+        "$DMFS" --mount "$m" open --type luks1 --key-file - "$IMG" crypt < "$PASSFILE"
+        # What `dmfs open` made must be the table cryptsetup loads, as written otherwise.
+        [[ $(< "$m/dm/crypt/table") == "$table" ]] ||
+            { echo "dmfs open made $(masked < "$m/dm/crypt/table"), not $(masked <<< "$table")" >&2; exit 1; }
+    else
+        echo "$table" > "$m/ctl/create/crypt"
+    fi
     printf '0 %s linear %s %s\n' "$SECTORS" "$IMG" "$OFFSET" > "$m/ctl/create/linear"
     for d in crypt linear; do
         printf '   %-18s %s\n' "$(basename "$m")/$d" "$(masked < "$m/dm/$d/table")" >&2
     done
 }
+# With `dmfs open` (cryptsetup open's counterpart) the crypt device is opened with the
+# passphrase, as a user would; without it the table is written to ctl/create.
+OPEN=
+"$DMFS" open --help >/dev/null 2>&1 && OPEN=1
 mount_dmfs "$MNT"
 make_devices "$MNT"
 mount_dmfs "$MNT_D" --cache direct
@@ -436,9 +450,17 @@ SECTION=$(
     echo "  (payload offset $OFFSET sectors), in the page cache. Every row reads the same bytes of it:"
     echo "  before timing, each peer's first and last $VERIFY_MIB MiB were compared equal to the crypt"
     echo "  device's, and the linear device's (the ciphertext) different"
-    echo "- crypt: \`0 $SECTORS crypt $CIPHER <key> 0 luks.img $OFFSET\` written to ctl/create (the"
-    echo "  table cryptsetup loads: the key from \`cryptsetup luksDump --dump-master-key\`, the offset"
-    echo "  from luksDump); linear: \`0 $SECTORS linear luks.img $OFFSET\`, the same range without crypt."
+    if [[ -n $OPEN ]]; then
+        echo "- crypt: made by \`dmfs open --type luks1 --key-file - luks.img crypt\` (the passphrase on"
+        echo "  standard input); its table was checked to be \`0 $SECTORS crypt $CIPHER <key> 0 luks.img"
+        echo "  $OFFSET\`, the one cryptsetup loads (the key from \`cryptsetup luksDump"
+        echo "  --dump-master-key\`, the offset from luksDump);"
+    else
+        echo "- crypt: \`0 $SECTORS crypt $CIPHER <key> 0 luks.img $OFFSET\` written to ctl/create (the"
+        echo "  table cryptsetup loads: the key from \`cryptsetup luksDump --dump-master-key\`, the offset"
+        echo "  from luksDump; this dmfs has no \`dmfs open\`);"
+    fi
+    echo "  linear: \`0 $SECTORS linear luks.img $OFFSET\`, the same range without crypt."
     echo "  Rows without a suffix: the default mount (page-cache mode: read-only opens cached by the"
     echo "  kernel, opens for writing direct I/O); \`-direct\`: a \`--cache direct\` mount, every read"
     echo "  and write a request to dmfs"

@@ -8,6 +8,8 @@ use std::os::fd::IntoRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+use crate::secret::Zeroizing;
+
 /// What the last line written into `ctl/activate` made, from its start.
 fn read_report(f: &File) -> Vec<u8> {
     use std::os::unix::fs::FileExt;
@@ -107,9 +109,17 @@ impl Mount {
         !name.is_empty() && !name.contains('/') && self.path(&format!("dm/{name}")).is_dir()
     }
 
-    fn read(&self, rel: &str) -> Result<String, Failed> {
-        std::fs::read_to_string(self.path(rel))
-            .map_err(|e| Failed(format!("{rel}: {}", strerror(&e))))
+    /// A file's text. A table may hold a key: the text is wiped when dropped (`std::fs::read`
+    /// sizes its buffer from the file's size once, so no smaller copy is left behind).
+    fn read(&self, rel: &str) -> Result<Zeroizing<String>, Failed> {
+        let bytes = Zeroizing::new(
+            std::fs::read(self.path(rel))
+                .map_err(|e| Failed(format!("{rel}: {}", strerror(&e))))?,
+        );
+        match std::str::from_utf8(&bytes) {
+            Ok(text) => Ok(Zeroizing::new(text.to_owned())),
+            Err(_) => Err(Failed(format!("{rel}: not UTF-8 text"))),
+        }
     }
 
     /// Writes lines into a ctl file; the write or the close carries dmfs's answer.
@@ -322,6 +332,27 @@ impl Mount {
 
     /// `table`/`status`/`deps`/`info`: one device, or every device with "NAME: " before each
     /// line (info: records one after another), as dmsetup prints them.
+    /// `table [--inactive] [--showkeys]`: crypt keys print as zeros unless `showkeys`, as
+    /// dmsetup prints them.
+    pub fn table(
+        &self,
+        name: Option<&str>,
+        inactive: bool,
+        showkeys: bool,
+        out: &mut impl Write,
+    ) -> CliResult {
+        let file = if inactive { "inactive-table" } else { "table" };
+        let mut text = Zeroizing::new(Vec::new());
+        self.report(file, name, &mut *text)?;
+        let text = String::from_utf8_lossy(&text);
+        if showkeys {
+            let _ = out.write_all(text.as_bytes());
+        } else {
+            let _ = out.write_all(crate::secret::mask_keys(&text).as_bytes());
+        }
+        Ok(())
+    }
+
     pub fn report(&self, file: &str, name: Option<&str>, out: &mut impl Write) -> CliResult {
         let missing = |name: &str| match file {
             "table" => Failed(format!(

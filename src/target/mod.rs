@@ -12,6 +12,7 @@ use crate::error::{DmError, DmResult};
 use crate::snapshot::Origins;
 use crate::units::Sectors;
 
+mod crypt;
 mod delay;
 mod error;
 mod flakey;
@@ -40,6 +41,11 @@ pub trait Target: Send + Sync {
     }
     /// The parameters `dmsetup table` prints after the target type.
     fn table_args(&self) -> String;
+    /// Whether `table_args` shows key material (a crypt key): then only the device's owner
+    /// reads the table, and dmfs wipes every copy of its text (`crate::secret`).
+    fn holds_key(&self) -> bool {
+        false
+    }
     /// The parameters `dmsetup status` prints after the target type.
     fn status(&self) -> String {
         String::new()
@@ -143,6 +149,7 @@ pub struct TargetType {
 /// Every target type dmfs implements, in the order `dmsetup targets` lists them on the
 /// oracle's kernel (most recently registered first).
 pub static TARGET_TYPES: &[TargetType] = &[
+    crypt::TYPE,
     unstriped::TYPE,
     delay::TYPE,
     flakey::TYPE,

@@ -192,8 +192,8 @@ cryptsetup luksFormat --type luks1 --batch-mode --cipher "$CIPHER" --key-size "$
     --hash sha256 --pbkdf-force-iterations 1000 --key-file - "$IMG" < "$PASSFILE"
 OFFSET=$(cryptsetup luksDump "$IMG" | awk '/^Payload offset:/ { print $3 }')
 SECTORS=$(( $(stat -c %s "$IMG") / 512 - OFFSET ))
-# The volume key, in hex as dm-crypt's table holds it. Only the table written to ctl/create
-# gets it; nothing prints it.
+# The volume key, in hex as dm-crypt's table holds it: it goes into the crypt table (written to
+# ctl/create, or compared with the one dmfs open made) and is never printed.
 KEY=$(cryptsetup luksDump --dump-master-key --batch-mode --key-file - "$IMG" < "$PASSFILE" |
       python3 -c '
 import re, sys

@@ -499,22 +499,28 @@ def med(t, m):
     return None if not xs or None in xs else statistics.median(xs)
 def num(x):
     return "FAIL" if x is None else f"{x:.0f}"
-def ratio(a, b):
-    return "-" if a is None or not b else f"{a / b:.2f}"
 rand = (f"rand read 4K IOPS ({engine} QD16x2)" if engine == "io_uring"
         else f"rand read 4K IOPS ({engine} 2 jobs)")
+def per_round(a, b):
+    return [None if x is None or y is None or not x else y / x
+            for x, y in zip(vals.get(a, []), vals.get(b, []))]
 def rounds(a, b):
-    return " ".join("-" if x is None or y is None else f"{y / x:.2f}"
-                    for x, y in zip(vals.get(a, []), vals.get(b, [])))
+    return " ".join("-" if r is None else f"{r:.2f}" for r in per_round(a, b))
+def ratio_of_rounds(a, b):
+    # The median of the rounds' ratios: the two jobs of a round ran back to back, under much
+    # the same load, which medians taken apart do not keep.
+    rs = per_round(a, b)
+    return "-" if not rs or None in rs else f"{statistics.median(rs):.2f}"
 print("| read through | flat | LV on partition | LV / flat | every round, LV / flat | vslvmmount | LV / vslvmmount | every round, LV / vslvmmount |")
 print("| --- | --- | --- | --- | --- | --- | --- | --- |")
 for sfx, mode, vmode in (("", "page-cache mount", "buffered"),
                          ("-direct", "`--cache direct` mount", "O_DIRECT")):
     for m, name in (("seqread", "seq read 1M MB/s"), ("randread", rand)):
         f, lv, v = med("flat" + sfx, m), med("lv" + sfx, m), med("vslvm" + sfx, m)
-        print(f"| {name}, {mode} (vslvmmount {vmode}) | {num(f)} | {num(lv)} | {ratio(lv, f)} "
-              f"| {rounds(('flat' + sfx, m), ('lv' + sfx, m))} | {num(v)} | {ratio(lv, v)} "
-              f"| {rounds(('vslvm' + sfx, m), ('lv' + sfx, m))} |")
+        fl, lk, vk = ("flat" + sfx, m), ("lv" + sfx, m), ("vslvm" + sfx, m)
+        print(f"| {name}, {mode} (vslvmmount {vmode}) | {num(f)} | {num(lv)} | {ratio_of_rounds(fl, lk)} "
+              f"| {rounds(fl, lk)} | {num(v)} | {ratio_of_rounds(vk, lk)} "
+              f"| {rounds(vk, lk)} |")
 EOF
 )
 echo
@@ -563,8 +569,9 @@ SECTION=$(
     echo "  it. It serves one request at a time (libfuse's single-threaded fuse_loop)"
     echo "- fio: seq read psync bs=1M 1 job; rand read bs=4k $RAND_ENGINE ${RAND_DEPTH[*]} numjobs=2;"
     echo "  time-based over $FIO_SIZE, --invalidate=0; $ROUNDS rounds; in each, the three targets of a"
-    echo "  row run back to back in an order that rotates from round to round; the median of the"
-    echo "  rounds is shown, and each round's ratio"
+    echo "  row run back to back in an order that rotates from round to round. Values are the"
+    echo "  medians of the rounds; a ratio is the median of the rounds' ratios (each of two jobs run"
+    echo "  back to back), each round's in the next column"
     echo
     echo "$TABLES"
     echo "<!-- benches/activate.sh: end -->"

@@ -4,5 +4,6 @@
 
 pub mod activation;
 pub mod crc;
+pub mod deactivation;
 pub mod lvm;
 pub mod partitions;

@@ -646,7 +646,13 @@ REPORT=$(
     echo "$SCALE_TABLE"
 )
 if [[ -n $COMPLETE ]]; then
-    echo "$REPORT" > "$RESULTS"
+    # The sections other scripts write (activate.sh, crypt.sh, luks.sh), between their
+    # begin and end markers, stay: each script replaces only its own.
+    others=$(awk '/^<!-- benches\/[a-z0-9]+\.sh: begin -->$/ { keep = 1 }
+                  keep { print }
+                  /^<!-- benches\/[a-z0-9]+\.sh: end -->$/ { keep = 0; print "" }' \
+             "$RESULTS" 2>/dev/null || true)
+    { echo "$REPORT"; [[ -z $others ]] || printf '\n%s' "$others"; } > "$RESULTS"
     log "results written to $RESULTS"
     if [[ -z ${SKIP_ACTIVATE:-} ]]; then
         NO_BUILD=1 DMFS=$DMFS RUNTIME=$RUNTIME RESULTS=$RESULTS "$ROOT/benches/activate.sh"

@@ -11,7 +11,9 @@
 # write passes, each over a fresh snapshot, medians kept; 5), RESULTS (benches/results.md; the
 # file is only written when every row ran), READ_AHEAD_KB (passed as --read-ahead-kb to every dmfs
 # mount; unset = the daemon's default), NO_BUILD=1 (use target/release/dmfs as it is), DMFS
-# (another dmfs binary; not built), INCOMPLETE_RESULTS (where an incomplete run's report goes).
+# (another dmfs binary; not built), INCOMPLETE_RESULTS (where an incomplete run's report goes),
+# SKIP_ACTIVATE=1 (do not run benches/activate.sh, which adds its own section to RESULTS after
+# this script has written the file).
 #
 # Targets: native a.img; dmfs devices whole/offset/multi/striped (and passthru) on the default
 # mount (page-cache mode); the same maps on a second mount with --cache direct (*-direct); whole
@@ -644,8 +646,17 @@ REPORT=$(
     echo "$SCALE_TABLE"
 )
 if [[ -n $COMPLETE ]]; then
-    echo "$REPORT" > "$RESULTS"
+    # The sections other scripts write (activate.sh, crypt.sh, luks.sh), between their
+    # begin and end markers, stay: each script replaces only its own.
+    others=$(awk '/^<!-- benches\/[a-z0-9]+\.sh: begin -->$/ { keep = 1 }
+                  keep { print }
+                  /^<!-- benches\/[a-z0-9]+\.sh: end -->$/ { keep = 0; print "" }' \
+             "$RESULTS" 2>/dev/null || true)
+    { echo "$REPORT"; [[ -z $others ]] || printf '\n%s' "$others"; } > "$RESULTS"
     log "results written to $RESULTS"
+    if [[ -z ${SKIP_ACTIVATE:-} ]]; then
+        NO_BUILD=1 DMFS=$DMFS RUNTIME=$RUNTIME RESULTS=$RESULTS "$ROOT/benches/activate.sh"
+    fi
 else
     INCOMPLETE=${INCOMPLETE_RESULTS:-/tmp/dmfs-bench-results.incomplete.md}
     echo "$REPORT" > "$INCOMPLETE"

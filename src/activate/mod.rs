@@ -4,5 +4,6 @@
 
 pub mod activation;
 pub mod crc;
+pub mod luks;
 pub mod lvm;
 pub mod partitions;

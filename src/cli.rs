@@ -587,3 +587,327 @@ pub fn read_table(inline: Option<String>, file: Option<PathBuf>) -> Result<Strin
     result.map_err(|e| Failed(format!("reading the table: {}", strerror(&e))))?;
     Ok(text)
 }
+
+/// `dmfs open`: what to open and how (cryptsetup open's options).
+#[derive(Debug, Default)]
+pub struct OpenRequest {
+    /// `luks` (either version), `luks1`, `luks2` or `plain`; `None`: `luks`.
+    pub kind: Option<String>,
+    pub device: PathBuf,
+    pub name: String,
+    pub key_file: Option<PathBuf>,
+    pub keyfile_offset: u64,
+    /// Bytes; 0: all of it (up to cryptsetup's 8 MiB).
+    pub keyfile_size: usize,
+    pub header: Option<PathBuf>,
+    pub read_only: bool,
+    pub allow_discards: bool,
+    /// Plain mode's parameters (ignored for LUKS).
+    pub plain: crate::activate::luks::PlainParams,
+}
+
+/// A failed `dmfs open`: the exit status cryptsetup gives the same failure, and the line.
+pub struct OpenFailed(pub i32, pub String);
+
+/// cryptsetup's largest key file read without `--keyfile-size` (DEFAULT_KEYFILE_SIZE_MAXKB).
+const MAX_KEYFILE: usize = 8192 * 1024;
+
+/// Reads up to `max` bytes from `r` into a zeroized buffer; with `stop_eol` stops at a newline
+/// (not kept), one byte at a time so nothing after it is consumed.
+fn read_secret(r: &mut dyn Read, max: usize, stop_eol: bool) -> std::io::Result<(Secret, bool)> {
+    let mut out: Secret = zeroize::Zeroizing::new(Vec::with_capacity(max.min(4096)));
+    let mut byte = [0u8; 1];
+    let mut chunk = zeroize::Zeroizing::new(vec![0u8; 4096]);
+    while out.len() < max {
+        if stop_eol {
+            if r.read(&mut byte)? == 0 {
+                break;
+            }
+            if byte[0] == b'\n' {
+                return Ok((out, true));
+            }
+            out.push(byte[0]);
+        } else {
+            let want = (max - out.len()).min(chunk.len());
+            let n = r.read(&mut chunk[..want])?;
+            if n == 0 {
+                break;
+            }
+            if out.len() + n > out.capacity() {
+                // Grow by hand so no copy of the secret is left in a freed buffer.
+                let mut bigger: Secret =
+                    zeroize::Zeroizing::new(Vec::with_capacity((out.len() + n) * 2));
+                bigger.extend_from_slice(&out);
+                out = bigger;
+            }
+            out.extend_from_slice(&chunk[..n]);
+        }
+    }
+    Ok((out, false))
+}
+
+type Secret = zeroize::Zeroizing<Vec<u8>>;
+
+/// Skips `n` bytes of `r`.
+fn skip(r: &mut dyn Read, n: u64) -> std::io::Result<()> {
+    let copied = std::io::copy(&mut r.take(n), &mut std::io::sink())?;
+    if copied < n {
+        return Err(std::io::Error::from_raw_os_error(libc::ESPIPE));
+    }
+    Ok(())
+}
+
+/// The passphrase from the terminal, echo off (restored even when reading fails).
+fn prompt_tty(prompt: &str) -> std::io::Result<Secret> {
+    eprint!("{prompt}");
+    // SAFETY: termios calls on stdin with a valid, initialised struct.
+    let mut t: libc::termios = unsafe { std::mem::zeroed() };
+    let saved = unsafe { libc::tcgetattr(0, &mut t) } == 0;
+    if saved {
+        let mut quiet = t;
+        quiet.c_lflag &= !libc::ECHO;
+        unsafe { libc::tcsetattr(0, libc::TCSAFLUSH, &quiet) };
+    }
+    let read = read_secret(&mut std::io::stdin().lock(), MAX_KEYFILE, true);
+    if saved {
+        unsafe { libc::tcsetattr(0, libc::TCSAFLUSH, &t) };
+    }
+    eprintln!();
+    read.map(|(s, _)| s)
+}
+
+/// The key material cryptsetup 2.6.1 would read (`tools_get_key`): a key file read whole (from
+/// its offset, up to its size), standard input up to a newline, or the terminal without
+/// echo. `plain_key` is plain mode's key size when the key file is the key itself.
+fn read_key(o: &OpenRequest, plain_key: Option<usize>) -> Result<Secret, OpenFailed> {
+    let fail = |m: &str| OpenFailed(1, m.to_string());
+    let limit = match (plain_key, o.keyfile_size) {
+        (Some(k), _) => k,
+        (None, 0) => MAX_KEYFILE + 1,
+        (None, n) => n,
+    };
+    let stdin_file = o.key_file.as_deref() == Some(Path::new("-"));
+    // SAFETY: isatty only inspects the descriptor.
+    let tty = unsafe { libc::isatty(0) } == 1;
+    let (key, newline, regular) = match &o.key_file {
+        Some(path) if !stdin_file => {
+            let mut f = File::open(path).map_err(|_| fail("Failed to open key file."))?;
+            let meta = f.metadata().map_err(|_| fail("Failed to stat key file."))?;
+            if meta.is_file() && o.keyfile_offset > meta.len() {
+                return Err(fail("Cannot seek to requested keyfile offset."));
+            }
+            skip(&mut f, o.keyfile_offset)
+                .map_err(|_| fail("Cannot seek to requested keyfile offset."))?;
+            let (k, _) =
+                read_secret(&mut f, limit, false).map_err(|_| fail("Error reading passphrase."))?;
+            (k, false, meta.is_file())
+        }
+        _ if tty && !stdin_file => {
+            if o.keyfile_offset != 0 {
+                return Err(fail("Cannot use offset with terminal input."));
+            }
+            let prompt = format!("Enter passphrase for {}: ", o.device.display());
+            let k = prompt_tty(&prompt).map_err(|_| fail("Error reading passphrase."))?;
+            (k, true, false)
+        }
+        _ => {
+            let mut stdin = std::io::stdin().lock();
+            skip(&mut stdin, o.keyfile_offset)
+                .map_err(|_| fail("Cannot seek to requested keyfile offset."))?;
+            let (k, nl) = read_secret(&mut stdin, limit, !stdin_file)
+                .map_err(|_| fail("Error reading passphrase."))?;
+            (k, nl, false)
+        }
+    };
+    if key.is_empty() && !regular && !newline {
+        return Err(fail("Nothing to read on input."));
+    }
+    if plain_key.is_none() && o.keyfile_size == 0 && key.len() > MAX_KEYFILE {
+        return Err(fail("Maximum keyfile size exceeded."));
+    }
+    Ok(key)
+}
+
+/// An absolute path usable in a table: no whitespace, UTF-8.
+fn table_path(p: &Path) -> Result<String, OpenFailed> {
+    let abs = std::path::absolute(p)
+        .map_err(|e| OpenFailed(4, format!("{}: {}", p.display(), strerror(&e))))?;
+    match abs.to_str() {
+        Some(t) if !t.contains(char::is_whitespace) => Ok(t.to_string()),
+        _ => Err(OpenFailed(
+            1,
+            format!(
+                "{}: a path with whitespace or not UTF-8 cannot be named in a table",
+                p.display()
+            ),
+        )),
+    }
+}
+
+impl Mount {
+    /// `dmfs open`: reads the volume as `cryptsetup open --disable-keyring` would, and creates
+    /// `NAME` with the crypt table and uuid cryptsetup gives the kernel. Exit statuses as
+    /// cryptsetup's: 2 for a passphrase no key slot takes, 4 for a device that cannot be
+    /// read, 5 for a name in use, 1 otherwise.
+    pub fn open(&self, o: &OpenRequest) -> Result<(), OpenFailed> {
+        use crate::activate::luks::{self, Flags, Kind};
+        let kind = match o.kind.as_deref() {
+            None | Some("luks") => None,
+            Some("luks1") => Some(Some(Kind::Luks1)),
+            Some("luks2") => Some(Some(Kind::Luks2)),
+            Some("plain") => Some(None),
+            Some(other) => {
+                return Err(OpenFailed(
+                    1,
+                    format!("Unknown device type {other} requested."),
+                ));
+            }
+        };
+        if self.exists(&o.name) {
+            return Err(OpenFailed(5, format!("Device {} already exists.", o.name)));
+        }
+        let reference = table_path(&o.device)?;
+        let data = File::open(&o.device).map_err(|e| {
+            OpenFailed(
+                4,
+                format!(
+                    "Device {} does not exist or access denied. ({})",
+                    o.device.display(),
+                    strerror(&e)
+                ),
+            )
+        })?;
+        let size = crate::activate::partitions::SectorSource::size(&data);
+        let flags = Flags {
+            allow_discards: o.allow_discards,
+            ..Default::default()
+        };
+        let from = |e: crate::error::DmError| {
+            let code = if e.errno == libc::EPERM { 2 } else { 1 };
+            OpenFailed(code, e.reason)
+        };
+        let opened = if kind == Some(None) {
+            let mut params = o.plain.clone();
+            // cryptsetup hashes nothing read from a key file in plain mode, and reads exactly
+            // the key's size from it (action_open_plain).
+            let from_file = o.key_file.as_deref().is_some_and(|p| p != Path::new("-"));
+            if from_file {
+                params.hash = None;
+            }
+            let key_bytes = (params.key_bits / 8) as usize;
+            let pass = read_key(o, from_file.then_some(key_bytes))?;
+            luks::open_plain(&params, size, &reference, &pass, flags).map_err(from)?
+        } else {
+            let header = match &o.header {
+                Some(h) => File::open(h).map_err(|e| {
+                    OpenFailed(
+                        4,
+                        format!(
+                            "Device {} does not exist or access denied. ({})",
+                            h.display(),
+                            strerror(&e)
+                        ),
+                    )
+                })?,
+                None => data.try_clone().map_err(|e| OpenFailed(4, strerror(&e)))?,
+            };
+            match luks::detect(&header) {
+                Ok(Some(_)) => {}
+                _ => {
+                    let shown = o.header.as_deref().unwrap_or(&o.device);
+                    return Err(OpenFailed(
+                        1,
+                        format!("Device {} is not a valid LUKS device.", shown.display()),
+                    ));
+                }
+            }
+            let pass = read_key(o, None)?;
+            let opts = luks::OpenOptions {
+                kind: kind.flatten(),
+                flags,
+            };
+            luks::open(&header, size, &reference, &pass, &opts).map_err(from)?
+        };
+        self.create_secret(
+            &o.name,
+            &opened.table,
+            &opened.dm_uuid(&o.name),
+            o.read_only,
+        )
+        .map_err(|Failed(m)| OpenFailed(1, m))
+    }
+
+    /// `create` for a table holding a key: written once from its zeroized buffer (no copies
+    /// for progress reports), the uuid set before the create's file is closed, as `create`.
+    fn create_secret(
+        &self,
+        name: &str,
+        table: &zeroize::Zeroizing<String>,
+        uuid: &str,
+        read_only: bool,
+    ) -> CliResult {
+        let mode = if read_only { 0o444 } else { 0o644 };
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(self.path(&format!("ctl/create/{name}")))
+            .map_err(|e| self.ioctl_failed("create", name, &e))?;
+        let written = f
+            .write_all(table.as_bytes())
+            .and_then(|()| f.write_all(b"\n"))
+            .map_err(|e| self.ioctl_failed("create", name, &e));
+        if let Err(e) = written {
+            let _ = self.close_checked(f, "create", name);
+            return Err(e);
+        }
+        let live = f
+            .try_clone()
+            .map_err(|e| self.ioctl_failed("create", name, &e))
+            .and_then(|dup| self.close_checked(dup, "create", name));
+        let with_uuid = live.and_then(|()| {
+            if self.exists(name) {
+                self.set_uuid(name, uuid)
+            } else {
+                Err(Failed(format!(
+                    "device-mapper: create ioctl on {name}  failed\n{}",
+                    last_reason(&self.root)
+                )))
+            }
+        });
+        let closed = self.close_checked(f, "create", name);
+        if with_uuid.is_err() && self.exists(name) {
+            let _ = self.command("ctl/remove", "remove", name, name);
+        }
+        with_uuid.and(closed)
+    }
+
+    /// `dmfs close NAME`: removes a crypt device, as `cryptsetup close` does; any other device
+    /// is refused.
+    pub fn close(&self, name: &str) -> Result<(), OpenFailed> {
+        if !self.exists(name) {
+            return Err(OpenFailed(4, format!("Device {name} is not active.")));
+        }
+        // The status names the target type too, and holds no key.
+        let status = self
+            .read(&format!("dm/{name}/status"))
+            .map_err(|Failed(m)| OpenFailed(1, m))?;
+        let is_crypt = status
+            .lines()
+            .next()
+            .and_then(|l| l.split_whitespace().nth(2))
+            == Some("crypt");
+        if !is_crypt {
+            return Err(OpenFailed(
+                1,
+                format!("Device {name} is not a crypt device."),
+            ));
+        }
+        self.command("ctl/remove", "remove", name, name)
+            .map_err(|Failed(m)| {
+                let busy = m.contains("Device or resource busy");
+                OpenFailed(if busy { 5 } else { 1 }, m)
+            })
+    }
+}

@@ -619,3 +619,101 @@ fn data_past_the_end_of_the_device_is_refused() {
         "Requested offset is beyond real size of device IMG."
     );
 }
+
+// `dmfs open` and `dmfs close` through a real mount.
+
+/// Runs `script` in the mount's shell; its exit status and stderr.
+fn run(m: &common::Mount, script: &str) -> (i32, String) {
+    let out = m.sh(script);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn open_and_close_refuse_with_cryptsetups_words_and_leave_nothing() {
+    let dir = Scratch::new();
+    let m = common::Mount::new();
+    let dmfs = common::DMFS;
+    let plain = unpack(&dir.0, "plain-default.img");
+    let p = plain.display();
+    m.create("lin", &format!("0 8 linear {p} 0"));
+
+    assert_eq!(
+        run(&m, &format!("printf x | {dmfs} --mount $MNT open {p} v")),
+        (1, format!("Device {p} is not a valid LUKS device.\n"))
+    );
+    assert_eq!(
+        run(
+            &m,
+            &format!("printf x | {dmfs} --mount $MNT open --type plain {p} lin")
+        ),
+        (5, "Device lin already exists.\n".to_string())
+    );
+    assert_eq!(
+        run(
+            &m,
+            &format!("{dmfs} --mount $MNT open {p}.missing v < /dev/null")
+        )
+        .0,
+        4
+    );
+    assert_eq!(
+        run(
+            &m,
+            &format!("printf x | {dmfs} --mount $MNT open --type luks3 {p} v")
+        ),
+        (1, "Unknown device type luks3 requested.\n".to_string())
+    );
+    // Plain mode's own refusals, before any table is written.
+    assert_eq!(
+        run(
+            &m,
+            &format!(
+                "printf short | {dmfs} --mount $MNT open --type plain --cipher aes-cbc-plain \
+                 --hash plain:16 {p} v"
+            )
+        ),
+        (
+            1,
+            "Key processing error (using hash plain:16).\n".to_string()
+        )
+    );
+    assert_eq!(
+        run(
+            &m,
+            &format!("{dmfs} --mount $MNT open --type plain {p} v < /dev/null")
+        ),
+        (1, "Nothing to read on input.\n".to_string())
+    );
+
+    // A hostile detached header, through the command.
+    let hdr = luks2_with(&dir.0, |j| {
+        j["keyslots"]["0"]["kdf"]["iterations"] = 0.into()
+    });
+    assert_eq!(
+        run(
+            &m,
+            &format!(
+                "printf 'correct horse' | {dmfs} --mount $MNT open --header {} {p} v",
+                hdr.display()
+            )
+        ),
+        (
+            1,
+            "LUKS2 header: keyslot 0: PBKDF2 iterations 0 are invalid\n".to_string()
+        )
+    );
+
+    assert_eq!(
+        run(&m, &format!("{dmfs} --mount $MNT close lin")),
+        (1, "Device lin is not a crypt device.\n".to_string())
+    );
+    assert_eq!(
+        run(&m, &format!("{dmfs} --mount $MNT close nosuch")),
+        (4, "Device nosuch is not active.\n".to_string())
+    );
+    assert_eq!(m.devices(), vec!["lin".to_string()]);
+    m.remove("lin");
+}

@@ -105,6 +105,24 @@ pub struct Opened {
     pub keyslot: Option<u32>,
 }
 
+impl Opened {
+    /// The device-mapper uuid cryptsetup gives the device (`dm_prepare_uuid`):
+    /// `CRYPT-LUKS2-<uuid without dashes>-NAME`, `CRYPT-PLAIN-NAME`.
+    pub fn dm_uuid(&self, name: &str) -> String {
+        let kind = match self.kind {
+            Some(Kind::Luks1) => "LUKS1",
+            Some(Kind::Luks2) => "LUKS2",
+            None => "PLAIN",
+        };
+        let uuid: String = self.uuid.chars().filter(|&c| c != '-').collect();
+        if uuid.is_empty() {
+            format!("CRYPT-{kind}-{name}")
+        } else {
+            format!("CRYPT-{kind}-{uuid}-{name}")
+        }
+    }
+}
+
 /// Opens a LUKS volume whose header is on `header` (the data device itself, or a detached
 /// header) and whose data is on a device of `data_size` sectors, which the table calls
 /// `reference`. A passphrase no key slot takes fails with EPERM and `NO_KEY`; a damaged or

@@ -717,3 +717,76 @@ fn open_and_close_refuse_with_cryptsetups_words_and_leave_nothing() {
     assert_eq!(m.devices(), vec!["lin".to_string()]);
     m.remove("lin");
 }
+
+/// Every recorded volume opened with `dmfs open` and the recorded command's own options: the
+/// device gets the recorded table, its bytes hash as the kernel's did (the known text written
+/// through dm-crypt in the VM reads back), a wrong passphrase exits 2 with cryptsetup's words,
+/// and `dmfs close` removes it.
+#[test]
+#[ignore = "needs the crypt target"]
+fn opened_volumes_read_as_the_kernel_read_them() {
+    let dir = Scratch::new();
+    let m = common::Mount::new();
+    let dmfs = common::DMFS;
+    let known: Vec<u8> = b"dmfs luks fixture, sector after sector\n"
+        .iter()
+        .copied()
+        .cycle()
+        .take(16384)
+        .collect();
+    let mut seen = std::collections::HashSet::new();
+    let mut checked = 0;
+    for o in recorded() {
+        if !seen.insert((o.case.clone(), o.rc)) {
+            continue;
+        }
+        let image = unpack(&dir.0, &format!("{}.img", o.case));
+        let mut words = Vec::new();
+        for a in &o.args {
+            match a.as_str() {
+                "--disable-keyring" => {}
+                a if a.starts_with("/dev/vd") => words.push(image.display().to_string()),
+                a if a.starts_with("/tmp/") => {
+                    let name = Path::new(a).file_name().unwrap().to_str().unwrap();
+                    words.push(unpack(&dir.0, name).display().to_string());
+                }
+                a => words.push(a.to_string()),
+            }
+        }
+        let (code, stderr) = run(
+            &m,
+            &format!(
+                "printf '%s' '{}' | {dmfs} --mount $MNT open {}",
+                o.passphrase,
+                words.join(" ")
+            ),
+        );
+        let name = &o.case;
+        match o.rc {
+            0 => {
+                assert_eq!((code, stderr.as_str()), (0, ""), "{name}");
+                let table = m.read(&format!("dm/{name}/table"));
+                assert_eq!(table.trim_end(), recorded_table(&dir.0, &o), "{name}");
+                let bytes = m.read_dev(name).unwrap();
+                assert_eq!(bytes.len() as u64, o.size * 512, "{name}");
+                assert_eq!(&bytes[..known.len()], &known[..], "{name}: the known text");
+                assert_eq!(hex(&Sha256::digest(&bytes)), o.sha256, "{name}");
+                assert_eq!(run(&m, &format!("{dmfs} --mount $MNT close {name}")).0, 0);
+            }
+            2 => assert_eq!((code, stderr), (2, format!("{NO_KEY}\n")), "{name}"),
+            _ => assert_eq!(
+                (code, stderr),
+                (1, format!("{}\n", o.out.join("\n"))),
+                "{name}"
+            ),
+        }
+        let _ = std::fs::remove_file(&image);
+        checked += 1;
+    }
+    assert_eq!(checked, 17, "every recorded volume, and its refusals");
+    assert!(m.devices().is_empty());
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}

@@ -813,7 +813,8 @@ impl Mount {
             };
             match luks::detect(&header) {
                 Ok(Some(_)) => {}
-                _ => {
+                Err(e) => return Err(OpenFailed(1, e.reason)),
+                Ok(None) => {
                     let shown = o.header.as_deref().unwrap_or(&o.device);
                     return Err(OpenFailed(
                         1,

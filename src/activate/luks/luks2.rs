@@ -106,6 +106,14 @@ fn read_copy(dev: &dyn SectorSource, offset: u64, secondary: bool) -> Result<Cop
     })
 }
 
+/// Whether a secondary header's magic and version are at one of the offsets LUKS2 allows.
+pub(super) fn has_secondary(dev: &dyn SectorSource) -> bool {
+    SECONDARY_OFFSETS.iter().any(|&off| {
+        read_bytes(dev, off, 512, "the LUKS2 header")
+            .is_ok_and(|b| &b[..6] == MAGIC_2ND && b[6..8] == [0, 2])
+    })
+}
+
 /// The copy cryptsetup would use.
 fn read_header(dev: &dyn SectorSource) -> DmResult<Copy> {
     let primary = read_copy(dev, 0, false);

@@ -42,7 +42,10 @@ pub enum Kind {
     Luks2,
 }
 
-/// The header an image starts with, if any: the magic `LUKS\xba\xbe` and the version.
+/// The header an image holds, if any, as cryptsetup tells (`_crypt_load_luks`): the primary
+/// header's magic `LUKS\xba\xbe` and its version; without that magic, a LUKS2 secondary header
+/// at one of the offsets LUKS2 allows (cryptsetup then reads the LUKS2 header from it). A
+/// version other than 1 or 2 is cryptsetup's `Unsupported LUKS version N.`
 pub fn detect(header: &dyn SectorSource) -> DmResult<Option<Kind>> {
     if header.size().0 == 0 {
         return Ok(None);
@@ -52,13 +55,13 @@ pub fn detect(header: &dyn SectorSource) -> DmResult<Option<Kind>> {
         .read_at(Sectors(0), &mut sector)
         .map_err(|e| DmError::io("reading the LUKS header", &e))?;
     if &sector[..6] != luks1::MAGIC {
-        return Ok(None);
+        return Ok(luks2::has_secondary(header).then_some(Kind::Luks2));
     }
-    Ok(match u16::from_be_bytes([sector[6], sector[7]]) {
-        1 => Some(Kind::Luks1),
-        2 => Some(Kind::Luks2),
-        _ => None,
-    })
+    match u16::from_be_bytes([sector[6], sector[7]]) {
+        1 => Ok(Some(Kind::Luks1)),
+        2 => Ok(Some(Kind::Luks2)),
+        v => Err(DmError::invalid(format!("Unsupported LUKS version {v}."))),
+    }
 }
 
 /// The activation flags of a crypt table (cryptsetup's `--allow-discards`, `--perf-*`), which

@@ -271,8 +271,10 @@ impl CryptLine<'_> {
         if self.iv_large_sectors {
             options.push("iv_large_sectors".to_string());
         }
+        // Room for every part, so the text holding the key is never moved (a move would
+        // leave a copy behind in the freed buffer).
         let mut line = Zeroizing::new(String::with_capacity(
-            64 + self.cipher.len() + 2 * self.key.len() + r.len(),
+            256 + self.cipher.len() + 2 * self.key.len() + r.len(),
         ));
         use std::fmt::Write;
         let _ = write!(line, "0 {size} crypt {} ", self.cipher);

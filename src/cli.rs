@@ -626,6 +626,9 @@ fn read_secret(r: &mut dyn Read, max: usize, stop_eol: bool) -> std::io::Result<
             if byte[0] == b'\n' {
                 return Ok((out, true));
             }
+            if out.len() == out.capacity() {
+                out = grown(&out, out.len() + 1);
+            }
             out.push(byte[0]);
         } else {
             let want = (max - out.len()).min(chunk.len());
@@ -634,11 +637,7 @@ fn read_secret(r: &mut dyn Read, max: usize, stop_eol: bool) -> std::io::Result<
                 break;
             }
             if out.len() + n > out.capacity() {
-                // Grow by hand so no copy of the secret is left in a freed buffer.
-                let mut bigger: Secret =
-                    zeroize::Zeroizing::new(Vec::with_capacity((out.len() + n) * 2));
-                bigger.extend_from_slice(&out);
-                out = bigger;
+                out = grown(&out, out.len() + n);
             }
             out.extend_from_slice(&chunk[..n]);
         }
@@ -647,6 +646,14 @@ fn read_secret(r: &mut dyn Read, max: usize, stop_eol: bool) -> std::io::Result<
 }
 
 type Secret = zeroize::Zeroizing<Vec<u8>>;
+
+/// A copy of `s` with room for at least `need` bytes: a secret grows by hand, so no copy of it
+/// is left in a buffer freed by a reallocation (the old one is wiped when dropped).
+fn grown(s: &Secret, need: usize) -> Secret {
+    let mut bigger: Secret = zeroize::Zeroizing::new(Vec::with_capacity(need * 2));
+    bigger.extend_from_slice(s);
+    bigger
+}
 
 /// Skips `n` bytes of `r`.
 fn skip(r: &mut dyn Read, n: u64) -> std::io::Result<()> {

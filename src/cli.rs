@@ -8,6 +8,8 @@ use std::os::fd::IntoRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+use crate::secret::Zeroizing;
+
 /// What the last line written into `ctl/activate` made, from its start.
 fn read_report(f: &File) -> Vec<u8> {
     use std::os::unix::fs::FileExt;
@@ -107,9 +109,17 @@ impl Mount {
         !name.is_empty() && !name.contains('/') && self.path(&format!("dm/{name}")).is_dir()
     }
 
-    fn read(&self, rel: &str) -> Result<String, Failed> {
-        std::fs::read_to_string(self.path(rel))
-            .map_err(|e| Failed(format!("{rel}: {}", strerror(&e))))
+    /// A file's text. A table may hold a key: the text is wiped when dropped (`std::fs::read`
+    /// sizes its buffer from the file's size once, so no smaller copy is left behind).
+    fn read(&self, rel: &str) -> Result<Zeroizing<String>, Failed> {
+        let bytes = Zeroizing::new(
+            std::fs::read(self.path(rel))
+                .map_err(|e| Failed(format!("{rel}: {}", strerror(&e))))?,
+        );
+        match std::str::from_utf8(&bytes) {
+            Ok(text) => Ok(Zeroizing::new(text.to_owned())),
+            Err(_) => Err(Failed(format!("{rel}: not UTF-8 text"))),
+        }
     }
 
     /// Writes lines into a ctl file; the write or the close carries dmfs's answer.
@@ -322,6 +332,27 @@ impl Mount {
 
     /// `table`/`status`/`deps`/`info`: one device, or every device with "NAME: " before each
     /// line (info: records one after another), as dmsetup prints them.
+    /// `table [--inactive] [--showkeys]`: crypt keys print as zeros unless `showkeys`, as
+    /// dmsetup prints them.
+    pub fn table(
+        &self,
+        name: Option<&str>,
+        inactive: bool,
+        showkeys: bool,
+        out: &mut impl Write,
+    ) -> CliResult {
+        let file = if inactive { "inactive-table" } else { "table" };
+        let mut text = Zeroizing::new(Vec::new());
+        self.report(file, name, &mut *text)?;
+        let text = String::from_utf8_lossy(&text);
+        if showkeys {
+            let _ = out.write_all(text.as_bytes());
+        } else {
+            let _ = out.write_all(crate::secret::mask_keys(&text).as_bytes());
+        }
+        Ok(())
+    }
+
     pub fn report(&self, file: &str, name: Option<&str>, out: &mut impl Write) -> CliResult {
         let missing = |name: &str| match file {
             "table" => Failed(format!(
@@ -609,131 +640,52 @@ pub struct OpenRequest {
 /// A failed `dmfs open`: the exit status cryptsetup gives the same failure, and the line.
 pub struct OpenFailed(pub i32, pub String);
 
-/// cryptsetup's largest key file read without `--keyfile-size` (DEFAULT_KEYFILE_SIZE_MAXKB).
-const MAX_KEYFILE: usize = 8192 * 1024;
-
-/// Reads up to `max` bytes from `r` into a zeroized buffer; with `stop_eol` stops at a newline
-/// (not kept), one byte at a time so nothing after it is consumed.
-fn read_secret(r: &mut dyn Read, max: usize, stop_eol: bool) -> std::io::Result<(Secret, bool)> {
-    let mut out: Secret = zeroize::Zeroizing::new(Vec::with_capacity(max.min(4096)));
-    let mut byte = [0u8; 1];
-    let mut chunk = zeroize::Zeroizing::new(vec![0u8; 4096]);
-    while out.len() < max {
-        if stop_eol {
-            if r.read(&mut byte)? == 0 {
-                break;
-            }
-            if byte[0] == b'\n' {
-                return Ok((out, true));
-            }
-            if out.len() == out.capacity() {
-                out = grown(&out, out.len() + 1);
-            }
-            out.push(byte[0]);
-        } else {
-            let want = (max - out.len()).min(chunk.len());
-            let n = r.read(&mut chunk[..want])?;
-            if n == 0 {
-                break;
-            }
-            if out.len() + n > out.capacity() {
-                out = grown(&out, out.len() + n);
-            }
-            out.extend_from_slice(&chunk[..n]);
-        }
-    }
-    Ok((out, false))
-}
-
-type Secret = zeroize::Zeroizing<Vec<u8>>;
-
-/// A copy of `s` with room for at least `need` bytes: a secret grows by hand, so no copy of it
-/// is left in a buffer freed by a reallocation (the old one is wiped when dropped).
-fn grown(s: &Secret, need: usize) -> Secret {
-    let mut bigger: Secret = zeroize::Zeroizing::new(Vec::with_capacity(need * 2));
-    bigger.extend_from_slice(s);
-    bigger
-}
-
-/// Skips `n` bytes of `r`.
-fn skip(r: &mut dyn Read, n: u64) -> std::io::Result<()> {
-    let copied = std::io::copy(&mut r.take(n), &mut std::io::sink())?;
-    if copied < n {
-        return Err(std::io::Error::from_raw_os_error(libc::ESPIPE));
-    }
-    Ok(())
-}
-
-/// The passphrase from the terminal, echo off (restored even when reading fails).
-fn prompt_tty(prompt: &str) -> std::io::Result<Secret> {
-    eprint!("{prompt}");
-    // SAFETY: termios calls on stdin with a valid, initialised struct.
-    let mut t: libc::termios = unsafe { std::mem::zeroed() };
-    let saved = unsafe { libc::tcgetattr(0, &mut t) } == 0;
-    if saved {
-        let mut quiet = t;
-        quiet.c_lflag &= !libc::ECHO;
-        unsafe { libc::tcsetattr(0, libc::TCSAFLUSH, &quiet) };
-    }
-    let read = read_secret(&mut std::io::stdin().lock(), MAX_KEYFILE, true);
-    if saved {
-        unsafe { libc::tcsetattr(0, libc::TCSAFLUSH, &t) };
-    }
-    eprintln!();
-    read.map(|(s, _)| s)
-}
-
-/// The key material cryptsetup 2.6.1 would read (`tools_get_key`): a key file read whole (from
-/// its offset, up to its size), standard input up to a newline, or the terminal without
-/// echo. `plain_key` is plain mode's key size when the key file is the key itself.
+/// The key material cryptsetup 2.6.1 reads (`tools_get_key`), through `passphrase`: a key
+/// file, the terminal without echo, or standard input up to a newline. `plain_key` is plain
+/// mode's key size when a key file is the key itself: then exactly that many bytes are read.
 fn read_key(o: &OpenRequest, plain_key: Option<usize>) -> Result<Secret, OpenFailed> {
-    let fail = |m: &str| OpenFailed(1, m.to_string());
-    let limit = match (plain_key, o.keyfile_size) {
-        (Some(k), _) => k,
-        (None, 0) => MAX_KEYFILE + 1,
-        (None, n) => n,
+    let source = crate::passphrase::KeySource {
+        key_file: o.key_file.clone(),
+        offset: o.keyfile_offset,
+        size: match (plain_key, o.keyfile_size) {
+            (Some(k), _) => Some(k as u64),
+            (None, 0) => None,
+            (None, n) => Some(n as u64),
+        },
     };
-    let stdin_file = o.key_file.as_deref() == Some(Path::new("-"));
-    // SAFETY: isatty only inspects the descriptor.
-    let tty = unsafe { libc::isatty(0) } == 1;
-    let (key, newline, regular) = match &o.key_file {
-        Some(path) if !stdin_file => {
-            let mut f = File::open(path).map_err(|_| fail("Failed to open key file."))?;
-            let meta = f.metadata().map_err(|_| fail("Failed to stat key file."))?;
-            if meta.is_file() && o.keyfile_offset > meta.len() {
-                return Err(fail("Cannot seek to requested keyfile offset."));
-            }
-            skip(&mut f, o.keyfile_offset)
-                .map_err(|_| fail("Cannot seek to requested keyfile offset."))?;
-            let (k, _) =
-                read_secret(&mut f, limit, false).map_err(|_| fail("Error reading passphrase."))?;
-            (k, false, meta.is_file())
-        }
-        _ if tty && !stdin_file => {
-            if o.keyfile_offset != 0 {
-                return Err(fail("Cannot use offset with terminal input."));
-            }
-            let prompt = format!("Enter passphrase for {}: ", o.device.display());
-            let k = prompt_tty(&prompt).map_err(|_| fail("Error reading passphrase."))?;
-            (k, true, false)
-        }
-        _ => {
-            let mut stdin = std::io::stdin().lock();
-            skip(&mut stdin, o.keyfile_offset)
-                .map_err(|_| fail("Cannot seek to requested keyfile offset."))?;
-            let (k, nl) = read_secret(&mut stdin, limit, !stdin_file)
-                .map_err(|_| fail("Error reading passphrase."))?;
-            (k, nl, false)
-        }
-    };
-    if key.is_empty() && !regular && !newline {
-        return Err(fail("Nothing to read on input."));
+    if source.is_interactive() && o.keyfile_offset != 0 {
+        return Err(OpenFailed(
+            1,
+            "Cannot use offset with terminal input.".into(),
+        ));
     }
-    if plain_key.is_none() && o.keyfile_size == 0 && key.len() > MAX_KEYFILE {
-        return Err(fail("Maximum keyfile size exceeded."));
+    let piped = o.key_file.is_none() && !source.is_interactive();
+    if piped && o.keyfile_offset != 0 {
+        // cryptsetup applies the offset to piped input too; `passphrase` reads it from the
+        // same buffered standard input after this.
+        let stdin = &mut std::io::stdin().lock();
+        let skipped = std::io::copy(&mut stdin.take(o.keyfile_offset), &mut std::io::sink());
+        if skipped.ok() != Some(o.keyfile_offset) {
+            return Err(OpenFailed(
+                1,
+                "Cannot seek to requested keyfile offset.".into(),
+            ));
+        }
+    }
+    let mut key = source
+        .read(&format!("Enter passphrase for {}: ", o.device.display()))
+        .map_err(|m| OpenFailed(1, m))?;
+    if piped && o.keyfile_size != 0 {
+        key.truncate(o.keyfile_size);
+    }
+    // cryptsetup refuses piped input that ends before giving anything.
+    if piped && key.is_empty() {
+        return Err(OpenFailed(1, "Nothing to read on input.".into()));
     }
     Ok(key)
 }
+
+type Secret = crate::secret::Zeroizing<Vec<u8>>;
 
 /// An absolute path usable in a table: no whitespace, UTF-8.
 fn table_path(p: &Path) -> Result<String, OpenFailed> {

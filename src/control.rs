@@ -13,42 +13,65 @@ use crate::access::Caller;
 use crate::device::Device;
 use crate::error::{DmError, DmResult};
 use crate::registry::Registry;
+use crate::secret::{Zeroize, Zeroizing};
 use crate::table::{MAX_LINE_BYTES, TableBuilder};
 
-/// Splits written bytes into lines, bounding how much an unfinished line may hold.
+/// Splits written bytes into lines, bounding how much an unfinished line may hold. Lines may
+/// hold a crypt key: every buffer is wiped when let go, and growing one never leaves a copy.
 #[derive(Default)]
 pub struct LineBuffer {
-    partial: Vec<u8>,
+    partial: Zeroizing<Vec<u8>>,
 }
 
-fn to_text(bytes: Vec<u8>) -> DmResult<String> {
-    String::from_utf8(bytes).map_err(|_| DmError::invalid("line is not valid UTF-8 text"))
+fn to_text(bytes: Zeroizing<Vec<u8>>) -> DmResult<Zeroizing<String>> {
+    match std::str::from_utf8(&bytes) {
+        Ok(_) => {
+            let mut bytes = bytes;
+            let bytes = std::mem::take(&mut *bytes);
+            Ok(Zeroizing::new(
+                String::from_utf8(bytes).expect("checked as UTF-8 just above"),
+            ))
+        }
+        Err(_) => Err(DmError::invalid("line is not valid UTF-8 text")),
+    }
 }
 
 impl LineBuffer {
     /// Adds written bytes; returns the lines they complete (without their newlines).
-    pub fn push(&mut self, data: &[u8]) -> DmResult<Vec<String>> {
+    pub fn push(&mut self, data: &[u8]) -> DmResult<Vec<Zeroizing<String>>> {
         let mut lines = Vec::new();
         let mut rest = data;
         while let Some(nl) = rest.iter().position(|&b| b == b'\n') {
             if self.partial.len() + nl > MAX_LINE_BYTES {
-                self.partial.clear();
+                self.partial.zeroize();
                 return Err(DmError::invalid(format!(
                     "line longer than {MAX_LINE_BYTES} bytes"
                 )));
             }
-            self.partial.extend_from_slice(&rest[..nl]);
+            self.append(&rest[..nl]);
             lines.push(to_text(std::mem::take(&mut self.partial))?);
             rest = &rest[nl + 1..];
         }
         if self.partial.len() + rest.len() > MAX_LINE_BYTES {
-            self.partial.clear();
+            self.partial.zeroize();
             return Err(DmError::invalid(format!(
                 "line longer than {MAX_LINE_BYTES} bytes"
             )));
         }
-        self.partial.extend_from_slice(rest);
+        self.append(rest);
         Ok(lines)
+    }
+
+    /// Appends to the unfinished line, moving it to a bigger buffer (and wiping the old one)
+    /// rather than letting the allocator free a copy.
+    fn append(&mut self, data: &[u8]) {
+        let needed = self.partial.len() + data.len();
+        if needed > self.partial.capacity() {
+            let mut grown = Zeroizing::new(Vec::with_capacity(needed.max(2 * self.partial.len())));
+            grown.extend_from_slice(&self.partial);
+            self.partial = grown;
+        }
+        self.partial.extend_from_slice(data);
     }
 
     /// Whether an unfinished last line is waiting.
@@ -57,7 +80,7 @@ impl LineBuffer {
     }
 
     /// The unfinished last line, if any: written text need not end with a newline.
-    pub fn take_rest(&mut self) -> DmResult<Option<String>> {
+    pub fn take_rest(&mut self) -> DmResult<Option<Zeroizing<String>>> {
         if self.partial.is_empty() {
             return Ok(None);
         }
@@ -509,9 +532,18 @@ mod tests {
     #[test]
     fn line_buffer_splits_and_bounds() {
         let mut b = LineBuffer::default();
-        assert_eq!(b.push(b"ab").unwrap(), Vec::<String>::new());
-        assert_eq!(b.push(b"c\nd\n\ne").unwrap(), vec!["abc", "d", ""]);
-        assert_eq!(b.take_rest().unwrap(), Some("e".to_string()));
+        let text = |lines: Vec<Zeroizing<String>>| -> Vec<String> {
+            lines.iter().map(|l| l.to_string()).collect()
+        };
+        assert_eq!(text(b.push(b"ab").unwrap()), Vec::<String>::new());
+        assert_eq!(text(b.push(b"c\nd\n\ne").unwrap()), vec!["abc", "d", ""]);
+        // Growing the unfinished line keeps its bytes.
+        let long = vec![b'k'; 1000];
+        assert!(b.push(&long).unwrap().is_empty());
+        assert_eq!(
+            b.take_rest().unwrap().as_deref().map(|s| s.len()),
+            Some(1001)
+        );
         assert_eq!(b.take_rest().unwrap(), None);
         assert!(b.push(&vec![b'x'; MAX_LINE_BYTES + 1]).is_err());
         assert!(b.push(&[0xff, 0xfe, b'\n']).is_err());

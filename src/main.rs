@@ -134,6 +134,9 @@ enum Verb {
         /// The inactive table.
         #[arg(long)]
         inactive: bool,
+        /// Show crypt keys (masked with zeros otherwise, as dmsetup does).
+        #[arg(long)]
+        showkeys: bool,
     },
     /// Print a device's status (all devices without NAME).
     Status { name: Option<String> },
@@ -262,11 +265,11 @@ fn run_verb(mount: Option<PathBuf>, progress: bool, verb: Verb) {
                 sector,
                 message,
             } => m.message(&name, &sector, &message),
-            Verb::Table { name, inactive } => m.report(
-                if inactive { "inactive-table" } else { "table" },
-                name.as_deref(),
-                out,
-            ),
+            Verb::Table {
+                name,
+                inactive,
+                showkeys,
+            } => m.table(name.as_deref(), inactive, showkeys, out),
             Verb::Status { name } => m.report("status", name.as_deref(), out),
             Verb::Info {
                 name,

@@ -12,6 +12,7 @@ use crate::backing::{Backing, DeviceResolver};
 use crate::device_key::DeviceKey;
 use crate::device_link::DeviceLink;
 use crate::error::{DmError, DmResult};
+use crate::secret::{Zeroize, Zeroizing};
 use crate::snapshot::Origins;
 use crate::target::{self, Ctor, Target};
 use crate::units::Sectors;
@@ -35,6 +36,13 @@ pub struct TableLine {
     pub args: Vec<String>,
 }
 
+/// A line's arguments may hold a crypt key: they are wiped when the line is let go.
+impl Drop for TableLine {
+    fn drop(&mut self) {
+        self.args.zeroize();
+    }
+}
+
 /// Parses a decimal sector count the way dmsetup reads start and length: digits, with an
 /// optional '+' (dmsetup loads "+0" as 0).
 fn parse_sectors(field: &str, what: &str) -> DmResult<Sectors> {
@@ -54,7 +62,10 @@ fn parse_sectors(field: &str, what: &str) -> DmResult<Sectors> {
 /// backslash quoting the next character.
 pub fn split_args(text: &str) -> Vec<String> {
     let mut args = Vec::new();
-    let mut current = String::new();
+    // One buffer with room for all of the text collects every word, so that growing it never
+    // leaves a copy of a key behind in a freed buffer; each word is copied out at its exact size
+    // and the buffer is wiped at the end.
+    let mut current = Zeroizing::new(String::with_capacity(text.len()));
     let mut in_word = false;
     let mut chars = text.chars();
     while let Some(c) = chars.next() {
@@ -65,7 +76,8 @@ pub fn split_args(text: &str) -> Vec<String> {
             in_word = true;
         } else if c.is_ascii_whitespace() {
             if in_word {
-                args.push(std::mem::take(&mut current));
+                args.push(current.as_str().to_owned());
+                current.clear();
                 in_word = false;
             }
         } else {
@@ -74,7 +86,7 @@ pub fn split_args(text: &str) -> Vec<String> {
         }
     }
     if in_word {
-        args.push(current);
+        args.push(current.as_str().to_owned());
     }
     args
 }
@@ -262,28 +274,41 @@ impl Table {
         Ok(())
     }
 
-    /// The table as `dmsetup table` prints it: `start length type args`, one line each.
-    pub fn table_text(&self) -> String {
+    /// The table as `dmsetup table` prints it: `start length type args`, one line each. The
+    /// text may hold a key, so it wipes itself when dropped.
+    pub fn table_text(&self) -> Zeroizing<String> {
         self.lines_with(|t| t.table_args())
     }
 
     /// The status as `dmsetup status` prints it.
     pub fn status_text(&self) -> String {
-        self.lines_with(|t| t.status())
+        self.lines_with(|t| t.status()).to_string()
     }
 
-    fn lines_with(&self, params: impl Fn(&dyn Target) -> String) -> String {
-        let mut out = String::new();
-        for e in &self.entries {
+    /// Whether any line's parameters show key material (`Target::holds_key`).
+    pub fn holds_key(&self) -> bool {
+        self.entries.iter().any(|e| e.target.holds_key())
+    }
+
+    fn lines_with(&self, params: impl Fn(&dyn Target) -> String) -> Zeroizing<String> {
+        let lines: Vec<(String, Zeroizing<String>)> = self
+            .entries
+            .iter()
+            .map(|e| {
+                let head = format!("{} {} {}", e.start, e.len, e.target_type);
+                (head, Zeroizing::new(params(&*e.target)))
+            })
+            .collect();
+        // Sized once, so that no reallocation leaves a copy of a key behind unwiped.
+        let len = lines.iter().map(|(h, p)| h.len() + p.len() + 2).sum();
+        let mut out = Zeroizing::new(String::with_capacity(len));
+        for (head, params) in &lines {
             // dmsetup prints "%llu %llu %s %s\n": a target with empty parameters keeps the
             // space before them.
-            out.push_str(&format!(
-                "{} {} {} {}\n",
-                e.start,
-                e.len,
-                e.target_type,
-                params(&*e.target)
-            ));
+            out.push_str(head);
+            out.push(' ');
+            out.push_str(params);
+            out.push('\n');
         }
         out
     }

@@ -26,6 +26,7 @@ use crate::control::{CommandInput, TableSession, UuidInput, Writer};
 use crate::device::Device;
 use crate::error::DmError;
 use crate::registry::Registry;
+use crate::secret::Zeroizing;
 use crate::units::Bytes;
 use activate::ActivateInput;
 use nodes::{CtlFile, DmFile, Node};
@@ -40,7 +41,7 @@ enum Handle {
     /// backing file when the last one is dropped).
     Dev(Arc<Device>, Option<Arc<BackingId>>),
     /// A text file's content, taken at open so one reader sees one consistent text.
-    Text(Vec<u8>),
+    Text(Zeroizing<Vec<u8>>),
     Table(Mutex<Option<Box<TableSession>>>),
     Command(Mutex<CommandInput>),
     Uuid(Mutex<UuidInput>),
@@ -203,20 +204,25 @@ impl DmFs {
         self.registry.get_by_id(id)
     }
 
-    /// The text a readable file shows, or None if the node is gone.
-    fn text(&self, node: Node) -> Option<String> {
-        Some(match node {
+    /// The text a readable file shows, or None if the node is gone. A table's text may hold a
+    /// key, so every text is wiped when dropped.
+    fn text(&self, node: Node) -> Option<Zeroizing<String>> {
+        Some(Zeroizing::new(match node {
             Node::Ctl(CtlFile::Targets) => crate::target::targets_text(),
             Node::Ctl(CtlFile::Version) => crate::report::version_text(),
             Node::Ctl(CtlFile::Errors) => self.registry.errors.text(),
             Node::DmFile(id, f) => {
                 let device = self.device(id)?;
                 match f {
-                    DmFile::Table => device.table().table_text(),
-                    DmFile::InactiveTable => device
-                        .inactive_table()
-                        .map(|t| t.table_text())
-                        .unwrap_or_default(),
+                    DmFile::Table => return Some(device.table().table_text()),
+                    DmFile::InactiveTable => {
+                        return Some(
+                            device
+                                .inactive_table()
+                                .map(|t| t.table_text())
+                                .unwrap_or_default(),
+                        );
+                    }
                     DmFile::Status => self.registry.status_text(&device),
                     DmFile::Info => crate::report::info_text(&device),
                     DmFile::Deps => crate::report::deps_text(&device),
@@ -225,7 +231,19 @@ impl DmFs {
                 }
             }
             _ => String::new(),
-        })
+        }))
+    }
+
+    /// Whether `dm/NAME/table` or `inactive-table` shows a key: then it is its owner's only.
+    fn shows_key(&self, id: u64, file: DmFile) -> bool {
+        let Some(device) = self.device(id) else {
+            return false;
+        };
+        match file {
+            DmFile::Table => device.table().holds_key(),
+            DmFile::InactiveTable => device.inactive_table().is_some_and(|t| t.holds_key()),
+            _ => false,
+        }
     }
 
     /// Attributes of a node, or None if it no longer exists. Owners and modes are what the
@@ -245,7 +263,10 @@ impl DmFs {
             Node::DmFile(id, DmFile::Uuid) => {
                 (owner(id)?, gid, 0o644, self.text(node)?.len() as u64)
             }
-            Node::DmFile(id, _) => (owner(id)?, gid, 0o444, self.text(node)?.len() as u64),
+            Node::DmFile(id, f) => {
+                let mode = if self.shows_key(id, f) { 0o400 } else { 0o444 };
+                (owner(id)?, gid, mode, self.text(node)?.len() as u64)
+            }
             Node::Ctl(CtlFile::Targets | CtlFile::Version | CtlFile::Errors) => {
                 (daemon, gid, 0o444, self.text(node)?.len() as u64)
             }
@@ -566,10 +587,19 @@ impl Filesystem for DmFs {
                     if writing {
                         return reply.error(Errno::EACCES);
                     }
-                    let Some(text) = self.text(node) else {
+                    // The mode says so too, but the kernel may hold attributes from before a
+                    // reload brought the key.
+                    if let Node::DmFile(id, f) = node {
+                        let caller = caller(req);
+                        let owner = self.device(id).map(|d| d.owner);
+                        if self.shows_key(id, f) && caller.uid != 0 && Some(caller.uid) != owner {
+                            return reply.error(Errno::EACCES);
+                        }
+                    }
+                    let Some(mut text) = self.text(node) else {
                         return reply.error(Errno::ENOENT);
                     };
-                    Handle::Text(text.into_bytes())
+                    Handle::Text(Zeroizing::new(std::mem::take(&mut *text).into_bytes()))
                 }
                 Node::Pending(_) => return reply.error(Errno::ENOENT),
                 _ => return reply.error(Errno::EISDIR),

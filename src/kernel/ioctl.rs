@@ -14,6 +14,8 @@ use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 
+use crate::secret::{Zeroize, Zeroizing};
+
 pub const DM_NAME_LEN: usize = 128;
 pub const DM_UUID_LEN: usize = 129;
 pub const DM_MAX_TYPE_NAME: usize = 16;
@@ -79,6 +81,8 @@ pub const DM_LIST_VERSIONS_CMD: u32 = 13;
 pub const DM_TARGET_MSG_CMD: u32 = 14;
 
 pub const DM_READONLY_FLAG: u32 = 1 << 0;
+/// The kernel wipes its copy of the ioctl buffer (a crypt table's key) when done with it.
+pub const DM_SECURE_DATA_FLAG: u32 = 1 << 15;
 pub const DM_SUSPEND_FLAG: u32 = 1 << 1;
 pub const DM_STATUS_TABLE_FLAG: u32 = 1 << 4;
 pub const DM_ACTIVE_PRESENT_FLAG: u32 = 1 << 5;
@@ -128,7 +132,8 @@ pub struct TargetLine {
     pub start: u64,
     pub length: u64,
     pub target_type: String,
-    pub params: String,
+    /// May hold a crypt key: wiped when dropped.
+    pub params: Zeroizing<String>,
 }
 
 /// An 8-byte aligned ioctl buffer: `struct dm_ioctl` at its start, data after it.
@@ -152,6 +157,13 @@ fn copy_str(dst: &mut [u8], s: &str, what: &str) -> io::Result<()> {
 fn c_str(bytes: &[u8]) -> String {
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
     String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+/// A table's buffer holds its keys: wiped when dropped.
+impl Drop for Buffer {
+    fn drop(&mut self) {
+        self.words.zeroize();
+    }
 }
 
 impl Buffer {
@@ -263,7 +275,9 @@ fn parse_targets(b: &Buffer) -> Vec<TargetLine> {
             start: b.u64_at(at),
             length: b.u64_at(at + 8),
             target_type: c_str(&bytes[at + 24..at + 24 + DM_MAX_TYPE_NAME]),
-            params: String::from_utf8_lossy(&bytes[at + spec..params_end]).into_owned(),
+            params: Zeroizing::new(
+                String::from_utf8_lossy(&bytes[at + spec..params_end]).into_owned(),
+            ),
         });
         let next = b.u32_at(at + 20) as usize;
         if next == 0 {
@@ -382,6 +396,10 @@ impl Control {
         copy_str(&mut b.header_mut().name, name, "device name")?;
         if read_only {
             b.header_mut().flags |= DM_READONLY_FLAG;
+        }
+        // As libdevmapper does for cryptsetup's tables.
+        if lines.iter().any(|l| l.target_type == "crypt") {
+            b.header_mut().flags |= DM_SECURE_DATA_FLAG;
         }
         self.call(DM_TABLE_LOAD_CMD, &mut b)
     }
@@ -533,13 +551,13 @@ mod tests {
                 start: 0,
                 length: 8,
                 target_type: "linear".into(),
-                params: "7:0 0".into(),
+                params: Zeroizing::new("7:0 0".into()),
             },
             TargetLine {
                 start: 8,
                 length: 16,
                 target_type: "zero".into(),
-                params: String::new(),
+                params: Zeroizing::default(),
             },
         ];
         let b = table_buffer(&lines).unwrap();
@@ -582,9 +600,9 @@ mod tests {
         let t = parse_targets(&b);
         assert_eq!(t.len(), 2);
         assert_eq!(t[0].target_type, "striped");
-        assert_eq!(t[0].params, "2 7:0 7:1 1 AA");
+        assert_eq!(t[0].params.as_str(), "2 7:0 7:1 1 AA");
         assert_eq!((t[1].start, t[1].length), (8, 8));
-        assert_eq!(t[1].params, "");
+        assert_eq!(t[1].params.as_str(), "");
     }
 
     #[test]

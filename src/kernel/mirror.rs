@@ -36,6 +36,7 @@ use crate::device_key::DeviceKey;
 use crate::error::{DmError, DmResult};
 use crate::mirror::Mirror;
 use crate::mirror_io::MirrorIo;
+use crate::secret::Zeroizing;
 use crate::table::Table;
 
 /// The kernel side of one dmfs device.
@@ -119,7 +120,15 @@ pub fn replace_refs(params: &str, subs: &[(String, String)]) -> String {
 pub fn lines_text(lines: &[TargetLine]) -> String {
     lines
         .iter()
-        .map(|l| format!("{} {} {} {}\n", l.start, l.length, l.target_type, l.params))
+        .map(|l| {
+            format!(
+                "{} {} {} {}\n",
+                l.start,
+                l.length,
+                l.target_type,
+                l.params.as_str()
+            )
+        })
         .collect()
 }
 
@@ -318,7 +327,7 @@ impl Kernel {
                 start: e.start.0,
                 length: e.len.0,
                 target_type: e.target_type.to_string(),
-                params: replace_refs(&e.target.table_args(), &subs),
+                params: Zeroizing::new(replace_refs(&Zeroizing::new(e.target.table_args()), &subs)),
             });
         }
         state.loops.retain(|_, w| w.strong_count() > 0);
@@ -591,7 +600,7 @@ impl Mirror for Kernel {
         let lines: Vec<TargetLine> = lines
             .into_iter()
             .map(|l| TargetLine {
-                params: replace_refs(&l.params, &back),
+                params: Zeroizing::new(replace_refs(&l.params, &back)),
                 ..l
             })
             .collect();
@@ -717,7 +726,7 @@ mod tests {
             start: 0,
             length: 8,
             target_type: "snapshot-origin".into(),
-            params: String::new(),
+            params: Zeroizing::default(),
         }];
         assert_eq!(lines_text(&l), "0 8 snapshot-origin \n");
     }

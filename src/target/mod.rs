@@ -40,6 +40,11 @@ pub trait Target: Send + Sync {
     }
     /// The parameters `dmsetup table` prints after the target type.
     fn table_args(&self) -> String;
+    /// Whether `table_args` shows key material (a crypt key): then only the device's owner
+    /// reads the table, and dmfs wipes every copy of its text (`crate::secret`).
+    fn holds_key(&self) -> bool {
+        false
+    }
     /// The parameters `dmsetup status` prints after the target type.
     fn status(&self) -> String {
         String::new()

@@ -303,10 +303,11 @@ fn check_sector_size(sector_size: u32) -> DmResult<()> {
 /// the key derived from the passphrase, IVs counted from the slot's first sector, as
 /// cryptsetup's `LUKS_decrypt_from_storage` does.
 fn decrypt_keyslot(cipher: &str, key: &[u8], buf: &mut [u8]) -> DmResult<()> {
-    let _ = (cipher, key, buf);
-    Err(DmError::invalid(
-        "key slot decryption: no sector cipher yet",
-    ))
+    let failed = |e: String| DmError::invalid(format!("key slot cipher {cipher}: {e}"));
+    let spec = crate::crypt::CipherSpec::parse(cipher).map_err(failed)?;
+    let engine = crate::crypt::SectorCipher::new(&spec, key, 512, false).map_err(failed)?;
+    engine.decrypt(buf, 0);
+    Ok(())
 }
 
 /// Reads `len` bytes from byte `offset` of `dev`, which must be sector-aligned, checking the

@@ -781,12 +781,24 @@ impl Mount {
                     ));
                 }
             }
-            let pass = read_key(o, None)?;
             let opts = luks::OpenOptions {
                 kind: kind.flatten(),
                 flags,
             };
-            luks::open(&header, size, &reference, &pass, &opts).map_err(from)?
+            // On a terminal cryptsetup asks three times (--tries), saying why after each miss.
+            // SAFETY: isatty only inspects the descriptor.
+            let interactive = o.key_file.is_none() && unsafe { libc::isatty(0) } == 1;
+            let mut tries = if interactive { 3 } else { 1 };
+            loop {
+                let pass = read_key(o, None)?;
+                match luks::open(&header, size, &reference, &pass, &opts) {
+                    Err(e) if e.errno == libc::EPERM && tries > 1 => {
+                        eprintln!("{}", e.reason);
+                        tries -= 1;
+                    }
+                    other => break other.map_err(from)?,
+                }
+            }
         };
         self.create_secret(
             &o.name,

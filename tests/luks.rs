@@ -917,3 +917,62 @@ fn luks2_copies_priorities_and_flags_as_cryptsetup_reads_them() {
     });
     assert_eq!(t, Err(NO_KEY.to_string()));
 }
+
+/// On a terminal: the prompt, no echo, three tries each answered with cryptsetup's words, then
+/// exit 2 (driven through a pseudo-terminal by python3's pty module).
+#[test]
+fn a_terminal_is_asked_three_times_without_echo() {
+    let dir = Scratch::new();
+    let m = common::Mount::new();
+    let image = unpack(&dir.0, "l1-sha1-cbc.img");
+    let driver = r#"
+import os, pty, sys
+dmfs, mnt, img = sys.argv[1:4]
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(dmfs, [dmfs, "--mount", mnt, "open", img, "v"])
+out = b""
+def wait_for(n):
+    global out
+    while out.count(b"Enter passphrase for") < n:
+        try:
+            chunk = os.read(fd, 1024)
+        except OSError:
+            return
+        if not chunk:
+            return
+        out += chunk
+for i, pw in enumerate([b"wrong-one", b"wrong-two", b"wrong-three"]):
+    wait_for(i + 1)
+    os.write(fd, pw + b"\n")
+while True:
+    try:
+        chunk = os.read(fd, 1024)
+    except OSError:
+        break
+    if not chunk:
+        break
+    out += chunk
+_, status = os.waitpid(pid, 0)
+sys.stdout.write(out.decode(errors="replace").replace("\r", ""))
+sys.exit(os.waitstatus_to_exitcode(status))
+"#;
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(driver)
+        .arg(common::DMFS)
+        .arg(&m.mnt)
+        .arg(&image)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let prompt = format!("Enter passphrase for {}: ", image.display());
+    assert_eq!(
+        text,
+        format!("{prompt}\n{NO_KEY}\n{prompt}\n{NO_KEY}\n{prompt}\n{NO_KEY}\n"),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(m.devices().is_empty());
+}

@@ -219,6 +219,7 @@ fn targets_info_and_deps_print_as_dmsetup_does() {
         .into_iter()
         .filter(|l| {
             [
+                "crypt",
                 "linear",
                 "striped",
                 "zero",

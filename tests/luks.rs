@@ -741,7 +741,6 @@ fn open_and_close_refuse_with_cryptsetups_words_and_leave_nothing() {
 /// through dm-crypt in the VM reads back), a wrong passphrase exits 2 with cryptsetup's words,
 /// and `dmfs close` removes it.
 #[test]
-#[ignore = "needs the crypt target"]
 fn opened_volumes_read_as_the_kernel_read_them() {
     let dir = Scratch::new();
     let m = common::Mount::new();

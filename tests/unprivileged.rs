@@ -424,12 +424,20 @@ fn an_ordinary_user_mounts_creates_snapshots_and_unmounts() {
     u.ok("$DMFS umount $MNT");
     u.assert_nothing_left();
 
-    // Mounted again, the snapshot reloads from its COW file: still the old data.
+    // Mounted again, the snapshot reloads from its COW file: still the old data. Then a crypt
+    // device: once the daemon holds a key it makes itself non-dumpable, which the kernel shows
+    // by giving the files of its /proc directory to root.
     u.ok(r#"
         set -e
         $DMFS mount $MNT --log-file dmfs.log
         echo "0 8192 snapshot $PWD/origin.img $PWD/cow.img P 8" > $MNT/ctl/create/snap
         cmp a.img $MNT/dev/snap
+        # (the first mount's daemon may linger as a zombie, which has no command line)
+        daemon=$(pgrep -u "$(id -u)" -f "dmfs mount $MNT ")
+        test "$(stat -c %u /proc/$daemon/status)" = "$(id -u)"
+        echo "0 8 crypt aes-xts-plain64 $(printf '%064d' 7) 0 $PWD/b.img 0" > $MNT/ctl/create/c
+        test "$(stat -c %u /proc/$daemon/status)" = 0
+        echo c > $MNT/ctl/remove
     "#);
     assert_eq!(
         u.ok("$DMFS --mount $MNT status snap"),

@@ -11,7 +11,8 @@ use super::spec::{BlockCipher, Chain, CipherSpec, EssivHash, IvMode};
 
 /// The largest sector dm-crypt takes (`sector_size:4096`): bounds the per-sector stack buffers.
 const MAX_SECTOR: usize = 4096;
-const BLOCKS_PER_MAX_SECTOR: usize = MAX_SECTOR / 16;
+/// How many bytes of small sectors XTS whitens and encrypts per block-cipher call.
+const XTS_BATCH: usize = 4096;
 
 /// AES with whichever key size the key has (boxed: the key schedules are large). The `aes` crate picks AES-NI at run time and
 /// zeroes its key schedules when dropped.
@@ -160,15 +161,57 @@ impl SectorCipher {
     /// Encrypts `buf`, whole sectors of `sector_size`; `iv_sector` is the IV sector of its
     /// first sector in 512-byte units (the target's sector plus `iv_offset`).
     pub fn encrypt(&self, buf: &mut [u8], iv_sector: u64) {
+        if let Mode::Xts(data_key, tweak_key) = &self.mode {
+            return self.xts(buf, iv_sector, tweak_key, |b| data_key.encrypt_blocks(b));
+        }
         self.each_sector(buf, iv_sector, |this, sector, iv| {
             this.encrypt_sector(sector, iv)
         });
     }
 
     pub fn decrypt(&self, buf: &mut [u8], iv_sector: u64) {
+        if let Mode::Xts(data_key, tweak_key) = &self.mode {
+            return self.xts(buf, iv_sector, tweak_key, |b| data_key.decrypt_blocks(b));
+        }
         self.each_sector(buf, iv_sector, |this, sector, iv| {
             this.decrypt_sector(sector, iv)
         });
+    }
+
+    /// The IV number of the sector whose IV sector in 512-byte units is `cc_sector`.
+    fn iv_number(&self, cc_sector: u64) -> u64 {
+        if self.iv_large_sectors {
+            cc_sector >> self.sector_shift
+        } else {
+            cc_sector
+        }
+    }
+
+    /// XTS over a batch of sectors at a time (`XTS_BATCH` bytes, or one larger sector): the
+    /// batch's first tweaks encrypted in one call, every block whitened with its tweak, one
+    /// block-cipher call over the whole batch, whitened again. Few, large calls keep AES-NI's
+    /// pipeline full; the tweaks are recomputed for the second whitening rather than stored.
+    fn xts(&self, buf: &mut [u8], iv_sector: u64, tweak_key: &Aes, cipher: impl Fn(&mut [u8])) {
+        assert!(
+            buf.len().is_multiple_of(self.sector_size),
+            "crypt: a buffer of whole sectors"
+        );
+        let step = 1u64 << self.sector_shift;
+        let batch = XTS_BATCH.max(self.sector_size);
+        let mut cc_sector = iv_sector;
+        for chunk in buf.chunks_mut(batch) {
+            let sectors = chunk.len() / self.sector_size;
+            let mut first = [0u8; 16 * XTS_BATCH / 512];
+            let first = &mut first[..16 * sectors];
+            for iv in first.chunks_exact_mut(16) {
+                iv.copy_from_slice(&self.iv(self.iv_number(cc_sector)));
+                cc_sector = cc_sector.wrapping_add(step);
+            }
+            tweak_key.encrypt_blocks(first);
+            xts_whiten(chunk, self.sector_size, first);
+            cipher(chunk);
+            xts_whiten(chunk, self.sector_size, first);
+        }
     }
 
     /// Walks the sectors of `buf` as `crypt_convert` does: the IV sector advances by the
@@ -190,12 +233,7 @@ impl SectorCipher {
         let step = 1u64 << self.sector_shift;
         let mut cc_sector = iv_sector;
         for sector in buf.chunks_exact_mut(self.sector_size) {
-            let n = if self.iv_large_sectors {
-                cc_sector >> self.sector_shift
-            } else {
-                cc_sector
-            };
-            op(self, sector, self.iv(n));
+            op(self, sector, self.iv(self.iv_number(cc_sector)));
             cc_sector = cc_sector.wrapping_add(step);
         }
     }
@@ -230,12 +268,7 @@ impl SectorCipher {
                     prev = *block;
                 }
             }
-            Mode::Xts(data_key, tweak_key) => {
-                let mut tweaks = [0u128; BLOCKS_PER_MAX_SECTOR];
-                xts_whiten(data, tweak_key, iv, &mut tweaks);
-                data_key.encrypt_blocks(data);
-                xts_apply(data, &tweaks);
-            }
+            Mode::Xts(..) => unreachable!("XTS goes through SectorCipher::xts"),
         }
     }
 
@@ -257,12 +290,7 @@ impl SectorCipher {
                     );
                 }
             }
-            Mode::Xts(data_key, tweak_key) => {
-                let mut tweaks = [0u128; BLOCKS_PER_MAX_SECTOR];
-                xts_whiten(data, tweak_key, iv, &mut tweaks);
-                data_key.decrypt_blocks(data);
-                xts_apply(data, &tweaks);
-            }
+            Mode::Xts(..) => unreachable!("XTS goes through SectorCipher::xts"),
         }
     }
 }
@@ -272,25 +300,19 @@ fn xor16(block: &mut [u8; 16], with: &[u8; 16]) {
     *block = v.to_ne_bytes();
 }
 
-/// XTS, first half: the sector's tweaks (the encrypted IV, then each times x in GF(2^128),
-/// IEEE 1619's little-endian convention) XORed into every block, and kept for the second half.
-/// Computing them all before one batched block-cipher call is what makes XTS fast.
-fn xts_whiten(data: &mut [u8], tweak_key: &Aes, iv: [u8; 16], tweaks: &mut [u128]) {
-    let mut t = iv;
-    tweak_key.encrypt_block(&mut t);
-    let mut t = u128::from_le_bytes(t);
-    for (chunk, slot) in data.chunks_exact_mut(16).zip(tweaks.iter_mut()) {
-        *slot = t;
-        let block: &mut [u8; 16] = chunk.try_into().expect("16 bytes");
-        *block = (u128::from_le_bytes(*block) ^ t).to_le_bytes();
-        t = (t << 1) ^ ((t >> 127) * 0x87);
-    }
-}
-
-/// XTS, second half: the same tweaks XORed again after the block cipher.
-fn xts_apply(data: &mut [u8], tweaks: &[u128]) {
-    for (chunk, &t) in data.chunks_exact_mut(16).zip(tweaks) {
-        let block: &mut [u8; 16] = chunk.try_into().expect("16 bytes");
-        *block = (u128::from_le_bytes(*block) ^ t).to_le_bytes();
+/// XORs every 16-byte block of each sector with its XTS tweak: the sector's first tweak (its
+/// encrypted IV, from `first`), then each times x in GF(2^128) in IEEE 1619's little-endian
+/// convention.
+fn xts_whiten(data: &mut [u8], sector_size: usize, first: &[u8]) {
+    for (sector, t0) in data
+        .chunks_exact_mut(sector_size)
+        .zip(first.chunks_exact(16))
+    {
+        let mut t = u128::from_le_bytes(t0.try_into().expect("16 bytes"));
+        for chunk in sector.chunks_exact_mut(16) {
+            let block: &mut [u8; 16] = chunk.try_into().expect("16 bytes");
+            *block = (u128::from_le_bytes(*block) ^ t).to_le_bytes();
+            t = (t << 1) ^ ((t >> 127) * 0x87);
+        }
     }
 }

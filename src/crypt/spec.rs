@@ -241,6 +241,8 @@ fn essiv_hash(ivopts: Option<&str>) -> Result<EssivHash, String> {
         Some("sha256") => Ok(EssivHash::Sha256),
         Some("sha1") => Ok(EssivHash::Sha1),
         None => Err("Digest algorithm missing for ESSIV mode".to_string()),
+        // The kernel keys AES-128 with md5's digest; dmfs has no md5.
+        Some("md5") => Err("ESSIV hash md5 is not supported by dmfs".to_string()),
         Some(_) => Err(ALLOC_FAILED.to_string()),
     }
 }

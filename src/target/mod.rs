@@ -12,6 +12,7 @@ use crate::error::{DmError, DmResult};
 use crate::snapshot::Origins;
 use crate::units::Sectors;
 
+mod crypt;
 mod delay;
 mod error;
 mod flakey;
@@ -148,6 +149,7 @@ pub struct TargetType {
 /// Every target type dmfs implements, in the order `dmsetup targets` lists them on the
 /// oracle's kernel (most recently registered first).
 pub static TARGET_TYPES: &[TargetType] = &[
+    crypt::TYPE,
     unstriped::TYPE,
     delay::TYPE,
     flakey::TYPE,

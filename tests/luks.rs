@@ -975,3 +975,65 @@ sys.exit(os.waitstatus_to_exitcode(status))
     assert_eq!(out.status.code(), Some(2));
     assert!(m.devices().is_empty());
 }
+
+/// `--allow-discards` adds the kernel's word to the table, `--readonly` makes a read-only
+/// device, and a key file is plain mode's key itself, read to the key's size, unhashed.
+#[test]
+fn open_options_reach_the_table_and_the_device() {
+    let dir = Scratch::new();
+    let m = common::Mount::new();
+    let dmfs = common::DMFS;
+    let o = recorded()
+        .into_iter()
+        .find(|o| o.case == "plain-default" && o.rc == 0)
+        .unwrap();
+    let image = unpack(&dir.0, "plain-default.img");
+    let i = image.display();
+    let (code, err) = run(
+        &m,
+        &format!(
+            "printf '%s' '{}' | {dmfs} --mount $MNT open --type plain --allow-discards \
+             --readonly {i} p",
+            o.passphrase
+        ),
+    );
+    assert_eq!((code, err.as_str()), (0, ""));
+    assert_eq!(
+        m.read("dm/p/table").trim_end(),
+        format!("{} 1 allow_discards", recorded_table(&dir.0, &o))
+    );
+    assert_eq!(m.read("dm/p/uuid").trim_end(), "CRYPT-PLAIN-p");
+    assert!(
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(m.mnt.join("dev/p"))
+            .is_err()
+    );
+    assert_eq!(run(&m, &format!("{dmfs} --mount $MNT close p")).0, 0);
+
+    // The recorded plain-hash-short key is "short" padded with zeros to 32 bytes: a key file
+    // holding exactly that is the key as it is, whatever --hash says.
+    let o = recorded()
+        .into_iter()
+        .find(|o| o.case == "plain-hash-short" && o.rc == 0)
+        .unwrap();
+    let image = unpack(&dir.0, "plain-hash-short.img");
+    let i = image.display();
+    let mut key = b"short".to_vec();
+    key.resize(32, 0);
+    key.extend_from_slice(b"ignored: past the key's size");
+    std::fs::write(dir.0.join("key"), &key).unwrap();
+    let (code, err) = run(
+        &m,
+        &format!(
+            "{dmfs} --mount $MNT open --type plain --cipher aes-cbc-plain --hash sha512 \
+             --key-file {} {i} s",
+            dir.0.join("key").display()
+        ),
+    );
+    assert_eq!((code, err.as_str()), (0, ""));
+    let want = recorded_table(&dir.0, &o);
+    assert_eq!(m.read("dm/s/table").trim_end(), want);
+    assert_eq!(run(&m, &format!("{dmfs} --mount $MNT close s")).0, 0);
+    assert!(m.devices().is_empty());
+}

@@ -436,6 +436,39 @@ impl Mount {
         Ok(())
     }
 
+    /// `deactivate [-f]`: the arguments as one line of `ctl/deactivate` (one all-or-nothing
+    /// removal), printing what went as vgchange -an and kpartx -d -v print it. Relative image
+    /// paths are the daemon's to resolve, against this process's directory. What a `-f` run
+    /// removed is printed even when it then fails on the open devices it left.
+    pub fn deactivate(&self, args: &[String], force: bool, out: &mut impl Write) -> CliResult {
+        if let Some(bad) = args.iter().find(|a| a.contains(char::is_whitespace)) {
+            return Err(Failed(format!(
+                "{bad}: an argument with whitespace cannot be deactivated"
+            )));
+        }
+        let mut line = if force {
+            "--force ".to_string()
+        } else {
+            String::new()
+        };
+        line += &args.join(" ");
+        line.push('\n');
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(self.path("ctl/deactivate"))
+            .map_err(|e| Failed(format!("ctl/deactivate: {}", strerror(&e))))?;
+        let written = (&f).write_all(line.as_bytes());
+        let _ = out.write_all(&read_report(&f));
+        written.map_err(|e| {
+            Failed(format!(
+                "deactivate: {}\n{}",
+                strerror(&e),
+                last_reason(&self.root)
+            ))
+        })
+    }
+
     /// `ls`: NAME<TAB>(major:minor), or "No devices found".
     pub fn ls(&self, out: &mut impl Write) -> CliResult {
         let names = self.names();

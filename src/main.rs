@@ -231,6 +231,16 @@ enum Verb {
         #[arg(required = true)]
         images: Vec<PathBuf>,
     },
+    /// Remove what activate made (as vgchange -an and kpartx -d): every device mapping an
+    /// image (an argument with a '/', or a file), a device by name, or a volume group's LVs,
+    /// with everything stacked on them, holders first; all or nothing.
+    Deactivate {
+        /// Open devices get a table that fails all I/O (as remove -f) and stay; the rest go.
+        #[arg(short, long)]
+        force: bool,
+        #[arg(required = true, value_name = "IMG|VG|NAME")]
+        args: Vec<String>,
+    },
 }
 
 /// Runs a dmsetup-style verb; on failure prints dmsetup's "Command failed." and exits 1.
@@ -289,6 +299,7 @@ fn run_verb(mount: Option<PathBuf>, progress: bool, verb: Verb) {
                 partitions_only,
                 images,
             } => m.activate(&images, readonly, partitions_only, out),
+            Verb::Deactivate { force, args } => m.deactivate(&args, force, out),
             Verb::Mount { .. } | Verb::Umount { .. } | Verb::Open { .. } | Verb::Close { .. } => {
                 unreachable!("handled in main")
             }

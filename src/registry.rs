@@ -315,6 +315,98 @@ impl Registry {
         Ok(())
     }
 
+    /// Removes `devices` for `caller`, in the order given (holders before what they hold), all
+    /// or nothing: under one hold of the device list, every one is checked first (still this
+    /// mount's, `caller` may manage it, not open, held by no device or table outside the set),
+    /// and only then are they removed. The checks are `remove`'s, for the set as a whole. The
+    /// devices are taken, not borrowed: each removed one is waited for until its last holder
+    /// lets go.
+    pub fn remove_set(&self, devices: Vec<Arc<Device>>, caller: &Caller) -> DmResult<()> {
+        // As `remove`: a release that follows a close(2) that has returned gets a short grace.
+        for device in &devices {
+            for _ in 0..40 {
+                if !device.is_open() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
+        let mut d = self.devices.write();
+        // The references the set's own tables hold, per device: any other holder (a device
+        // outside the set, a table being written) makes its device busy.
+        let mut held_inside: HashMap<u64, usize> = HashMap::new();
+        for device in &devices {
+            let tables = std::iter::once(device.table()).chain(device.inactive_table());
+            let mut seen: HashSet<*const Backing> = HashSet::new();
+            for table in tables {
+                for entry in table.entries() {
+                    for b in entry.target.devices() {
+                        if seen.insert(Arc::as_ptr(&b))
+                            && let Some(under) = device_under(&b)
+                        {
+                            *held_inside.entry(under.id).or_default() += 1;
+                        }
+                    }
+                }
+            }
+        }
+        for device in &devices {
+            let name = device.name();
+            if d.by_id
+                .get(&device.id)
+                .is_none_or(|o| !Arc::ptr_eq(o, device))
+            {
+                return Err(not_found(&name));
+            }
+            self.check_manager(caller, device)?;
+            if device.is_open() {
+                return Err(DmError::busy(format!("Device {name} is open")));
+            }
+            let holders = device.holders.load(Ordering::SeqCst) as usize;
+            if holders > held_inside.get(&device.id).copied().unwrap_or(0) {
+                return Err(DmError::busy(format!(
+                    "Device {name} is in use by another device"
+                )));
+            }
+        }
+        let mut removed = Vec::new();
+        let mut failed = None;
+        for device in devices {
+            match self.mirror.remove(&device) {
+                Ok(mirrored) => {
+                    let name = device.name();
+                    d.by_name.remove(&name);
+                    d.by_id.remove(&device.id);
+                    removed.push((device, mirrored));
+                }
+                Err(e) => {
+                    // The kernel refused: what it removed already goes in dmfs too, so both
+                    // hold the same devices; the error names the one it kept.
+                    failed = Some(e.context(device.name()));
+                    break;
+                }
+            }
+        }
+        drop(d);
+        self.tables_changed();
+        for (device, mirrored) in removed {
+            let name = device.name();
+            // As `remove`: suspended on the way out, flushed, and waited for (holders first,
+            // so each one's table lets go of the next before that one is waited for).
+            device.suspend();
+            if !mirrored && let Err(e) = device.flush() {
+                log::warn!("remove {name}: flush failed: {e}");
+            }
+            let dropped = device.drop_signal();
+            drop(device);
+            if !dropped.wait(REMOVE_WAIT) {
+                log::warn!("remove {name}: the device is still referenced");
+            }
+            log::info!("removed {name}");
+        }
+        failed.map_or(Ok(()), Err)
+    }
+
     /// Renames a device, keeping its open files, its tables and the devices stacked on it.
     pub fn rename(&self, old: &str, new: &str, caller: &Caller) -> DmResult<()> {
         check_name(new)?;

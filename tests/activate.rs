@@ -44,23 +44,34 @@ fn activate(m: &Mount, line: &str) -> io::Result<String> {
             false => m.path(w).display().to_string(),
         })
         .collect();
-    let line = line.join(" ");
-    let mut f = OpenOptions::new()
+    ctl_report(m, "activate", &line.join(" ")).0
+}
+
+/// Writes `line` into `ctl/FILE` with one write(2) on a file opened read-write and closes it:
+/// the write's (or the close's) answer, and what is read back from the same open file after
+/// the write, answered or not.
+fn ctl_report(m: &Mount, file: &str, line: &str) -> (io::Result<String>, String) {
+    let mut f = match OpenOptions::new()
         .read(true)
         .write(true)
-        .open(m.mnt.join("ctl/activate"))?;
-    f.write_all(format!("{line}\n").as_bytes())?;
+        .open(m.mnt.join("ctl").join(file))
+    {
+        Ok(f) => f,
+        Err(e) => return (Err(e), String::new()),
+    };
+    let written = f.write_all(format!("{line}\n").as_bytes());
     let mut text = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
-        let n = f.read_at(&mut buf, text.len() as u64)?;
+        let n = f.read_at(&mut buf, text.len() as u64).unwrap();
         if n == 0 {
             break;
         }
         text.extend_from_slice(&buf[..n]);
     }
-    checked_close(f)?;
-    Ok(String::from_utf8(text).unwrap())
+    let text = String::from_utf8(text).unwrap();
+    let result = written.and(checked_close(f)).map(|()| text.clone());
+    (result, text)
 }
 
 fn must_activate(m: &Mount, line: &str) -> String {
@@ -446,4 +457,351 @@ fn bad_images_are_refused_and_change_nothing() {
         "{err}"
     );
     assert_eq!(m.devices(), ["keep"]);
+}
+
+/// Writes `line` into `ctl/deactivate`: as `ctl_report`, relative paths being taken in the
+/// directory of this test process (absolute ones are used here).
+fn deactivate(m: &Mount, line: &str) -> (io::Result<String>, String) {
+    ctl_report(m, "deactivate", line)
+}
+
+fn must_deactivate(m: &Mount, line: &str) -> String {
+    deactivate(m, line).0.unwrap_or_else(|e| {
+        panic!(
+            "deactivate {line}: {e}\nctl/errors:\n{}\nlog:\n{}",
+            m.read("ctl/errors"),
+            m.log()
+        )
+    })
+}
+
+/// The `case` blocks of kpartx-deact.out, by their name line.
+fn kpartx_case(name: &str) -> Block {
+    fixture::read("partitions/kpartx-deact.out", &["case"])
+        .into_iter()
+        .find(|b| b.name == name)
+        .unwrap_or_else(|| panic!("no case {name} in kpartx-deact.out"))
+}
+
+/// Lines of a block's `stdout` fields, each with its newline.
+fn stdout_of(b: &Block) -> String {
+    b.all("stdout").iter().map(|l| format!("{l}\n")).collect()
+}
+
+/// An image's partitions go as `kpartx -d -v` deletes them, printing its lines, through the
+/// file and through the verb; the partitions of a dmfs device made with a uuid carry kpartx's
+/// `part<N>-<uuid>`, those of one without `part<N>-devnode_253:<minor>_Wh5pYvM`, as kpartx
+/// gave them in the kernel; the device itself stays.
+#[test]
+fn deactivate_an_image_as_kpartx_deletes_it() {
+    let m = Mount::new();
+    let path = m.path("loop0.img");
+    gunzip(PARTITIONS, "mbr-ext05.img", &path);
+    must_activate(&m, "loop0.img");
+    assert_eq!(m.devices().len(), 6);
+    // A file gives no uuid: kpartx's names the loop device it reads through.
+    assert_eq!(m.read("dm/loop0p1/uuid"), "");
+    let del = stdout_of(&kpartx_case("file-del mbr-ext05.img"));
+    assert!(del.starts_with("del devmap : loop0p1\n"), "{del}");
+    assert_eq!(must_deactivate(&m, &path.display().to_string()), del);
+    assert!(m.devices().is_empty(), "{:?}", m.devices());
+    // The verb, with a relative path; nothing left to remove prints nothing, as kpartx.
+    must_activate(&m, "loop0.img");
+    assert_eq!(m.ok("$DMFS --mount $MNT deactivate loop0.img"), del);
+    assert!(m.devices().is_empty());
+    assert_eq!(m.ok("$DMFS --mount $MNT deactivate loop0.img"), "");
+
+    for (base, uuid, img) in [
+        ("disk", "DISK-UUID-1", "mbr-ext05.img"),
+        ("disk", "DISK-UUID-2", "gpt.img"),
+        ("vm0", "-", "gpt.img"),
+    ] {
+        let m = Mount::new();
+        let path = m.path(img);
+        gunzip(PARTITIONS, img, &path);
+        let table = format!("0 8192 linear {} 0", path.display());
+        match uuid {
+            "-" => m.create(base, &table),
+            _ => {
+                m.ok(&format!(
+                    "$DMFS --mount $MNT create {base} -u {uuid} --table '{table}'"
+                ));
+            }
+        }
+        let add = kpartx_case(&format!("dm-add {base} {uuid} {img}"));
+        let disk = m.mnt.join(format!("dev/{base}")).display().to_string();
+        let report = must_activate(&m, &disk);
+        assert_eq!(
+            report,
+            stdout_of(&add).replace("253:0", &disk),
+            "{base} {img}"
+        );
+        let mut want: Vec<String> = add.all("uuid").iter().map(|l| l.to_string()).collect();
+        want.sort();
+        let mut got: Vec<String> = m
+            .devices()
+            .iter()
+            .map(|d| format!("{d} {}", m.read(&format!("dm/{d}/uuid")).trim_end()))
+            .collect();
+        got.sort();
+        assert_eq!(got, want, "{base} {uuid} {img}");
+        let del = kpartx_case(&format!("dm-del {base} {uuid} {img}"));
+        assert_eq!(must_deactivate(&m, &disk), stdout_of(&del));
+        assert_eq!(m.devices(), [base]);
+    }
+}
+
+/// An open partition: kpartx removed the ones before it and stopped there
+/// (kpartx-deact.out); dmfs refuses the whole set with EBUSY, naming it, and removes
+/// nothing. With --force, as `dmsetup remove --force`, the open one is left with a table that
+/// fails all I/O and the others go; the write still fails (EBUSY) and says which was kept.
+#[test]
+fn deactivate_refuses_an_open_device() {
+    let m = Mount::new();
+    let path = m.path("loop0.img");
+    gunzip(PARTITIONS, "mbr-ext05.img", &path);
+    must_activate(&m, "loop0.img");
+    let kernel = kpartx_case("file-del-open mbr-ext05.img");
+    assert!(
+        kernel
+            .all("stdout")
+            .contains(&"loop0p5 is in use. Not removing")
+    );
+    let all = m.devices();
+    let open = File::open(m.mnt.join("dev/loop0p5")).unwrap();
+    let image = path.display().to_string();
+    let (result, report) = deactivate(&m, &image);
+    assert_eq!(result.unwrap_err().raw_os_error(), Some(libc::EBUSY));
+    assert_eq!(report, "");
+    assert_eq!(m.devices(), all);
+    let err = m.last_error();
+    assert!(
+        err.contains(&format!(
+            "deactivate {image}: Device loop0p5 is open (EBUSY)"
+        )),
+        "{err}"
+    );
+    let err = m.fails("$DMFS --mount $MNT deactivate loop0.img");
+    assert!(
+        err.contains("Device loop0p5 is open") && err.ends_with("Command failed.\n"),
+        "{err}"
+    );
+    assert_eq!(m.devices(), all);
+
+    let (result, report) = deactivate(&m, &format!("--force {image}"));
+    assert_eq!(result.unwrap_err().raw_os_error(), Some(libc::EBUSY));
+    let want: String = all
+        .iter()
+        .filter(|d| *d != "loop0p5")
+        .map(|d| format!("del devmap : {d}\n"))
+        .collect();
+    assert_eq!(report, want);
+    assert_eq!(m.devices(), ["loop0p5"]);
+    assert_eq!(m.read("dm/loop0p5/table"), "0 512 error \n");
+    let err = m.last_error();
+    assert!(
+        err.contains("loop0p5 open: its table now fails all I/O (error), not removed (EBUSY)"),
+        "{err}"
+    );
+    let mut buf = [0u8; 512];
+    assert_eq!(
+        open.read_at(&mut buf, 0).unwrap_err().raw_os_error(),
+        Some(libc::EIO)
+    );
+    drop(open);
+    assert_eq!(must_deactivate(&m, "loop0p5"), "del devmap : loop0p5\n");
+    assert!(m.devices().is_empty());
+
+    // A table still being written that names a partition holds it: busy, nothing goes. Once
+    // that device is made, it goes with the partition, before it.
+    must_activate(&m, "loop0.img");
+    let p1 = m.mnt.join("dev/loop0p1").display().to_string();
+    let mut pending = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(m.mnt.join("ctl/create/pend"))
+        .unwrap();
+    pending
+        .write_all(format!("0 8 linear {p1} 0\n").as_bytes())
+        .unwrap();
+    let (result, _) = deactivate(&m, &image);
+    assert_eq!(result.unwrap_err().raw_os_error(), Some(libc::EBUSY));
+    let err = m.last_error();
+    assert!(
+        err.contains("Device loop0p1 is in use by another device (EBUSY)"),
+        "{err}"
+    );
+    assert_eq!(m.devices(), all);
+    checked_close(pending).unwrap();
+    let report = must_deactivate(&m, &image);
+    assert!(
+        report.ends_with("del devmap : pend\ndel devmap : loop0p1\n"),
+        "{report}"
+    );
+    assert!(m.devices().is_empty());
+}
+
+/// A volume group by name: its LVs and the hidden layers of its snapshots, whatever else is
+/// active; vgchange -an's line (as lvm.out recorded it). Then an image holding a PV inside a
+/// partition: the partition's device, and the LVs on it before it, while an LV of the same VG
+/// on another image stays active and is counted.
+#[test]
+fn deactivate_volume_groups_and_stacked_images() {
+    let m = Mount::new();
+    let images = lvm_images(&m);
+    let line: Vec<String> = images.iter().map(|p| p.display().to_string()).collect();
+    must_activate(&m, &line.join(" "));
+    let before = m.devices();
+    let out = std::fs::read_to_string(format!("{LVM}/lvm.out")).unwrap();
+    // --force with an LV open: it stays with an error table and is counted as active.
+    let open = File::open(m.mnt.join("dev/vg-z")).unwrap();
+    let (result, report) = deactivate(&m, "-f vg-z");
+    assert_eq!(result.unwrap_err().raw_os_error(), Some(libc::EBUSY));
+    assert_eq!(
+        report,
+        "  9 logical volume(s) in volume group \"vg\" now active\n"
+    );
+    assert_eq!(m.devices(), before);
+    let (result, report) = deactivate(&m, "-f vg");
+    assert_eq!(result.unwrap_err().raw_os_error(), Some(libc::EBUSY));
+    assert_eq!(
+        report,
+        "  1 logical volume(s) in volume group \"vg\" now active\n"
+    );
+    assert!(m.devices().contains(&"vg-z".to_string()));
+    assert!(!m.devices().contains(&"vg-lin".to_string()));
+    assert_eq!(m.read("dm/vg-z/table"), "0 6144 error \n");
+    drop(open);
+    let vg_line = "  0 logical volume(s) in volume group \"vg\" now active\n";
+    assert!(out.contains(vg_line));
+    assert_eq!(must_deactivate(&m, "vg"), vg_line);
+    let left: Vec<String> = before
+        .iter()
+        .filter(|d| d.starts_with("v--g-"))
+        .cloned()
+        .collect();
+    assert_eq!(m.devices(), left);
+    assert!(before.contains(&"vg-lin-real".to_string()));
+    let vg2_line = "  0 logical volume(s) in volume group \"v-g\" now active\n";
+    assert!(out.contains(vg2_line));
+    assert_eq!(m.ok("$DMFS --mount $MNT deactivate v-g"), vg2_line);
+    assert!(m.devices().is_empty());
+
+    // The PV of p3 inside partition 1 of disk.img; v-g's other PV is p4.img.
+    let disk = m.path("disk.img");
+    let p3 = std::fs::read(&images[3]).unwrap();
+    let mut bytes = vec![0u8; 1 << 20];
+    bytes.extend(&p3);
+    std::fs::write(&disk, &bytes).unwrap();
+    write_mbr(&disk, 2048, (p3.len() / 512) as u32);
+    must_activate(&m, "disk.img p4.img");
+    // A device of the user's own stacked on an LV goes too.
+    let top_of = m.mnt.join("dev/v--g-l--v").display().to_string();
+    m.create("mine", &format!("0 8 linear {top_of} 0"));
+    let on_p4: Vec<String> = m
+        .devices()
+        .into_iter()
+        .filter(|d| {
+            d.starts_with("v--g-") && !m.read(&format!("dm/{d}/table")).contains("/dev/disk1 ")
+        })
+        .collect();
+    assert!(!on_p4.is_empty());
+    let report = must_deactivate(&m, &disk.display().to_string());
+    assert_eq!(
+        report,
+        format!(
+            "  {} logical volume(s) in volume group \"v-g\" now active\ndel devmap : mine\n\
+             del devmap : disk1\n",
+            on_p4.len()
+        )
+    );
+    assert_eq!(m.devices(), on_p4);
+}
+
+/// Arguments that name nothing fail with ENOENT and remove nothing, even beside ones that
+/// name something; a device by name takes its holders with it; bad lines say why.
+#[test]
+fn deactivate_unknown_arguments_change_nothing() {
+    let m = Mount::new();
+    let path = m.path("loop0.img");
+    gunzip(PARTITIONS, "mbr-ext05.img", &path);
+    must_activate(&m, "loop0.img");
+    let all = m.devices();
+    let (result, _) = deactivate(&m, "loop0p1 nosuch");
+    assert_eq!(result.unwrap_err().raw_os_error(), Some(libc::ENOENT));
+    let err = m.last_error();
+    assert!(
+        err.contains("deactivate loop0p1 nosuch: nosuch: no device, volume group or image of that name (ENOENT)"),
+        "{err}"
+    );
+    let missing = m.path("missing.img").display().to_string();
+    let (result, _) = deactivate(&m, &format!("loop0p1 {missing}"));
+    assert_eq!(result.unwrap_err().raw_os_error(), Some(libc::ENOENT));
+    assert_eq!(m.devices(), all);
+    let err = m.fails("$DMFS --mount $MNT deactivate nosuch");
+    assert!(
+        err.contains("nosuch: no device, volume group or image of that name"),
+        "{err}"
+    );
+    for bad in ["-x loop0p1", "--force", "loop0p1 -f"] {
+        let (result, _) = deactivate(&m, bad);
+        assert_eq!(
+            result.unwrap_err().raw_os_error(),
+            Some(libc::EINVAL),
+            "{bad}"
+        );
+    }
+    assert_eq!(m.devices(), all);
+
+    // A device by name, and what is stacked on it, holders first.
+    let p1 = m.mnt.join("dev/loop0p1").display().to_string();
+    m.create("top", &format!("0 8 linear {p1} 0"));
+    let top = m.mnt.join("dev/top").display().to_string();
+    m.create("toptop", &format!("0 8 linear {top} 0"));
+    assert_eq!(
+        must_deactivate(&m, "loop0p1"),
+        "del devmap : toptop\ndel devmap : top\ndel devmap : loop0p1\n"
+    );
+    assert_eq!(m.devices().len(), all.len() - 1);
+}
+
+/// Two images whose names give the same partition names, in one activation: EBUSY, a line
+/// naming both, nothing made.
+#[test]
+fn same_stem_images_are_refused() {
+    let m = Mount::new();
+    for dir in ["a", "b"] {
+        std::fs::create_dir(m.path(dir)).unwrap();
+        gunzip(PARTITIONS, "gpt.img", &m.path(&format!("{dir}/disk.img")));
+    }
+    m.create("keep", "0 8 zero");
+    let (a, b) = (m.path("a/disk.img"), m.path("b/disk.img"));
+    assert_eq!(
+        errno_of(activate(&m, &format!("{} {}", a.display(), b.display()))),
+        libc::EBUSY
+    );
+    let err = m.last_error();
+    assert!(
+        err.contains(&format!(
+            "{} and {} both name a partition disk1",
+            a.display(),
+            b.display()
+        )),
+        "{err}"
+    );
+    assert_eq!(m.devices(), ["keep"]);
+    assert_eq!(
+        errno_of(activate(&m, &format!("{} {}", a.display(), a.display()))),
+        libc::EINVAL
+    );
+    assert!(
+        m.last_error().contains("is given twice"),
+        "{}",
+        m.last_error()
+    );
+    // One at a time under another name.
+    std::os::unix::fs::symlink(&b, m.path("other.img")).unwrap();
+    must_activate(&m, &format!("{} other.img", a.display()));
+    assert_eq!(m.devices().len(), 7);
 }

@@ -2,6 +2,7 @@
 //! the logical volumes of the volume groups found on it and on its partitions, created through
 //! the registry, all or nothing.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -9,8 +10,10 @@ use std::sync::atomic::Ordering;
 use super::{lvm, partitions};
 use crate::access::Caller;
 use crate::backing::{Backing, DeviceResolver};
+use crate::device::device_under;
+use crate::device_key::DeviceKey;
 use crate::error::{DmError, DmResult};
-use crate::registry::Registry;
+use crate::registry::{MAX_UUID_BYTES, Registry};
 use crate::resolver::absolute;
 use crate::table::{Table, TableBuilder};
 
@@ -119,13 +122,15 @@ struct Image {
     table: partitions::PartitionTable,
 }
 
-/// Runs one request written by `caller` from `cwd`. On failure no device of this activation
-/// is left, and the error is returned for the caller to record.
+/// Runs one request written by `caller` from `cwd`; `dm_major` is the major number the mount
+/// reports for its devices. On failure no device of this activation is left, and the error is
+/// returned for the caller to record.
 pub fn activate(
     registry: &Registry,
     caller: &Caller,
     cwd: Option<PathBuf>,
     request: &Request,
+    dm_major: u32,
 ) -> DmResult<Report> {
     let mut images = Vec::new();
     let mut dev_dir = String::new();
@@ -149,11 +154,19 @@ pub fn activate(
     }
 
     let mut planned = Vec::new();
+    let mut named_by: HashMap<&str, &Image> = HashMap::new();
     for image in &images {
+        let parent = parent_uuid(&image.backing, dm_major);
         for p in &image.table.partitions {
+            if let Some(other) = named_by.insert(&p.name, image) {
+                return Err(same_names(other, image, &p.name));
+            }
             planned.push(Planned {
                 name: p.name.clone(),
-                uuid: None,
+                uuid: parent
+                    .as_ref()
+                    .map(|u| format!("part{}-{u}", p.number))
+                    .filter(|u| u.len() <= MAX_UUID_BYTES),
                 read_only: request.read_only,
                 table: vec![p.table(&image.reference)],
                 partition: true,
@@ -214,6 +227,41 @@ pub fn activate(
     drop(images);
     report.made = create_all(registry, caller, cwd, &planned)?;
     Ok(report)
+}
+
+/// What kpartx puts after `part<N>-` in a partition's uuid: the uuid of the device-mapper
+/// device it reads, else `devnode_MAJOR:MINOR_Wh5pYvM` (its fixed suffix) for a device of this
+/// mount (major `dm_major`, its id the minor) or a block device. A regular file, which kpartx
+/// reads through a loop device of its own, gives none.
+fn parent_uuid(backing: &Backing, dm_major: u32) -> Option<String> {
+    if let Some(device) = device_under(backing) {
+        return Some(
+            device
+                .uuid()
+                .unwrap_or_else(|| format!("devnode_{dm_major}:{}_Wh5pYvM", device.id)),
+        );
+    }
+    match backing.key() {
+        DeviceKey::Block { rdev } => Some(format!(
+            "devnode_{}:{}_Wh5pYvM",
+            libc::major(rdev),
+            libc::minor(rdev)
+        )),
+        _ => None,
+    }
+}
+
+/// Two images of one activation that would give a partition the same name (kpartx names them
+/// after the image's file name: `a/disk.img` and `b/disk.img` both give `disk1`).
+fn same_names(first: &Image, second: &Image, name: &str) -> DmError {
+    if first.reference == second.reference {
+        return DmError::invalid(format!("{} is given twice", second.given));
+    }
+    DmError::busy(format!(
+        "{} and {} both name a partition {name} (the names come from the image's file name): \
+         activate one of them under another name (a symbolic link)",
+        first.given, second.given
+    ))
 }
 
 /// Creates `planned` in order, all or nothing: every name is taken first; if a device cannot

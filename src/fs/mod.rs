@@ -28,7 +28,7 @@ use crate::error::DmError;
 use crate::registry::Registry;
 use crate::secret::Zeroizing;
 use crate::units::Bytes;
-use activate::ActivateInput;
+use activate::{ActivateInput, Verb};
 use nodes::{CtlFile, DmFile, Node};
 pub use passthrough::Mode as PassthroughMode;
 use passthrough::Passthrough;
@@ -275,7 +275,7 @@ impl DmFs {
                 (daemon, gid, mode, 0)
             }
             // Who may write it may read back, from the same open file, what it made.
-            Node::Ctl(CtlFile::Activate) => {
+            Node::Ctl(CtlFile::Activate | CtlFile::Deactivate) => {
                 let (gid, mode) = policy.ctl_file();
                 (daemon, gid, mode | mode << 1, 0)
             }
@@ -574,6 +574,12 @@ impl Filesystem for DmFs {
                     Handle::Command(Mutex::new(CommandInput::new(c, caller(req))))
                 }
                 Node::Ctl(CtlFile::Activate) => Handle::Activate(Mutex::new(ActivateInput::new(
+                    Verb::Activate,
+                    caller(req),
+                    cwd_of(req.pid()),
+                ))),
+                Node::Ctl(CtlFile::Deactivate) => Handle::Activate(Mutex::new(ActivateInput::new(
+                    Verb::Deactivate,
                     caller(req),
                     cwd_of(req.pid()),
                 ))),

@@ -15,10 +15,12 @@ pub enum CtlFile {
     Errors,
     /// `ctl/activate`: one image per line; the same open file reads back what was made.
     Activate,
+    /// `ctl/deactivate`: images, volume groups or devices per line; read back as activate.
+    Deactivate,
 }
 
 impl CtlFile {
-    pub const ALL: [CtlFile; 9] = [
+    pub const ALL: [CtlFile; 10] = [
         CtlFile::Command(Command::ALL[0]),
         CtlFile::Command(Command::ALL[1]),
         CtlFile::Command(Command::ALL[2]),
@@ -28,6 +30,7 @@ impl CtlFile {
         CtlFile::Version,
         CtlFile::Errors,
         CtlFile::Activate,
+        CtlFile::Deactivate,
     ];
 
     pub fn name(self) -> &'static str {
@@ -37,6 +40,7 @@ impl CtlFile {
             CtlFile::Version => "version",
             CtlFile::Errors => "errors",
             CtlFile::Activate => "activate",
+            CtlFile::Deactivate => "deactivate",
         }
     }
 }

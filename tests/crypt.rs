@@ -429,3 +429,30 @@ fn concurrent_patches_of_one_cipher_sector_lose_nothing() {
         lost.first()
     );
 }
+
+/// A `sector_size:4096` line that starts off a 4096-byte boundary of its device is refused, as
+/// the kernel's table check refuses a line boundary off the device's logical block size.
+#[test]
+fn a_large_sector_line_must_start_on_its_sector_size() {
+    let m = Mount::new();
+    make_zero_disk(&m);
+    let key = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+    let table = substitute(
+        &m,
+        &format!("0 4 linear $E 0\n4 8 crypt aes-xts-plain64 {key} 0 $E 8 1 sector_size:4096\n"),
+    );
+    let err = m.write_table("create", "c", &table).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EINVAL));
+    assert!(
+        m.last_error()
+            .contains("not aligned to h/w logical block size 4096"),
+        "{}",
+        m.last_error()
+    );
+    assert!(m.devices().is_empty());
+    // On a boundary it is fine.
+    let table = table
+        .replace("0 4 linear", "0 8 linear")
+        .replace("4 8 crypt", "8 8 crypt");
+    m.create("c", &table);
+}

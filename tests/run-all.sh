@@ -38,7 +38,8 @@ cargo test --no-fail-fast --all-targets 2>&1 || failed+=("cargo test --no-fail-f
 # VM boot) and mount_helper (mount(8) options, no Mount). About 40 s per mode on 2 cores.
 io_tests=(io walkthrough snapshot_basics snapshot_overflow snapshot_persistence snapshot_concurrency
           snapshot_merge snapshot_bad_tables lifecycle device_lifecycle fault_targets bad_input crash
-          passthrough permissions cli fault_fixtures snapshot_fixtures kernel_fixtures partitions activate)
+          passthrough permissions cli fault_fixtures snapshot_fixtures kernel_fixtures partitions activate
+          crypt)
 for mode in direct writeback; do
     echo "run-all: again with DMFS_TEST_CACHE=$mode: ${io_tests[*]}"
     DMFS_TEST_CACHE=$mode cargo test --no-fail-fast "${io_tests[@]/#/--test=}" 2>&1 \

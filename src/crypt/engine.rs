@@ -13,6 +13,8 @@ use super::spec::{BlockCipher, Chain, CipherSpec, EssivHash, IvMode};
 const MAX_SECTOR: usize = 4096;
 /// How many bytes of small sectors XTS whitens and encrypts per block-cipher call.
 const XTS_BATCH: usize = 4096;
+/// How many sectors' CBC chains are encrypted side by side (AES-NI works on 8 blocks at once).
+const CBC_LANES: usize = 8;
 
 /// AES with whichever key size the key has (boxed: the key schedules are large). The `aes` crate picks AES-NI at run time and
 /// zeroes its key schedules when dropped.
@@ -161,12 +163,19 @@ impl SectorCipher {
     /// Encrypts `buf`, whole sectors of `sector_size`; `iv_sector` is the IV sector of its
     /// first sector in 512-byte units (the target's sector plus `iv_offset`).
     pub fn encrypt(&self, buf: &mut [u8], iv_sector: u64) {
-        if let Mode::Xts(data_key, tweak_key) = &self.mode {
-            return self.xts(buf, iv_sector, tweak_key, |b| data_key.encrypt_blocks(b));
+        assert!(
+            buf.len().is_multiple_of(self.sector_size),
+            "crypt: a buffer of whole sectors"
+        );
+        match &self.mode {
+            Mode::Null => {}
+            // ECB has no IV and no chain: every block of every sector at once.
+            Mode::Ecb(aes) => aes.encrypt_blocks(buf),
+            Mode::Cbc(aes) => self.cbc_encrypt(aes, buf, iv_sector),
+            Mode::Xts(data_key, tweak_key) => {
+                self.xts(buf, iv_sector, tweak_key, |b| data_key.encrypt_blocks(b))
+            }
         }
-        self.each_sector(buf, iv_sector, |this, sector, iv| {
-            this.encrypt_sector(sector, iv)
-        });
     }
 
     pub fn decrypt(&self, buf: &mut [u8], iv_sector: u64) {
@@ -184,6 +193,43 @@ impl SectorCipher {
             cc_sector >> self.sector_shift
         } else {
             cc_sector
+        }
+    }
+
+    /// CBC encryption chains each sector's blocks one after another, so one sector alone
+    /// leaves AES-NI waiting on each block. Up to `CBC_LANES` sectors advance together
+    /// instead: block j of each, XORed with its own chain, goes to the cipher in one call.
+    fn cbc_encrypt(&self, aes: &Aes, buf: &mut [u8], iv_sector: u64) {
+        assert!(
+            buf.len().is_multiple_of(self.sector_size),
+            "crypt: a buffer of whole sectors"
+        );
+        let ss = self.sector_size;
+        let step = 1u64 << self.sector_shift;
+        let mut cc_sector = iv_sector;
+        for group in buf.chunks_mut(CBC_LANES * ss) {
+            let lanes = group.len() / ss;
+            let mut chain = [[0u8; 16]; CBC_LANES];
+            for c in &mut chain[..lanes] {
+                *c = self.iv(self.iv_number(cc_sector));
+                cc_sector = cc_sector.wrapping_add(step);
+            }
+            let mut blocks = [0u8; 16 * CBC_LANES];
+            for at in (0..ss).step_by(16) {
+                for (lane, c) in chain[..lanes].iter().enumerate() {
+                    let src: &[u8; 16] = group[lane * ss + at..][..16].try_into().expect("16");
+                    let dst: &mut [u8; 16] = (&mut blocks[lane * 16..][..16])
+                        .try_into()
+                        .expect("16 bytes");
+                    *dst = *src;
+                    xor16(dst, c);
+                }
+                aes.encrypt_blocks(&mut blocks[..16 * lanes]);
+                for (lane, c) in chain[..lanes].iter_mut().enumerate() {
+                    c.copy_from_slice(&blocks[lane * 16..][..16]);
+                    group[lane * ss + at..][..16].copy_from_slice(c);
+                }
+            }
         }
     }
 
@@ -253,23 +299,6 @@ impl SectorCipher {
             }
         }
         iv
-    }
-
-    fn encrypt_sector(&self, data: &mut [u8], iv: [u8; 16]) {
-        match &self.mode {
-            Mode::Null => {}
-            Mode::Ecb(aes) => aes.encrypt_blocks(data),
-            Mode::Cbc(aes) => {
-                let mut prev = iv;
-                for chunk in data.chunks_exact_mut(16) {
-                    let block: &mut [u8; 16] = chunk.try_into().expect("16 bytes");
-                    xor16(block, &prev);
-                    aes.encrypt_block(block);
-                    prev = *block;
-                }
-            }
-            Mode::Xts(..) => unreachable!("XTS goes through SectorCipher::xts"),
-        }
     }
 
     fn decrypt_sector(&self, data: &mut [u8], iv: [u8; 16]) {

@@ -11,7 +11,9 @@
 # write passes, each over a fresh snapshot, medians kept; 5), RESULTS (benches/results.md; the
 # file is only written when every row ran), READ_AHEAD_KB (passed as --read-ahead-kb to every dmfs
 # mount; unset = the daemon's default), NO_BUILD=1 (use target/release/dmfs as it is), DMFS
-# (another dmfs binary; not built), INCOMPLETE_RESULTS (where an incomplete run's report goes).
+# (another dmfs binary; not built), INCOMPLETE_RESULTS (where an incomplete run's report goes),
+# SKIP_ACTIVATE=1 (do not run benches/activate.sh, which adds its own section to RESULTS after
+# this script has written the file).
 #
 # Targets: native a.img; dmfs devices whole/offset/multi/striped (and passthru) on the default
 # mount (page-cache mode); the same maps on a second mount with --cache direct (*-direct); whole
@@ -646,6 +648,9 @@ REPORT=$(
 if [[ -n $COMPLETE ]]; then
     echo "$REPORT" > "$RESULTS"
     log "results written to $RESULTS"
+    if [[ -z ${SKIP_ACTIVATE:-} ]]; then
+        NO_BUILD=1 DMFS=$DMFS RUNTIME=$RUNTIME RESULTS=$RESULTS "$ROOT/benches/activate.sh"
+    fi
 else
     INCOMPLETE=${INCOMPLETE_RESULTS:-/tmp/dmfs-bench-results.incomplete.md}
     echo "$REPORT" > "$INCOMPLETE"

@@ -495,12 +495,54 @@ impl TableBuilder {
             }
             expect = e.start + e.len;
         }
+        check_block_alignment(&self.entries)?;
         Ok(Table {
             entries: self.entries.clone(),
             starts: self.entries.iter().map(|e| e.start.0).collect(),
             len: expect,
         })
     }
+}
+
+/// The kernel's `validate_hardware_logical_block_alignment`: the device's logical block size
+/// is the largest any line gives it, and every stretch of lines must fill whole blocks, with
+/// no block split where a line of a larger block size begins. Its words name the line where
+/// the check stopped, counted from 1, or the last line (the oracle's words for both).
+fn check_block_alignment(entries: &[Entry]) -> DmResult<()> {
+    let block = entries
+        .iter()
+        .map(|e| e.target.logical_block_sectors())
+        .max()
+        .unwrap_or(1);
+    if block <= 1 {
+        return Ok(());
+    }
+    let mut next_start = 0u64;
+    let mut remaining = 0u64;
+    let mut stopped = entries.len() - 1;
+    for (i, e) in entries.iter().enumerate() {
+        if remaining < e.len.0 && remaining & (e.target.logical_block_sectors() - 1) != 0 {
+            stopped = i;
+            break;
+        }
+        next_start = (next_start + e.len.0) & (block - 1);
+        remaining = if next_start == 0 {
+            0
+        } else {
+            block - next_start
+        };
+    }
+    if remaining == 0 {
+        return Ok(());
+    }
+    let e = &entries[stopped];
+    Err(DmError::invalid(format!(
+        "table line {} (start sect {} len {}) not aligned to h/w logical block size {}",
+        stopped + 1,
+        e.start,
+        e.len,
+        block * 512
+    )))
 }
 
 #[cfg(test)]

@@ -86,11 +86,6 @@ const DEPARTURES: [(&str, &str); 5] = [
     ("integrity-none", "Integrity profile not supported."),
 ];
 
-/// Refused by the kernel's table-level check, which dmfs does not make (left to the table
-/// code): a line after a sector_size:4096 line ends off the 4096-byte block. dmfs checks only
-/// the crypt line's own boundaries.
-const TABLE_LEVEL: [&str; 1] = ["ss-line-after-misaligned"];
-
 #[test]
 fn crypt_is_listed_where_the_kernel_lists_it() {
     let m = Mount::new();
@@ -183,9 +178,6 @@ fn refused_tables_are_refused_with_the_kernels_words() {
         let departure = DEPARTURES.iter().find(|(c, _)| *c == b.name);
         if b.one("exit") == Some("0") && departure.is_none() {
             continue; // accepted by both: the test above
-        }
-        if TABLE_LEVEL.contains(&b.name.as_str()) {
-            continue;
         }
         let table = lines(&m, b, "table");
         let Err(err) = m.write_table("create", "refused", &table) else {

@@ -109,14 +109,6 @@ fn construct(ctor: &Ctor<'_>, args: &[String]) -> DmResult<Box<dyn Target>> {
         .map(Sectors)
         .ok_or_else(|| DmError::invalid("Invalid device sector"))?;
     check_area(&dev, start, ctor.len)?;
-    // The kernel's table check: every line boundary on the device's logical block size, which
-    // this line makes its sector size.
-    if !ctor.start.0.is_multiple_of(step) {
-        return Err(DmError::invalid(format!(
-            "table line starting at sector {} is not aligned to h/w logical block size {}",
-            ctor.start, features.sector_size
-        )));
-    }
     Ok(Box::new(Crypt {
         spec,
         key,
@@ -295,6 +287,12 @@ impl Target for Crypt {
 
     fn holds_key(&self) -> bool {
         !self.key.is_empty()
+    }
+
+    /// `sector_size` is the device's logical block size: the table's line boundaries must
+    /// fall on it (`Table` checks them as the kernel's table load does).
+    fn logical_block_sectors(&self) -> u64 {
+        self.step
     }
 
     /// As `crypt_status` prints it: the key in hex (masking it is the reader's business),

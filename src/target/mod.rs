@@ -41,6 +41,11 @@ pub trait Target: Send + Sync {
     }
     /// The parameters `dmsetup table` prints after the target type.
     fn table_args(&self) -> String;
+    /// The logical block size this target gives the device, in sectors (the kernel's
+    /// `io_hints`): a power of two; dm-crypt's `sector_size` raises it.
+    fn logical_block_sectors(&self) -> u64 {
+        1
+    }
     /// Whether `table_args` shows key material (a crypt key): then only the device's owner
     /// reads the table, and dmfs wipes every copy of its text (`crate::secret`).
     fn holds_key(&self) -> bool {

@@ -651,3 +651,268 @@ pub fn read_table(inline: Option<String>, file: Option<PathBuf>) -> Result<Strin
     result.map_err(|e| Failed(format!("reading the table: {}", strerror(&e))))?;
     Ok(text)
 }
+
+/// `dmfs open`: what to open and how (cryptsetup open's options).
+#[derive(Debug, Default)]
+pub struct OpenRequest {
+    /// `luks` (either version), `luks1`, `luks2` or `plain`; `None`: `luks`.
+    pub kind: Option<String>,
+    pub device: PathBuf,
+    pub name: String,
+    pub key_file: Option<PathBuf>,
+    pub keyfile_offset: u64,
+    /// Bytes; 0: all of it (up to cryptsetup's 8 MiB).
+    pub keyfile_size: usize,
+    pub header: Option<PathBuf>,
+    pub read_only: bool,
+    pub allow_discards: bool,
+    /// Plain mode's parameters (ignored for LUKS).
+    pub plain: crate::activate::luks::PlainParams,
+}
+
+/// A failed `dmfs open`: the exit status cryptsetup gives the same failure, and the line.
+pub struct OpenFailed(pub i32, pub String);
+
+/// The key material cryptsetup 2.6.1 reads (`tools_get_key`), through `passphrase`: a key
+/// file, the terminal without echo, or standard input up to a newline. `plain_key` is plain
+/// mode's key size when a key file is the key itself: then exactly that many bytes are read.
+fn read_key(o: &OpenRequest, plain_key: Option<usize>) -> Result<Secret, OpenFailed> {
+    let source = crate::passphrase::KeySource {
+        key_file: o.key_file.clone(),
+        offset: o.keyfile_offset,
+        size: match (plain_key, o.keyfile_size) {
+            (Some(k), _) => Some(k as u64),
+            (None, 0) => None,
+            (None, n) => Some(n as u64),
+        },
+    };
+    if source.is_interactive() && o.keyfile_offset != 0 {
+        return Err(OpenFailed(
+            1,
+            "Cannot use offset with terminal input.".into(),
+        ));
+    }
+    let piped = o.key_file.is_none() && !source.is_interactive();
+    if piped && o.keyfile_offset != 0 {
+        // cryptsetup applies the offset to piped input too; `passphrase` reads it from the
+        // same buffered standard input after this.
+        let stdin = &mut std::io::stdin().lock();
+        let skipped = std::io::copy(&mut stdin.take(o.keyfile_offset), &mut std::io::sink());
+        if skipped.ok() != Some(o.keyfile_offset) {
+            return Err(OpenFailed(
+                1,
+                "Cannot seek to requested keyfile offset.".into(),
+            ));
+        }
+    }
+    let mut key = source
+        .read(&format!("Enter passphrase for {}: ", o.device.display()))
+        .map_err(|m| OpenFailed(1, m))?;
+    if piped && o.keyfile_size != 0 {
+        key.truncate(o.keyfile_size);
+    }
+    // cryptsetup refuses piped input that ends before giving anything.
+    if piped && key.is_empty() {
+        return Err(OpenFailed(1, "Nothing to read on input.".into()));
+    }
+    Ok(key)
+}
+
+type Secret = crate::secret::Zeroizing<Vec<u8>>;
+
+/// An absolute path usable in a table: no whitespace, UTF-8.
+fn table_path(p: &Path) -> Result<String, OpenFailed> {
+    let abs = std::path::absolute(p)
+        .map_err(|e| OpenFailed(4, format!("{}: {}", p.display(), strerror(&e))))?;
+    match abs.to_str() {
+        Some(t) if !t.contains(char::is_whitespace) => Ok(t.to_string()),
+        _ => Err(OpenFailed(
+            1,
+            format!(
+                "{}: a path with whitespace or not UTF-8 cannot be named in a table",
+                p.display()
+            ),
+        )),
+    }
+}
+
+impl Mount {
+    /// `dmfs open`: reads the volume as `cryptsetup open --disable-keyring` would, and creates
+    /// `NAME` with the crypt table and uuid cryptsetup gives the kernel. Exit statuses as
+    /// cryptsetup's: 2 for a passphrase no key slot takes, 4 for a device that cannot be
+    /// read, 5 for a name in use, 1 otherwise.
+    pub fn open(&self, o: &OpenRequest) -> Result<(), OpenFailed> {
+        use crate::activate::luks::{self, Flags, Kind};
+        let kind = match o.kind.as_deref() {
+            None | Some("luks") => None,
+            Some("luks1") => Some(Some(Kind::Luks1)),
+            Some("luks2") => Some(Some(Kind::Luks2)),
+            Some("plain") => Some(None),
+            Some(other) => {
+                return Err(OpenFailed(
+                    1,
+                    format!("Unknown device type {other} requested."),
+                ));
+            }
+        };
+        if self.exists(&o.name) {
+            return Err(OpenFailed(5, format!("Device {} already exists.", o.name)));
+        }
+        let reference = table_path(&o.device)?;
+        let data = File::open(&o.device).map_err(|e| {
+            OpenFailed(
+                4,
+                format!(
+                    "Device {} does not exist or access denied. ({})",
+                    o.device.display(),
+                    strerror(&e)
+                ),
+            )
+        })?;
+        let size = crate::activate::partitions::SectorSource::size(&data);
+        let flags = Flags {
+            allow_discards: o.allow_discards,
+            ..Default::default()
+        };
+        let from = |e: crate::error::DmError| {
+            let code = if e.errno == libc::EPERM { 2 } else { 1 };
+            OpenFailed(code, e.reason)
+        };
+        let opened = if kind == Some(None) {
+            let mut params = o.plain.clone();
+            // cryptsetup hashes nothing read from a key file in plain mode, and reads exactly
+            // the key's size from it (action_open_plain).
+            let from_file = o.key_file.as_deref().is_some_and(|p| p != Path::new("-"));
+            if from_file {
+                params.hash = None;
+            }
+            let key_bytes = (params.key_bits / 8) as usize;
+            let pass = read_key(o, from_file.then_some(key_bytes))?;
+            luks::open_plain(&params, size, &reference, &pass, flags).map_err(from)?
+        } else {
+            let header = match &o.header {
+                Some(h) => File::open(h).map_err(|e| {
+                    OpenFailed(
+                        4,
+                        format!(
+                            "Device {} does not exist or access denied. ({})",
+                            h.display(),
+                            strerror(&e)
+                        ),
+                    )
+                })?,
+                None => data.try_clone().map_err(|e| OpenFailed(4, strerror(&e)))?,
+            };
+            match luks::detect(&header) {
+                Ok(Some(_)) => {}
+                Err(e) => return Err(OpenFailed(1, e.reason)),
+                Ok(None) => {
+                    let shown = o.header.as_deref().unwrap_or(&o.device);
+                    return Err(OpenFailed(
+                        1,
+                        format!("Device {} is not a valid LUKS device.", shown.display()),
+                    ));
+                }
+            }
+            let opts = luks::OpenOptions {
+                kind: kind.flatten(),
+                flags,
+            };
+            // On a terminal cryptsetup asks three times (--tries), saying why after each miss.
+            // SAFETY: isatty only inspects the descriptor.
+            let interactive = o.key_file.is_none() && unsafe { libc::isatty(0) } == 1;
+            let mut tries = if interactive { 3 } else { 1 };
+            loop {
+                let pass = read_key(o, None)?;
+                match luks::open(&header, size, &reference, &pass, &opts) {
+                    Err(e) if e.errno == libc::EPERM && tries > 1 => {
+                        eprintln!("{}", e.reason);
+                        tries -= 1;
+                    }
+                    other => break other.map_err(from)?,
+                }
+            }
+        };
+        self.create_secret(
+            &o.name,
+            &opened.table,
+            &opened.dm_uuid(&o.name),
+            o.read_only,
+        )
+        .map_err(|Failed(m)| OpenFailed(1, m))
+    }
+
+    /// `create` for a table holding a key: written once from its zeroized buffer (no copies
+    /// for progress reports), the uuid set before the create's file is closed, as `create`.
+    fn create_secret(
+        &self,
+        name: &str,
+        table: &zeroize::Zeroizing<String>,
+        uuid: &str,
+        read_only: bool,
+    ) -> CliResult {
+        let mode = if read_only { 0o444 } else { 0o644 };
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(self.path(&format!("ctl/create/{name}")))
+            .map_err(|e| self.ioctl_failed("create", name, &e))?;
+        let written = f
+            .write_all(table.as_bytes())
+            .and_then(|()| f.write_all(b"\n"))
+            .map_err(|e| self.ioctl_failed("create", name, &e));
+        if let Err(e) = written {
+            let _ = self.close_checked(f, "create", name);
+            return Err(e);
+        }
+        let live = f
+            .try_clone()
+            .map_err(|e| self.ioctl_failed("create", name, &e))
+            .and_then(|dup| self.close_checked(dup, "create", name));
+        let with_uuid = live.and_then(|()| {
+            if self.exists(name) {
+                self.set_uuid(name, uuid)
+            } else {
+                Err(Failed(format!(
+                    "device-mapper: create ioctl on {name}  failed\n{}",
+                    last_reason(&self.root)
+                )))
+            }
+        });
+        let closed = self.close_checked(f, "create", name);
+        if with_uuid.is_err() && self.exists(name) {
+            let _ = self.command("ctl/remove", "remove", name, name);
+        }
+        with_uuid.and(closed)
+    }
+
+    /// `dmfs close NAME`: removes a crypt device, as `cryptsetup close` does; any other device
+    /// is refused.
+    pub fn close(&self, name: &str) -> Result<(), OpenFailed> {
+        if !self.exists(name) {
+            return Err(OpenFailed(4, format!("Device {name} is not active.")));
+        }
+        // The status names the target type too, and holds no key.
+        let status = self
+            .read(&format!("dm/{name}/status"))
+            .map_err(|Failed(m)| OpenFailed(1, m))?;
+        let is_crypt = status
+            .lines()
+            .next()
+            .and_then(|l| l.split_whitespace().nth(2))
+            == Some("crypt");
+        if !is_crypt {
+            return Err(OpenFailed(
+                1,
+                format!("Device {name} is not a crypt device."),
+            ));
+        }
+        self.command("ctl/remove", "remove", name, name)
+            .map_err(|Failed(m)| {
+                let busy = m.contains("Device or resource busy");
+                OpenFailed(if busy { 5 } else { 1 }, m)
+            })
+    }
+}

@@ -159,6 +159,66 @@ enum Verb {
     Targets,
     /// Print the dmfs version and the device-mapper interface version it mirrors.
     Version,
+    /// Open a LUKS1, LUKS2 or plain dm-crypt volume as NAME, as `cryptsetup open
+    /// --disable-keyring` does: the passphrase from the terminal (no echo), standard input
+    /// (up to a newline) or --key-file; the device gets the crypt table and uuid cryptsetup
+    /// would give the kernel. Exits 2 when no key slot takes the passphrase.
+    Open {
+        device: PathBuf,
+        name: String,
+        /// luks (either version), luks1, luks2 or plain.
+        #[arg(
+            long = "type",
+            short = 'M',
+            value_name = "TYPE",
+            default_value = "luks"
+        )]
+        kind: String,
+        /// Read the key from this file ("-": all of standard input).
+        #[arg(short = 'd', long)]
+        key_file: Option<PathBuf>,
+        /// Skip this many bytes of the key file (or of standard input).
+        #[arg(long, default_value_t = 0, value_name = "BYTES")]
+        keyfile_offset: u64,
+        /// Read at most this many bytes of the key file.
+        #[arg(short = 'l', long, default_value_t = 0, value_name = "BYTES")]
+        keyfile_size: usize,
+        /// A detached LUKS header.
+        #[arg(long)]
+        header: Option<PathBuf>,
+        /// Create the device read-only.
+        #[arg(short = 'r', long)]
+        readonly: bool,
+        /// Pass discards down (the table's allow_discards).
+        #[arg(long)]
+        allow_discards: bool,
+        /// plain: the cipher (cryptsetup's default aes-cbc-essiv:sha256).
+        #[arg(short = 'c', long, default_value = "aes-cbc-essiv:sha256")]
+        cipher: String,
+        /// plain: the key size in bits.
+        #[arg(short = 's', long, default_value_t = 256, value_name = "BITS")]
+        key_size: u32,
+        /// plain: the passphrase hash, `hash[:bytes]` or `plain` (default ripemd160).
+        #[arg(long, default_value = "ripemd160")]
+        hash: String,
+        /// plain: where the data starts, in 512-byte sectors.
+        #[arg(short = 'o', long, default_value_t = 0, value_name = "SECTORS")]
+        offset: u64,
+        /// plain: the IV of the first sector, in 512-byte sectors.
+        #[arg(short = 'p', long, default_value_t = 0, value_name = "SECTORS")]
+        skip: u64,
+        /// plain: the size in 512-byte sectors (default: to the device's end).
+        #[arg(short = 'b', long, value_name = "SECTORS")]
+        size: Option<u64>,
+        /// plain: the encryption sector size in bytes.
+        #[arg(long, default_value_t = 512, value_name = "BYTES")]
+        sector_size: u32,
+        /// plain: IVs count sectors of --sector-size, not of 512 bytes.
+        #[arg(long)]
+        iv_large_sectors: bool,
+    },
+    /// Remove a device made by `open` (a crypt device).
+    Close { name: String },
     /// Create a device for every partition of each image (as kpartx -a) and every logical
     /// volume of the volume groups found on them (as vgchange -ay); all or nothing per image.
     Activate {
@@ -240,13 +300,29 @@ fn run_verb(mount: Option<PathBuf>, progress: bool, verb: Verb) {
                 images,
             } => m.activate(&images, readonly, partitions_only, out),
             Verb::Deactivate { force, args } => m.deactivate(&args, force, out),
-            Verb::Mount { .. } | Verb::Umount { .. } => unreachable!("handled in main"),
+            Verb::Mount { .. } | Verb::Umount { .. } | Verb::Open { .. } | Verb::Close { .. } => {
+                unreachable!("handled in main")
+            }
         }
     });
     if let Err(cli::Failed(msg)) = result {
         eprintln!("{}", msg.trim_end());
         eprintln!("Command failed.");
         std::process::exit(1);
+    }
+}
+
+/// Runs `open` or `close`; on failure prints the line and exits with cryptsetup's status.
+fn run_crypt(
+    mount: Option<PathBuf>,
+    verb: impl FnOnce(&cli::Mount) -> Result<(), cli::OpenFailed>,
+) {
+    let result = cli::find_mount(mount)
+        .map_err(|cli::Failed(m)| cli::OpenFailed(1, m))
+        .and_then(|root| verb(&cli::Mount::new(root, false)));
+    if let Err(cli::OpenFailed(code, msg)) = result {
+        eprintln!("{}", msg.trim_end());
+        std::process::exit(code);
     }
 }
 
@@ -286,6 +362,49 @@ fn main() {
                 std::process::exit(1);
             }
         }
+        Verb::Open {
+            device,
+            name,
+            kind,
+            key_file,
+            keyfile_offset,
+            keyfile_size,
+            header,
+            readonly,
+            allow_discards,
+            cipher,
+            key_size,
+            hash,
+            offset,
+            skip,
+            size,
+            sector_size,
+            iv_large_sectors,
+        } => {
+            let request = cli::OpenRequest {
+                kind: Some(kind),
+                device,
+                name,
+                key_file,
+                keyfile_offset,
+                keyfile_size,
+                header,
+                read_only: readonly,
+                allow_discards,
+                plain: dmfs::activate::luks::PlainParams {
+                    cipher,
+                    key_bits: key_size,
+                    hash: Some(hash),
+                    offset,
+                    skip,
+                    size,
+                    sector_size,
+                    iv_large_sectors,
+                },
+            };
+            run_crypt(cli.mount, |m| m.open(&request));
+        }
+        Verb::Close { name } => run_crypt(cli.mount, |m| m.close(&name)),
         verb => {
             // SAFETY: isatty only inspects the descriptor.
             let tty = unsafe { libc::isatty(2) } == 1;

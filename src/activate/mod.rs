@@ -5,5 +5,6 @@
 pub mod activation;
 pub mod crc;
 pub mod deactivation;
+pub mod luks;
 pub mod lvm;
 pub mod partitions;

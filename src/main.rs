@@ -228,6 +228,16 @@ enum Verb {
         /// Map the partitions only, not the logical volumes.
         #[arg(long)]
         partitions_only: bool,
+        /// The key of the LUKS volumes found, from this file ("-": all of standard input);
+        /// without it, a passphrase from the terminal or standard input.
+        #[arg(short = 'd', long)]
+        key_file: Option<PathBuf>,
+        /// Skip this many bytes of the key file.
+        #[arg(long, default_value_t = 0, value_name = "BYTES")]
+        keyfile_offset: u64,
+        /// Read at most this many bytes of the key file.
+        #[arg(short = 'l', long, default_value_t = 0, value_name = "BYTES")]
+        keyfile_size: usize,
         #[arg(required = true)]
         images: Vec<PathBuf>,
     },
@@ -294,15 +304,12 @@ fn run_verb(mount: Option<PathBuf>, progress: bool, verb: Verb) {
             Verb::Ls { tree: false } => m.ls(out),
             Verb::Targets => m.cat("ctl/targets", out),
             Verb::Version => m.cat("ctl/version", out),
-            Verb::Activate {
-                readonly,
-                partitions_only,
-                images,
-            } => m.activate(&images, readonly, partitions_only, out),
             Verb::Deactivate { force, args } => m.deactivate(&args, force, out),
-            Verb::Mount { .. } | Verb::Umount { .. } | Verb::Open { .. } | Verb::Close { .. } => {
-                unreachable!("handled in main")
-            }
+            Verb::Mount { .. }
+            | Verb::Umount { .. }
+            | Verb::Open { .. }
+            | Verb::Close { .. }
+            | Verb::Activate { .. } => unreachable!("handled in main"),
         }
     });
     if let Err(cli::Failed(msg)) = result {
@@ -405,6 +412,30 @@ fn main() {
             run_crypt(cli.mount, |m| m.open(&request));
         }
         Verb::Close { name } => run_crypt(cli.mount, |m| m.close(&name)),
+        Verb::Activate {
+            readonly,
+            partitions_only,
+            images,
+            key_file,
+            keyfile_offset,
+            keyfile_size,
+        } => {
+            let unlock = cli::OpenRequest {
+                key_file,
+                keyfile_offset,
+                keyfile_size,
+                ..Default::default()
+            };
+            run_crypt(cli.mount, |m| {
+                m.activate(
+                    &images,
+                    readonly,
+                    partitions_only,
+                    &unlock,
+                    &mut std::io::stdout(),
+                )
+            });
+        }
         verb => {
             // SAFETY: isatty only inspects the descriptor.
             let tty = unsafe { libc::isatty(2) } == 1;

@@ -10,6 +10,33 @@ use std::path::{Path, PathBuf};
 
 use crate::secret::Zeroizing;
 
+/// The uuid of the LUKS volume at `path`, if it holds one (a header that cannot be read is
+/// none: the activation goes on without it).
+fn luks_uuid(path: &Path) -> Option<String> {
+    let f = File::open(path).ok()?;
+    crate::activate::luks::uuid(&f).ok().flatten()
+}
+
+/// Whether activation finds anything on `path`: a partition table or an LVM PV label. An
+/// opened LUKS volume that holds a filesystem holds neither, and is left as it is.
+fn holds_volumes(path: &Path) -> bool {
+    let Ok(f) = File::open(path) else {
+        return false;
+    };
+    let size = f.metadata().map(|m| m.len()).unwrap_or(0);
+    crate::activate::lvm::has_label(&f, size)
+        || crate::activate::partitions::scan(&f, "probe").is_ok_and(|t| !t.partitions.is_empty())
+}
+
+/// The partitions a report says were mapped: kpartx's `add map NAME (MAJOR:MINOR): ...`.
+fn mapped_partitions(report: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(report)
+        .lines()
+        .filter_map(|l| l.strip_prefix("add map "))
+        .filter_map(|l| l.split_once(" (").map(|(name, _)| name.to_string()))
+        .collect()
+}
+
 /// What the last line written into `ctl/activate` made, from its start.
 fn read_report(f: &File) -> Vec<u8> {
     use std::os::unix::fs::FileExt;
@@ -390,14 +417,94 @@ impl Mount {
 
     /// `activate`: the images as one line of `ctl/activate` (one activation: a volume group
     /// may span them), by absolute path, printing what was made as kpartx -v and vgchange
-    /// print it.
+    /// print it. Then every LUKS volume found, on an image itself or on a partition just
+    /// mapped, is opened as `luks-<UUID>` (as distributions name it) with the key `unlock`
+    /// reads, exactly as `dmfs open` opens it, and what is inside it is activated in turn:
+    /// LVM on LUKS on a partition comes up in one call. All or nothing: a failure removes
+    /// everything this call made, as `deactivate` would.
     pub fn activate(
         &self,
         images: &[PathBuf],
         read_only: bool,
         partitions_only: bool,
+        unlock: &OpenRequest,
         out: &mut impl Write,
-    ) -> CliResult {
+    ) -> Result<(), OpenFailed> {
+        let failed = |Failed(msg)| OpenFailed(1, format!("{msg}\nCommand failed."));
+        let mut plain = Vec::new();
+        let mut volumes = Vec::new();
+        for image in images {
+            let abs = std::path::absolute(image)
+                .map_err(|e| failed(Failed(format!("{}: {}", image.display(), strerror(&e)))))?;
+            // --partitions-only is kpartx alone: no LUKS volume is opened.
+            match luks_uuid(&abs).filter(|_| !partitions_only) {
+                Some(uuid) => volumes.push((abs, uuid)),
+                None => plain.push(abs),
+            }
+        }
+        let mut made: Vec<String> = Vec::new();
+        if !plain.is_empty() {
+            let report = self
+                .activate_line(&plain, read_only, partitions_only)
+                .map_err(failed)?;
+            let _ = out.write_all(&report);
+            made.extend(plain.iter().map(|p| p.display().to_string()));
+            for name in mapped_partitions(&report)
+                .iter()
+                .filter(|_| !partitions_only)
+            {
+                let dev = self.path(&format!("dev/{name}"));
+                if let Some(uuid) = luks_uuid(&dev) {
+                    volumes.push((dev, uuid));
+                }
+            }
+        }
+        for (device, uuid) in volumes {
+            let name = format!("luks-{uuid}");
+            let request = OpenRequest {
+                kind: None,
+                device,
+                name: name.clone(),
+                read_only,
+                ..unlock.clone()
+            };
+            if let Err(e) = self.open(&request) {
+                self.undo(&made);
+                return Err(e);
+            }
+            made.push(name.clone());
+            let inside = self.path(&format!("dev/{name}"));
+            if !holds_volumes(&inside) {
+                continue;
+            }
+            match self.activate_line(&[inside], read_only, partitions_only) {
+                Ok(report) => {
+                    let _ = out.write_all(&report);
+                }
+                Err(e) => {
+                    self.undo(&made);
+                    return Err(failed(e));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes what a failed `activate` made (images by path, opened volumes by name),
+    /// holders first, as `deactivate` does.
+    fn undo(&self, made: &[String]) {
+        if !made.is_empty() {
+            let _ = self.deactivate(made, false, &mut std::io::sink());
+        }
+    }
+
+    /// One line into `ctl/activate`; what it made, as kpartx and vgchange print it.
+    fn activate_line(
+        &self,
+        paths: &[PathBuf],
+        read_only: bool,
+        partitions_only: bool,
+    ) -> Result<Vec<u8>, Failed> {
         let mut line = String::new();
         if read_only {
             line += "--readonly ";
@@ -405,15 +512,13 @@ impl Mount {
         if partitions_only {
             line += "--partitions-only ";
         }
-        for image in images {
-            let abs = std::path::absolute(image)
-                .map_err(|e| Failed(format!("{}: {}", image.display(), strerror(&e))))?;
-            match abs.to_str() {
+        for path in paths {
+            match path.to_str() {
                 Some(t) if !t.contains(char::is_whitespace) => line += &format!("{t} "),
                 _ => {
                     return Err(Failed(format!(
                         "{}: a path with whitespace or not UTF-8 cannot be activated",
-                        image.display()
+                        path.display()
                     )));
                 }
             }
@@ -432,8 +537,7 @@ impl Mount {
                 last_reason(&self.root)
             ))
         })?;
-        let _ = out.write_all(&read_report(&f));
-        Ok(())
+        Ok(read_report(&f))
     }
 
     /// `deactivate [-f]`: the arguments as one line of `ctl/deactivate` (one all-or-nothing
@@ -653,7 +757,7 @@ pub fn read_table(inline: Option<String>, file: Option<PathBuf>) -> Result<Strin
 }
 
 /// `dmfs open`: what to open and how (cryptsetup open's options).
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct OpenRequest {
     /// `luks` (either version), `luks1`, `luks2` or `plain`; `None`: `luks`.
     pub kind: Option<String>,

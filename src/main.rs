@@ -174,15 +174,8 @@ enum Verb {
             default_value = "luks"
         )]
         kind: String,
-        /// Read the key from this file ("-": all of standard input).
-        #[arg(short = 'd', long)]
-        key_file: Option<PathBuf>,
-        /// Skip this many bytes of the key file (or of standard input).
-        #[arg(long, default_value_t = 0, value_name = "BYTES")]
-        keyfile_offset: u64,
-        /// Read at most this many bytes of the key file.
-        #[arg(short = 'l', long, default_value_t = 0, value_name = "BYTES")]
-        keyfile_size: usize,
+        #[command(flatten)]
+        key: KeyArgs,
         /// A detached LUKS header.
         #[arg(long)]
         header: Option<PathBuf>,
@@ -228,6 +221,10 @@ enum Verb {
         /// Map the partitions only, not the logical volumes.
         #[arg(long)]
         partitions_only: bool,
+        /// The key of the LUKS volumes found (else a passphrase per volume, from the terminal
+        /// or standard input).
+        #[command(flatten)]
+        key: KeyArgs,
         #[arg(required = true)]
         images: Vec<PathBuf>,
     },
@@ -244,6 +241,20 @@ enum Verb {
 }
 
 /// Runs a dmsetup-style verb; on failure prints dmsetup's "Command failed." and exits 1.
+/// Where a LUKS or plain volume's key comes from, as cryptsetup's options give it.
+#[derive(clap::Args, Debug)]
+struct KeyArgs {
+    /// Read the key from this file ("-": all of standard input).
+    #[arg(short = 'd', long)]
+    key_file: Option<PathBuf>,
+    /// Skip this many bytes of the key file (or of standard input).
+    #[arg(long, default_value_t = 0, value_name = "BYTES")]
+    keyfile_offset: u64,
+    /// Read at most this many bytes of the key file.
+    #[arg(short = 'l', long, default_value_t = 0, value_name = "BYTES")]
+    keyfile_size: usize,
+}
+
 fn run_verb(mount: Option<PathBuf>, progress: bool, verb: Verb) {
     let result = cli::find_mount(mount).and_then(|root| {
         let m = cli::Mount::new(root, progress);
@@ -294,15 +305,12 @@ fn run_verb(mount: Option<PathBuf>, progress: bool, verb: Verb) {
             Verb::Ls { tree: false } => m.ls(out),
             Verb::Targets => m.cat("ctl/targets", out),
             Verb::Version => m.cat("ctl/version", out),
-            Verb::Activate {
-                readonly,
-                partitions_only,
-                images,
-            } => m.activate(&images, readonly, partitions_only, out),
             Verb::Deactivate { force, args } => m.deactivate(&args, force, out),
-            Verb::Mount { .. } | Verb::Umount { .. } | Verb::Open { .. } | Verb::Close { .. } => {
-                unreachable!("handled in main")
-            }
+            Verb::Mount { .. }
+            | Verb::Umount { .. }
+            | Verb::Open { .. }
+            | Verb::Close { .. }
+            | Verb::Activate { .. } => unreachable!("handled in main"),
         }
     });
     if let Err(cli::Failed(msg)) = result {
@@ -366,9 +374,7 @@ fn main() {
             device,
             name,
             kind,
-            key_file,
-            keyfile_offset,
-            keyfile_size,
+            key,
             header,
             readonly,
             allow_discards,
@@ -385,9 +391,9 @@ fn main() {
                 kind: Some(kind),
                 device,
                 name,
-                key_file,
-                keyfile_offset,
-                keyfile_size,
+                key_file: key.key_file,
+                keyfile_offset: key.keyfile_offset,
+                keyfile_size: key.keyfile_size,
                 header,
                 read_only: readonly,
                 allow_discards,
@@ -405,6 +411,28 @@ fn main() {
             run_crypt(cli.mount, |m| m.open(&request));
         }
         Verb::Close { name } => run_crypt(cli.mount, |m| m.close(&name)),
+        Verb::Activate {
+            readonly,
+            partitions_only,
+            images,
+            key,
+        } => {
+            let unlock = cli::OpenRequest {
+                key_file: key.key_file,
+                keyfile_offset: key.keyfile_offset,
+                keyfile_size: key.keyfile_size,
+                ..Default::default()
+            };
+            run_crypt(cli.mount, |m| {
+                m.activate(
+                    &images,
+                    readonly,
+                    partitions_only,
+                    &unlock,
+                    &mut std::io::stdout(),
+                )
+            });
+        }
         verb => {
             // SAFETY: isatty only inspects the descriptor.
             let tty = unsafe { libc::isatty(2) } == 1;

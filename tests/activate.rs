@@ -9,7 +9,7 @@
 
 mod common;
 use common::fixture::{self, Block};
-use common::lvm_recording::{Dev, recorded_devices};
+use common::lvm_recording::{Dev, mounted, recorded_devices};
 use common::*;
 
 use std::fs::{File, OpenOptions};
@@ -185,37 +185,6 @@ fn oracle(images: &[PathBuf], mnt_dev: &str, after: &str) -> Vec<Dev> {
     let mut devs = recorded_devices(&out, after, |i| images[i].display().to_string(), mnt_dev);
     devs.retain(|d| d.name != "v--g-r1" && !d.name.starts_with("v--g-r1_"));
     devs
-}
-
-/// The mount's devices, in creation order.
-fn mounted(m: &Mount) -> Vec<Dev> {
-    let mut devs: Vec<(u64, Dev)> = m
-        .devices()
-        .into_iter()
-        .map(|name| {
-            let info = m.read(&format!("dm/{name}/info"));
-            let minor = info
-                .lines()
-                .find_map(|l| l.strip_prefix("Major, minor:"))
-                .and_then(|v| v.split(',').nth(1))
-                .map(|v| v.trim().parse().unwrap())
-                .unwrap();
-            let dev = Dev {
-                uuid: m.read(&format!("dm/{name}/uuid")).trim_end().to_string(),
-                read_only: info.contains("READ-ONLY"),
-                table: m
-                    .read(&format!("dm/{name}/table"))
-                    .lines()
-                    // dmsetup's trailing space after a target without arguments (`zero `).
-                    .map(|l| l.trim_end().to_string())
-                    .collect(),
-                name,
-            };
-            (minor, dev)
-        })
-        .collect();
-    devs.sort_by_key(|(minor, _)| *minor);
-    devs.into_iter().map(|(_, d)| d).collect()
 }
 
 const LVM_REPORT: &str = "  vg/skip: skipped: it carries the activation skip flag (lvchange -ky)

@@ -14,6 +14,7 @@
 //! Loop devices and mounts made here are undone on drop, also when a test fails.
 
 mod common;
+use common::block_tools::{Loop, Mounted, hashes, is_root, run};
 use common::lvm_recording::{Dev, recorded_devices, section};
 use common::*;
 
@@ -41,70 +42,6 @@ fn unpack_rt(to: &Path) {
         .unwrap();
     assert!(out.status.success(), "gunzip rt.img.gz");
     std::fs::write(to, out.stdout).unwrap();
-}
-
-fn run(cmd: &mut Command) -> (bool, String) {
-    let out = cmd.stdin(Stdio::null()).output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
-
-/// A loop device over a file, detached on drop.
-struct Loop(String);
-
-impl Loop {
-    fn attach(file: &Path, read_only: bool) -> Loop {
-        let mut cmd = Command::new("losetup");
-        if read_only {
-            cmd.arg("-r");
-        }
-        let (ok, out) = run(cmd.arg("-f").arg("--show").arg(file));
-        assert!(ok, "losetup {}: {out}", file.display());
-        Loop(out.trim().to_string())
-    }
-}
-
-impl Drop for Loop {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
-    }
-}
-
-/// A filesystem mounted on a directory, unmounted on drop.
-struct Mounted(PathBuf);
-
-impl Mounted {
-    fn mount(dev: &str, dir: PathBuf, read_only: bool) -> Mounted {
-        std::fs::create_dir_all(&dir).unwrap();
-        let opts = if read_only { "ro" } else { "rw" };
-        let (ok, out) = run(Command::new("mount")
-            .args(["-t", "ext4", "-o", opts, dev])
-            .arg(&dir));
-        assert!(ok, "mount {dev}: {out}");
-        Mounted(dir)
-    }
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
-}
-
-/// `sha256sum` lines of `files` under `dir`, as sha256sum prints them there.
-fn hashes(dir: &Path, files: &[&str]) -> String {
-    let (ok, out) = run(Command::new("sha256sum").args(files).current_dir(dir));
-    assert!(ok, "sha256sum: {out}");
-    out
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
 }
 
 /// The kernel's filesystem on an LV inside a GPT partition, read through dmfs.

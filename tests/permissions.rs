@@ -6,19 +6,8 @@
 //! uid 65534 (nobody) and uid 4242, members of group 100 (`users`) or of no group.
 
 mod common;
+use common::users::{MEMBER, NOBODY, OTHER_MEMBER, as_user};
 use common::*;
-
-/// nobody, in no group but its own.
-const NOBODY: &str = "setpriv --reuid=65534 --regid=65534 --clear-groups";
-/// nobody, also in group 100, the ctl group of the mounts below.
-const MEMBER: &str = "setpriv --reuid=65534 --regid=65534 --groups=100";
-/// Another member of group 100.
-const OTHER_MEMBER: &str = "setpriv --reuid=4242 --regid=4242 --groups=100";
-
-/// `script` run by bash as `who` (a setpriv prefix), in the mount's scratch directory.
-fn as_user(who: &str, script: &str) -> String {
-    format!("{who} bash -c '{}'", script.replace('\'', r"'\''"))
-}
 
 /// A mount with a 64-sector image `a.img` (root's, mode 0644) in its scratch directory.
 fn mount(args: &[&str]) -> Mount {

@@ -5,22 +5,12 @@
 //! Runs as root, as the rest of the suite, and acts as other users with setpriv.
 
 mod common;
+use common::users::{MEMBER, NOBODY, OTHER_MEMBER, as_user};
 use common::*;
-
-/// nobody, in no group but its own.
-const NOBODY: &str = "setpriv --reuid=65534 --regid=65534 --clear-groups";
-/// nobody, also in group 100, the ctl group of the mounts below.
-const MEMBER: &str = "setpriv --reuid=65534 --regid=65534 --groups=100";
-/// Another member of group 100.
-const OTHER_MEMBER: &str = "setpriv --reuid=4242 --regid=4242 --groups=100";
 
 /// A 512-bit aes-xts key, every byte distinct enough to be found in any text it leaks into.
 const KEY: &str = "0123456789abcdeffedcba98765432100f1e2d3c4b5a69788796a5b4c3d2e1f0\
                    00112233445566778899aabbccddeeff8899aabbccddeeff0011223344556677";
-
-fn as_user(who: &str, script: &str) -> String {
-    format!("{who} bash -c '{}'", script.replace('\'', r"'\''"))
-}
 
 fn mount(args: &[&str]) -> Mount {
     let m = Mount::with_args(args);

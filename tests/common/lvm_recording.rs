@@ -61,3 +61,34 @@ pub fn recorded_devices(
     }
     devs
 }
+
+/// The mount's devices, in creation order.
+pub fn mounted(m: &super::Mount) -> Vec<Dev> {
+    let mut devs: Vec<(u64, Dev)> = m
+        .devices()
+        .into_iter()
+        .map(|name| {
+            let info = m.read(&format!("dm/{name}/info"));
+            let minor = info
+                .lines()
+                .find_map(|l| l.strip_prefix("Major, minor:"))
+                .and_then(|v| v.split(',').nth(1))
+                .map(|v| v.trim().parse().unwrap())
+                .unwrap();
+            let dev = Dev {
+                uuid: m.read(&format!("dm/{name}/uuid")).trim_end().to_string(),
+                read_only: info.contains("READ-ONLY"),
+                table: m
+                    .read(&format!("dm/{name}/table"))
+                    .lines()
+                    // dmsetup's trailing space after a target without arguments (`zero `).
+                    .map(|l| l.trim_end().to_string())
+                    .collect(),
+                name,
+            };
+            (minor, dev)
+        })
+        .collect();
+    devs.sort_by_key(|(minor, _)| *minor);
+    devs.into_iter().map(|(_, d)| d).collect()
+}

@@ -14,10 +14,12 @@
 
 #![allow(dead_code)]
 
+pub mod block_tools;
 pub mod ctl;
 pub mod fixture;
 pub mod lvm_recording;
 pub mod snapshot;
+pub mod users;
 
 #[allow(unused_imports)] // not every test binary uses them
 pub use ctl::{checked_close, remove_retrying};

@@ -83,6 +83,12 @@ fn parse(b: &[u8]) -> DmResult<Header> {
     })
 }
 
+/// The volume's uuid, as `cryptsetup luksUUID` prints it.
+pub(super) fn uuid(dev: &dyn SectorSource) -> DmResult<String> {
+    let sector = read_bytes(dev, 0, 1024, "the LUKS1 header")?;
+    Ok(parse(&sector[..HEADER_LEN])?.uuid)
+}
+
 pub(super) fn open(dev: &dyn SectorSource, passphrase: &[u8]) -> DmResult<Volume> {
     let sector = read_bytes(dev, 0, 1024, "the LUKS1 header")?;
     let h = parse(&sector[..HEADER_LEN])?;

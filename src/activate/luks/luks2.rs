@@ -114,6 +114,11 @@ pub(super) fn has_secondary(dev: &dyn SectorSource) -> bool {
     })
 }
 
+/// The volume's uuid, from the header copy cryptsetup would use.
+pub(super) fn uuid(dev: &dyn SectorSource) -> DmResult<String> {
+    Ok(read_header(dev)?.uuid)
+}
+
 /// The copy cryptsetup would use.
 fn read_header(dev: &dyn SectorSource) -> DmResult<Copy> {
     let primary = read_copy(dev, 0, false);

@@ -64,6 +64,16 @@ pub fn detect(header: &dyn SectorSource) -> DmResult<Option<Kind>> {
     }
 }
 
+/// The uuid of the LUKS volume whose header `header` holds (`cryptsetup luksUUID`), which
+/// names its device as distributions name it (`luks-<UUID>`); `None` without a LUKS header.
+pub fn uuid(header: &dyn SectorSource) -> DmResult<Option<String>> {
+    Ok(match detect(header)? {
+        None => None,
+        Some(Kind::Luks1) => Some(luks1::uuid(header)?),
+        Some(Kind::Luks2) => Some(luks2::uuid(header)?),
+    })
+}
+
 /// The activation flags of a crypt table (cryptsetup's `--allow-discards`, `--perf-*`), which
 /// a LUKS2 header may also carry (`config.flags`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -78,6 +78,19 @@ struct FoundPv {
     label: label::PvLabel,
 }
 
+/// Whether `device` (of `size` bytes) starts with an LVM2 PV label; a damaged label counts,
+/// so that activating it says what is wrong.
+pub fn has_label(device: &dyn ReadAt, size: u64) -> bool {
+    let src = PvSource {
+        name: String::new(),
+        reference: String::new(),
+        device,
+        offset: 0,
+        size,
+    };
+    !matches!(label::read_label(&src), Ok(None))
+}
+
 /// Reads every source and plans the devices of every VG whose PVs are among them. Sources
 /// without a PV label are no PVs and are passed over. Fails, naming the problem, on a
 /// damaged or hostile label or metadata, a PV uuid on two sources, or a table LVM2 could not

@@ -28,13 +28,39 @@ fn holds_volumes(path: &Path) -> bool {
         || crate::activate::partitions::scan(&f, "probe").is_ok_and(|t| !t.partitions.is_empty())
 }
 
-/// The partitions a report says were mapped: kpartx's `add map NAME (MAJOR:MINOR): ...`.
-fn mapped_partitions(report: &[u8]) -> Vec<String> {
-    String::from_utf8_lossy(report)
-        .lines()
-        .filter_map(|l| l.strip_prefix("add map "))
-        .filter_map(|l| l.split_once(" (").map(|(name, _)| name.to_string()))
-        .collect()
+/// The partitions a report says were mapped, from kpartx's `add map NAME (MAJOR:MINOR): 0 LEN
+/// linear IMAGE START` lines, that hold a LUKS volume: their names and the volumes' uuids.
+/// Each is probed in the image itself, not through its device: a round trip through the mount
+/// per partition would cost more than all the rest of an activation.
+fn luks_partitions(report: &[u8]) -> Vec<(String, String)> {
+    use crate::activate::partitions::Window;
+    use crate::units::Sectors;
+    let mut found = Vec::new();
+    for line in String::from_utf8_lossy(report).lines() {
+        let Some((name, table)) = line
+            .strip_prefix("add map ")
+            .and_then(|l| l.split_once(" ("))
+            .and_then(|(name, rest)| rest.split_once("): ").map(|(_, t)| (name, t)))
+        else {
+            continue;
+        };
+        let words: Vec<&str> = table.split(' ').collect();
+        let [_, len, "linear", image, start] = words[..] else {
+            continue;
+        };
+        let (Ok(len), Ok(start), Ok(file)) = (len.parse(), start.parse(), File::open(image)) else {
+            continue;
+        };
+        let window = Window {
+            dev: &file,
+            start: Sectors(start),
+            len: Sectors(len),
+        };
+        if let Ok(Some(uuid)) = crate::activate::luks::uuid(&window) {
+            found.push((name.to_string(), uuid));
+        }
+    }
+    found
 }
 
 /// What the last line written into `ctl/activate` made, from its start.
@@ -449,13 +475,9 @@ impl Mount {
                 .map_err(failed)?;
             let _ = out.write_all(&report);
             made.extend(plain.iter().map(|p| p.display().to_string()));
-            for name in mapped_partitions(&report)
-                .iter()
-                .filter(|_| !partitions_only)
-            {
-                let dev = self.path(&format!("dev/{name}"));
-                if let Some(uuid) = luks_uuid(&dev) {
-                    volumes.push((dev, uuid));
+            if !partitions_only {
+                for (name, uuid) in luks_partitions(&report) {
+                    volumes.push((self.path(&format!("dev/{name}")), uuid));
                 }
             }
         }

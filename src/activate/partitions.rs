@@ -63,6 +63,26 @@ impl SectorSource for std::fs::File {
     }
 }
 
+/// A stretch of another source (a partition of an image), read as a source of its own.
+pub struct Window<'a> {
+    pub dev: &'a dyn SectorSource,
+    pub start: Sectors,
+    pub len: Sectors,
+}
+
+impl SectorSource for Window<'_> {
+    fn size(&self) -> Sectors {
+        self.len
+    }
+    fn read_at(&self, at: Sectors, buf: &mut [u8]) -> io::Result<()> {
+        let end = at.0.checked_add(buf.len() as u64 / SECTOR_SIZE);
+        if end.is_none_or(|e| e > self.len.0) {
+            return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
+        }
+        self.dev.read_at(self.start + at, buf)
+    }
+}
+
 /// Which table the partitions came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Scheme {

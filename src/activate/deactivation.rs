@@ -348,7 +348,8 @@ fn image_key(
         .to_string();
     let backing: DmResult<Arc<Backing>> =
         registry.with_resolver(cwd, false, caller, |r| r.open(&reference));
-    Ok(backing.map_err(|e| e.context(arg))?.key())
+    // The resolver's error names the path already.
+    Ok(backing?.key())
 }
 
 /// As `Registry::remove`: a release that follows a close(2) that has returned gets a short

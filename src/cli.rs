@@ -8,7 +8,7 @@ use std::os::fd::IntoRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::secret::Zeroizing;
+use crate::secret::{Secret, Zeroizing};
 
 /// The uuid of the LUKS volume at `path`, if it holds one (a header that cannot be read is
 /// none: the activation goes on without it).
@@ -169,10 +169,7 @@ impl Mount {
             std::fs::read(self.path(rel))
                 .map_err(|e| Failed(format!("{rel}: {}", strerror(&e))))?,
         );
-        match std::str::from_utf8(&bytes) {
-            Ok(text) => Ok(Zeroizing::new(text.to_owned())),
-            Err(_) => Err(Failed(format!("{rel}: not UTF-8 text"))),
-        }
+        crate::secret::text(bytes).ok_or_else(|| Failed(format!("{rel}: not UTF-8 text")))
     }
 
     /// Writes lines into a ctl file; the write or the close carries dmfs's answer.
@@ -843,8 +840,6 @@ fn read_key(o: &OpenRequest, plain_key: Option<usize>) -> Result<Secret, OpenFai
     }
     Ok(key)
 }
-
-type Secret = crate::secret::Zeroizing<Vec<u8>>;
 
 /// An absolute path usable in a table: no whitespace, UTF-8.
 fn table_path(p: &Path) -> Result<String, OpenFailed> {

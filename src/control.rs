@@ -13,27 +13,18 @@ use crate::access::Caller;
 use crate::device::Device;
 use crate::error::{DmError, DmResult};
 use crate::registry::Registry;
-use crate::secret::{Zeroize, Zeroizing};
+use crate::secret::{Secret, Zeroize, Zeroizing};
 use crate::table::{MAX_LINE_BYTES, TableBuilder};
 
 /// Splits written bytes into lines, bounding how much an unfinished line may hold. Lines may
 /// hold a crypt key: every buffer is wiped when let go, and growing one never leaves a copy.
 #[derive(Default)]
 pub struct LineBuffer {
-    partial: Zeroizing<Vec<u8>>,
+    partial: Secret,
 }
 
-fn to_text(bytes: Zeroizing<Vec<u8>>) -> DmResult<Zeroizing<String>> {
-    match std::str::from_utf8(&bytes) {
-        Ok(_) => {
-            let mut bytes = bytes;
-            let bytes = std::mem::take(&mut *bytes);
-            Ok(Zeroizing::new(
-                String::from_utf8(bytes).expect("checked as UTF-8 just above"),
-            ))
-        }
-        Err(_) => Err(DmError::invalid("line is not valid UTF-8 text")),
-    }
+fn to_text(bytes: Secret) -> DmResult<Zeroizing<String>> {
+    crate::secret::text(bytes).ok_or_else(|| DmError::invalid("line is not valid UTF-8 text"))
 }
 
 impl LineBuffer {
@@ -48,7 +39,7 @@ impl LineBuffer {
                     "line longer than {MAX_LINE_BYTES} bytes"
                 )));
             }
-            self.append(&rest[..nl]);
+            crate::secret::extend(&mut self.partial, &rest[..nl]);
             lines.push(to_text(std::mem::take(&mut self.partial))?);
             rest = &rest[nl + 1..];
         }
@@ -58,20 +49,8 @@ impl LineBuffer {
                 "line longer than {MAX_LINE_BYTES} bytes"
             )));
         }
-        self.append(rest);
+        crate::secret::extend(&mut self.partial, rest);
         Ok(lines)
-    }
-
-    /// Appends to the unfinished line, moving it to a bigger buffer (and wiping the old one)
-    /// rather than letting the allocator free a copy.
-    fn append(&mut self, data: &[u8]) {
-        let needed = self.partial.len() + data.len();
-        if needed > self.partial.capacity() {
-            let mut grown = Zeroizing::new(Vec::with_capacity(needed.max(2 * self.partial.len())));
-            grown.extend_from_slice(&self.partial);
-            self.partial = grown;
-        }
-        self.partial.extend_from_slice(data);
     }
 
     /// Whether an unfinished last line is waiting.

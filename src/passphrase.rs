@@ -98,8 +98,8 @@ fn at_end(input: &mut dyn Read) -> bool {
     matches!(input.read(&mut one), Ok(0) | Err(_))
 }
 
-/// Up to `limit` bytes, stopping after a newline (not kept) when `stop_at_newline`. The buffer
-/// grows by moving into a bigger wiped one, so no copy of the key is freed unwiped.
+/// Up to `limit` bytes, stopping after a newline (not kept) when `stop_at_newline`, in a buffer
+/// that grows without leaving copies (`secret::extend`).
 fn read_until(
     input: &mut dyn Read,
     limit: u64,
@@ -136,13 +136,7 @@ fn read_until(
                 Err(e) => return Err(format!("Error reading keyfile: {}", plain(&e))),
             }
         };
-        if key.len() + n > key.capacity() {
-            let mut grown =
-                Zeroizing::new(Vec::with_capacity((key.capacity() * 2).max(key.len() + n)));
-            grown.extend_from_slice(&key);
-            key = grown;
-        }
-        key.extend_from_slice(&chunk[..n]);
+        crate::secret::extend(&mut key, &chunk[..n]);
     }
 }
 

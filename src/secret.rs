@@ -10,6 +10,32 @@ use std::sync::Once;
 
 pub use zeroize::{Zeroize, Zeroizing};
 
+/// Bytes that may be key material (a passphrase, a key, a key slot): wiped when dropped.
+pub type Secret = Zeroizing<Vec<u8>>;
+
+/// Appends `data` to `buf`, moving it into a bigger wiped buffer when it is full rather than
+/// letting the allocator grow it, which would free a copy of what it held unwiped.
+pub fn extend(buf: &mut Secret, data: &[u8]) {
+    let needed = buf.len() + data.len();
+    if needed > buf.capacity() {
+        let mut grown = Zeroizing::new(Vec::with_capacity(needed.max(2 * buf.capacity())));
+        grown.extend_from_slice(buf);
+        *buf = grown;
+    }
+    buf.extend_from_slice(data);
+}
+
+/// `bytes` as text, in the same buffer; bytes that are not UTF-8 are wiped, and `None`.
+pub fn text(mut bytes: Secret) -> Option<Zeroizing<String>> {
+    match String::from_utf8(std::mem::take(&mut *bytes)) {
+        Ok(text) => Some(Zeroizing::new(text)),
+        Err(e) => {
+            drop(Zeroizing::new(e.into_bytes()));
+            None
+        }
+    }
+}
+
 /// A table's text with every crypt key replaced by as many `0`s, as `dmsetup table` prints it
 /// without `--showkeys`. A kernel keyring reference (`:32:logon:desc`) names no secret and stays.
 /// `text` is table text, one `start length type params` line per line, optionally each line
@@ -84,6 +110,20 @@ pub fn no_core_dumps() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn extend_keeps_the_bytes_and_text_checks_them() {
+        let mut buf: Secret = Zeroizing::new(Vec::with_capacity(2));
+        for chunk in [&b"ab"[..], b"cde", b"", b"fghijklmnop"] {
+            extend(&mut buf, chunk);
+        }
+        assert_eq!(&buf[..], b"abcdefghijklmnop");
+        assert_eq!(
+            text(buf).as_deref().map(String::as_str),
+            Some("abcdefghijklmnop")
+        );
+        assert!(text(Zeroizing::new(vec![0xff, b'a'])).is_none());
+    }
 
     #[test]
     fn masks_crypt_keys_as_dmsetup_does() {

@@ -27,13 +27,11 @@ pub use plain::PlainParams;
 
 use super::partitions::SectorSource;
 use crate::error::{DmError, DmResult};
+use crate::secret::Secret;
 use crate::units::Sectors;
 
 /// What cryptsetup says, and `cryptsetup open` exits 2 with, when no key slot opens.
 pub const NO_KEY: &str = "No key available with this passphrase.";
-
-/// A secret: a passphrase, a key, a table with a key in it. Zeroed when dropped.
-pub type Secret = Zeroizing<Vec<u8>>;
 
 /// Which header an image starts with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -796,11 +796,11 @@ pub struct OpenRequest {
 /// A failed `dmfs open`: the exit status cryptsetup gives the same failure, and the line.
 pub struct OpenFailed(pub i32, pub String);
 
-/// The key material cryptsetup 2.6.1 reads (`tools_get_key`), through `passphrase`: a key
-/// file, the terminal without echo, or standard input up to a newline. `plain_key` is plain
-/// mode's key size when a key file is the key itself: then exactly that many bytes are read.
-fn read_key(o: &OpenRequest, plain_key: Option<usize>) -> Result<Secret, OpenFailed> {
-    let source = crate::passphrase::KeySource {
+/// Where `dmfs open` reads its key, as cryptsetup 2.6.1's `tools_get_key` does (`passphrase`):
+/// a key file, the terminal without echo, or standard input up to a newline. `plain_key` is
+/// plain mode's key size when a key file is the key itself: then exactly that many bytes.
+fn key_source(o: &OpenRequest, plain_key: Option<usize>) -> crate::passphrase::KeySource {
+    crate::passphrase::KeySource {
         key_file: o.key_file.clone(),
         offset: o.keyfile_offset,
         size: match (plain_key, o.keyfile_size) {
@@ -808,37 +808,13 @@ fn read_key(o: &OpenRequest, plain_key: Option<usize>) -> Result<Secret, OpenFai
             (None, 0) => None,
             (None, n) => Some(n as u64),
         },
-    };
-    if source.is_interactive() && o.keyfile_offset != 0 {
-        return Err(OpenFailed(
-            1,
-            "Cannot use offset with terminal input.".into(),
-        ));
     }
-    let piped = o.key_file.is_none() && !source.is_interactive();
-    if piped && o.keyfile_offset != 0 {
-        // cryptsetup applies the offset to piped input too; `passphrase` reads it from the
-        // same buffered standard input after this.
-        let stdin = &mut std::io::stdin().lock();
-        let skipped = std::io::copy(&mut stdin.take(o.keyfile_offset), &mut std::io::sink());
-        if skipped.ok() != Some(o.keyfile_offset) {
-            return Err(OpenFailed(
-                1,
-                "Cannot seek to requested keyfile offset.".into(),
-            ));
-        }
-    }
-    let mut key = source
+}
+
+fn read_key(o: &OpenRequest, source: &crate::passphrase::KeySource) -> Result<Secret, OpenFailed> {
+    source
         .read(&format!("Enter passphrase for {}: ", o.device.display()))
-        .map_err(|m| OpenFailed(1, m))?;
-    if piped && o.keyfile_size != 0 {
-        key.truncate(o.keyfile_size);
-    }
-    // cryptsetup refuses piped input that ends before giving anything.
-    if piped && key.is_empty() {
-        return Err(OpenFailed(1, "Nothing to read on input.".into()));
-    }
-    Ok(key)
+        .map_err(|m| OpenFailed(1, m))
 }
 
 /// An absolute path usable in a table: no whitespace, UTF-8.
@@ -908,7 +884,7 @@ impl Mount {
                 params.hash = None;
             }
             let key_bytes = (params.key_bits / 8) as usize;
-            let pass = read_key(o, from_file.then_some(key_bytes))?;
+            let pass = read_key(o, &key_source(o, from_file.then_some(key_bytes)))?;
             luks::open_plain(&params, size, &reference, &pass, flags).map_err(from)?
         } else {
             let header = match &o.header {
@@ -940,11 +916,10 @@ impl Mount {
                 flags,
             };
             // On a terminal cryptsetup asks three times (--tries), saying why after each miss.
-            // SAFETY: isatty only inspects the descriptor.
-            let interactive = o.key_file.is_none() && unsafe { libc::isatty(0) } == 1;
-            let mut tries = if interactive { 3 } else { 1 };
+            let source = key_source(o, None);
+            let mut tries = if source.is_interactive() { 3 } else { 1 };
             loop {
-                let pass = read_key(o, None)?;
+                let pass = read_key(o, &source)?;
                 match luks::open(&header, size, &reference, &pass, &opts) {
                     Err(e) if e.errno == libc::EPERM && tries > 1 => {
                         eprintln!("{}", e.reason);

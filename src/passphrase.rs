@@ -2,9 +2,10 @@
 //! `crypt_keyfile_device_read`), into buffers that are wiped when let go.
 //!
 //! - From a terminal (standard input is one, no key file): a prompt on standard error, the
-//!   input not echoed, up to the first newline; at most 512 bytes.
-//! - From standard input that is not a terminal, no key file (`printf pw | dmfs open ...`): up
-//!   to the first newline or the end; at most 8 MiB.
+//!   input not echoed, up to the first newline; at most 512 bytes; an offset is refused.
+//! - From standard input that is not a terminal, no key file (`printf pw | dmfs open ...`):
+//!   after skipping `--keyfile-offset` bytes, up to the first newline or the end, cut to
+//!   `--keyfile-size` bytes; at most 8 MiB, and not nothing.
 //! - From a key file (`--key-file F`, `-` for standard input): every byte, newlines included,
 //!   after skipping `--keyfile-offset` bytes, and exactly `--keyfile-size` bytes when given; at
 //!   most 8 MiB.
@@ -26,9 +27,10 @@ pub const MAX_PASSPHRASE_BYTES: u64 = 512;
 pub struct KeySource {
     /// `--key-file`: a path, or `-` for standard input.
     pub key_file: Option<PathBuf>,
-    /// `--keyfile-offset`: bytes skipped at the start of the key file.
+    /// `--keyfile-offset`: bytes skipped at the start of the key file (or of piped input).
     pub offset: u64,
-    /// `--keyfile-size`: bytes read from the key file (else all of it).
+    /// `--keyfile-size`: bytes read from the key file (else all of it), or kept of a piped
+    /// passphrase.
     pub size: Option<u64>,
 }
 
@@ -50,23 +52,31 @@ impl KeySource {
                 })?;
                 self.read_key_file(&mut f)
             }
-            None if self.is_interactive() => read_from_terminal(prompt),
-            None => read_until(&mut io::stdin().lock(), MAX_KEYFILE_BYTES, true),
+            None if self.is_interactive() => {
+                if self.offset != 0 {
+                    return Err("Cannot use offset with terminal input.".into());
+                }
+                read_from_terminal(prompt)
+            }
+            None => self.read_piped(&mut io::stdin().lock()),
         }
     }
 
-    fn read_key_file(&self, input: &mut dyn Read) -> Result<Zeroizing<Vec<u8>>, String> {
-        let mut skipped = 0u64;
-        let mut sink = Zeroizing::new([0u8; 4096]);
-        while skipped < self.offset {
-            let want = (self.offset - skipped).min(sink.len() as u64) as usize;
-            match input.read(&mut sink[..want]) {
-                Ok(0) => return Err("Cannot seek to requested keyfile offset.".into()),
-                Ok(n) => skipped += n as u64,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(format!("Error reading keyfile: {}", plain(&e))),
-            }
+    fn read_piped(&self, input: &mut dyn Read) -> Result<Zeroizing<Vec<u8>>, String> {
+        skip(input, self.offset)?;
+        let mut key = read_until(input, MAX_KEYFILE_BYTES, true)?;
+        if let Some(size) = self.size {
+            key.truncate(usize::try_from(size).unwrap_or(usize::MAX));
         }
+        // cryptsetup refuses piped input that ends before giving anything.
+        if key.is_empty() {
+            return Err("Nothing to read on input.".into());
+        }
+        Ok(key)
+    }
+
+    fn read_key_file(&self, input: &mut dyn Read) -> Result<Zeroizing<Vec<u8>>, String> {
+        skip(input, self.offset)?;
         let limit = self.size.unwrap_or(MAX_KEYFILE_BYTES);
         if limit > MAX_KEYFILE_BYTES {
             return Err(format!(
@@ -86,6 +96,22 @@ impl KeySource {
             _ => Ok(key),
         }
     }
+}
+
+/// Reads and drops the first `offset` bytes (`--keyfile-offset`).
+fn skip(input: &mut dyn Read, offset: u64) -> Result<(), String> {
+    let mut skipped = 0u64;
+    let mut sink = Zeroizing::new([0u8; 4096]);
+    while skipped < offset {
+        let want = (offset - skipped).min(sink.len() as u64) as usize;
+        match input.read(&mut sink[..want]) {
+            Ok(0) => return Err("Cannot seek to requested keyfile offset.".into()),
+            Ok(n) => skipped += n as u64,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("Error reading keyfile: {}", plain(&e))),
+        }
+    }
+    Ok(())
 }
 
 fn plain(e: &io::Error) -> String {
@@ -206,6 +232,27 @@ mod tests {
         let big = vec![7u8; MAX_KEYFILE_BYTES as usize + 1];
         let mut big: &[u8] = &big;
         assert!(key_file(0, None).read_key_file(&mut big).is_err());
+        let piped = |offset, size| KeySource {
+            key_file: None,
+            offset,
+            size,
+        };
+        let mut input: &[u8] = b"xxcorrect horse\nrest";
+        assert_eq!(
+            &piped(2, Some(7)).read_piped(&mut input).unwrap()[..],
+            b"correct"
+        );
+        assert_eq!(input, b"rest");
+        let mut empty: &[u8] = b"\n";
+        assert_eq!(
+            piped(0, None).read_piped(&mut empty).err().unwrap(),
+            "Nothing to read on input."
+        );
+        let mut short: &[u8] = b"ab";
+        assert_eq!(
+            piped(3, None).read_piped(&mut short).err().unwrap(),
+            "Cannot seek to requested keyfile offset."
+        );
         let exact = vec![7u8; 5000];
         let mut exact: &[u8] = &exact;
         assert_eq!(

@@ -205,23 +205,28 @@ impl Mount {
             .mode(mode)
             .open(self.path(&format!("ctl/{dir}/{name}")))
             .map_err(|e| self.ioctl_failed(ioctl, name, &e))?;
-        let mut text = table.to_string();
-        if !text.ends_with('\n') {
-            text.push('\n');
-        }
+        // Written in slices of the caller's text, never copied: a crypt table holds a key.
         // Each line is checked as it is written, so a large table is worth reporting on.
-        let lines: Vec<&str> = text.split_inclusive('\n').collect();
-        let show = self.progress && lines.len() >= PROGRESS_LINES;
-        for (i, chunk) in lines.chunks(PROGRESS_LINES).enumerate() {
-            f.write_all(chunk.concat().as_bytes())
-                .map_err(|e| self.ioctl_failed(ioctl, name, &e))?;
-            if show {
-                let done = std::cmp::min((i + 1) * PROGRESS_LINES, lines.len());
-                eprint!(
-                    "\r{ioctl} {name}: {done}/{} table lines checked",
-                    lines.len()
-                );
+        let total = table.split_inclusive('\n').count();
+        let show = self.progress && total >= PROGRESS_LINES;
+        let (mut start, mut end, mut done) = (0, 0, 0);
+        let mut lines = table.split_inclusive('\n').peekable();
+        while let Some(line) = lines.next() {
+            end += line.len();
+            done += 1;
+            if done % PROGRESS_LINES != 0 && lines.peek().is_some() {
+                continue;
             }
+            f.write_all(&table.as_bytes()[start..end])
+                .map_err(|e| self.ioctl_failed(ioctl, name, &e))?;
+            start = end;
+            if show {
+                eprint!("\r{ioctl} {name}: {done}/{total} table lines checked");
+            }
+        }
+        if !table.ends_with('\n') {
+            f.write_all(b"\n")
+                .map_err(|e| self.ioctl_failed(ioctl, name, &e))?;
         }
         if show {
             eprintln!();
@@ -929,59 +934,13 @@ impl Mount {
                 }
             }
         };
-        self.create_secret(
+        self.create(
             &o.name,
             &opened.table,
-            &opened.dm_uuid(&o.name),
+            Some(&opened.dm_uuid(&o.name)),
             o.read_only,
         )
         .map_err(|Failed(m)| OpenFailed(1, m))
-    }
-
-    /// `create` for a table holding a key: written once from its zeroized buffer (no copies
-    /// for progress reports), the uuid set before the create's file is closed, as `create`.
-    fn create_secret(
-        &self,
-        name: &str,
-        table: &zeroize::Zeroizing<String>,
-        uuid: &str,
-        read_only: bool,
-    ) -> CliResult {
-        let mode = if read_only { 0o444 } else { 0o644 };
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(self.path(&format!("ctl/create/{name}")))
-            .map_err(|e| self.ioctl_failed("create", name, &e))?;
-        let written = f
-            .write_all(table.as_bytes())
-            .and_then(|()| f.write_all(b"\n"))
-            .map_err(|e| self.ioctl_failed("create", name, &e));
-        if let Err(e) = written {
-            let _ = self.close_checked(f, "create", name);
-            return Err(e);
-        }
-        let live = f
-            .try_clone()
-            .map_err(|e| self.ioctl_failed("create", name, &e))
-            .and_then(|dup| self.close_checked(dup, "create", name));
-        let with_uuid = live.and_then(|()| {
-            if self.exists(name) {
-                self.set_uuid(name, uuid)
-            } else {
-                Err(Failed(format!(
-                    "device-mapper: create ioctl on {name}  failed\n{}",
-                    last_reason(&self.root)
-                )))
-            }
-        });
-        let closed = self.close_checked(f, "create", name);
-        if with_uuid.is_err() && self.exists(name) {
-            let _ = self.command("ctl/remove", "remove", name, name);
-        }
-        with_uuid.and(closed)
     }
 
     /// `dmfs close NAME`: removes a crypt device, as `cryptsetup close` does; any other device

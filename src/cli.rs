@@ -537,9 +537,9 @@ impl Mount {
             line += "--partitions-only ";
         }
         for path in paths {
-            match path.to_str() {
-                Some(t) if !t.contains(char::is_whitespace) => line += &format!("{t} "),
-                _ => {
+            match one_word(path) {
+                Some(t) => line += &format!("{t} "),
+                None => {
                     return Err(Failed(format!(
                         "{}: a path with whitespace or not UTF-8 cannot be activated",
                         path.display()
@@ -822,13 +822,19 @@ fn read_key(o: &OpenRequest, source: &crate::passphrase::KeySource) -> Result<Se
         .map_err(|m| OpenFailed(1, m))
 }
 
-/// An absolute path usable in a table: no whitespace, UTF-8.
+/// `path` as one word of a line dmfs reads (a table, `ctl/activate`): UTF-8 without
+/// whitespace, which dmfs's words cannot quote.
+fn one_word(path: &Path) -> Option<&str> {
+    path.to_str().filter(|t| !t.contains(char::is_whitespace))
+}
+
+/// An absolute path usable in a table.
 fn table_path(p: &Path) -> Result<String, OpenFailed> {
     let abs = std::path::absolute(p)
         .map_err(|e| OpenFailed(4, format!("{}: {}", p.display(), strerror(&e))))?;
-    match abs.to_str() {
-        Some(t) if !t.contains(char::is_whitespace) => Ok(t.to_string()),
-        _ => Err(OpenFailed(
+    match one_word(&abs) {
+        Some(t) => Ok(t.to_string()),
+        None => Err(OpenFailed(
             1,
             format!(
                 "{}: a path with whitespace or not UTF-8 cannot be named in a table",

@@ -19,7 +19,7 @@ use common::lvm_recording::{Dev, recorded_devices, section};
 use common::*;
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -134,26 +134,12 @@ fn a_filesystem_made_in_the_kernel_reads_back_through_dmfs() {
     assert!(m.devices().is_empty());
 }
 
-fn oracle() -> Option<PathBuf> {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let candidates = [
-        std::env::var_os("KERNEL_ORACLE").map(PathBuf::from),
-        Some(repo.join("../shared/kernel-oracle/run-in-kernel")),
-        Some(repo.join("../../shared/kernel-oracle/run-in-kernel")),
-    ];
-    candidates.into_iter().flatten().find(|p| p.is_file())
-}
-
 /// A filesystem made and filled through dmfs, read back by the kernel's own LVM and ext4.
 #[test]
 fn a_filesystem_made_through_dmfs_reads_back_in_the_kernel() {
-    if std::env::var_os("DMFS_SKIP_KERNEL_ORACLE").is_some() {
-        tell("skipped: DMFS_SKIP_KERNEL_ORACLE is set");
-        return;
-    }
-    let Some(oracle) = oracle() else {
-        tell("skipped: no kernel oracle (../shared/kernel-oracle/run-in-kernel) on this machine");
-        return;
+    let oracle = match common::oracle::find() {
+        Ok(oracle) => oracle,
+        Err(why) => return tell(&format!("skipped: {why}")),
     };
     if !is_root() {
         tell("skipped: mkfs through a loop device and mount need root");

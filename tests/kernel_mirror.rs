@@ -15,7 +15,7 @@
 mod common;
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -83,25 +83,11 @@ fn kernel_mount_fails_in_one_sentence_without_a_device_mapper() {
     );
 }
 
-fn oracle() -> Option<PathBuf> {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let candidates = [
-        std::env::var_os("KERNEL_ORACLE").map(PathBuf::from),
-        Some(repo.join("../shared/kernel-oracle/run-in-kernel")),
-        Some(repo.join("../../shared/kernel-oracle/run-in-kernel")),
-    ];
-    candidates.into_iter().flatten().find(|p| p.is_file())
-}
-
 #[test]
 fn kernel_mirror_end_to_end_in_the_kernel_oracle() {
-    if std::env::var_os("DMFS_SKIP_KERNEL_ORACLE").is_some() {
-        tell("skipped: DMFS_SKIP_KERNEL_ORACLE is set");
-        return;
-    }
-    let Some(oracle) = oracle() else {
-        tell("skipped: no kernel oracle (../shared/kernel-oracle/run-in-kernel) on this machine");
-        return;
+    let oracle = match common::oracle::find() {
+        Ok(oracle) => oracle,
+        Err(why) => return tell(&format!("skipped: {why}")),
     };
     let share = scratch_dir("kernel-mirror");
     std::fs::copy(DMFS, share.join("dmfs")).unwrap();

@@ -18,6 +18,7 @@ pub mod block_tools;
 pub mod ctl;
 pub mod fixture;
 pub mod lvm_recording;
+pub mod oracle;
 pub mod snapshot;
 pub mod users;
 

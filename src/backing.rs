@@ -17,6 +17,7 @@ use crate::block::BlockDevice;
 use crate::changes::Changes;
 use crate::device_key::DeviceKey;
 use crate::error::{DmError, DmResult};
+use crate::file_map::FileMap;
 use crate::scratch::DIRECT_ALIGN;
 use crate::units::{Bytes, Sectors};
 
@@ -45,6 +46,9 @@ enum Source {
         /// The same file opened with O_DIRECT, at its first `write_at_uncached` (None where it
         /// cannot be: a read-only open, or a filesystem that refuses O_DIRECT).
         direct: OnceLock<Option<File>>,
+        /// The regular file mapped, at its first `read_in_place` (None where it cannot be: a
+        /// block device, a file that cannot be mapped).
+        map: OnceLock<Option<FileMap>>,
         /// Where writes to it are reported (the mount's page-cache coherence listens).
         changes: Arc<Changes>,
     },
@@ -172,6 +176,7 @@ impl Backing {
                 key,
                 block_size,
                 direct: OnceLock::new(),
+                map: OnceLock::new(),
                 changes,
             },
         })
@@ -259,6 +264,28 @@ impl Backing {
         match &self.source {
             Source::File { file, .. } => file.read_exact_at(buf, at.bytes().0).map_err(eof_is_eio),
             Source::Mapped { device, .. } => device.read_sectors(at, buf),
+        }
+    }
+
+    /// Hands `len` bytes from byte `at` to `send` where they lie, in the page cache of a
+    /// regular file or, through a device of this mount, of the file under it, and returns true;
+    /// returns false without calling `send` where they are not in one such place (a block
+    /// device, a range split across targets, a target that changes the bytes): then `read_at`
+    /// is the way. `send` must only hand the bytes to the kernel (see `file_map`).
+    pub fn read_in_place(&self, at: Bytes, len: usize, send: &mut dyn FnMut(&[u8])) -> bool {
+        match &self.source {
+            Source::File {
+                file,
+                size,
+                key: DeviceKey::File { .. },
+                map,
+                ..
+            } => map
+                .get_or_init(|| FileMap::new(file, size.bytes().0))
+                .as_ref()
+                .is_some_and(|map| map.with_range(at.0, len, send)),
+            Source::File { .. } => false,
+            Source::Mapped { device, .. } => device.read_in_place(at, len, send),
         }
     }
 

@@ -6,7 +6,7 @@ use std::any::Any;
 use std::io;
 use std::sync::atomic::AtomicU32;
 
-use crate::units::Sectors;
+use crate::units::{Bytes, Sectors};
 
 pub trait BlockDevice: Any + Send + Sync {
     /// The device's id in its mount (what `DeviceKey::Mapped` holds).
@@ -15,6 +15,9 @@ pub trait BlockDevice: Any + Send + Sync {
     fn size(&self) -> Sectors;
     fn read_sectors(&self, at: Sectors, buf: &mut [u8]) -> io::Result<()>;
     fn write_sectors(&self, at: Sectors, buf: &[u8]) -> io::Result<()>;
+    /// Hands `len` bytes from byte `at` to `send` where they lie in a backing file's page
+    /// cache, or returns false without calling it (see `Backing::read_in_place`).
+    fn read_in_place(&self, at: Bytes, len: usize, send: &mut dyn FnMut(&[u8])) -> bool;
     fn flush(&self) -> io::Result<()>;
     /// How many references from other devices' tables hold it (a `Backing` counts itself in
     /// and out).

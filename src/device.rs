@@ -473,6 +473,21 @@ impl Device {
         Ok(n)
     }
 
+    /// Hands the bytes a read of `len` from byte `offset` returns to `send` where they lie in a
+    /// backing file's page cache (cut at the device's end, as `read` cuts), and returns true;
+    /// or returns false without calling it, and the read goes through `read`. The device's
+    /// gate and table are held while `send` runs, so a suspend waits for it as for any read.
+    pub fn read_in_place(&self, offset: Bytes, len: usize, send: &mut dyn FnMut(&[u8])) -> bool {
+        let _io = self.gate.enter();
+        let table = self.table();
+        let size = table.len().bytes().0;
+        if offset.0 >= size || len == 0 || self.mirror_io().is_some() {
+            return false;
+        }
+        let n = std::cmp::min(len as u64, size - offset.0) as usize;
+        table.read_in_place(offset, n, send)
+    }
+
     /// Writes at byte `offset`; returns the bytes written. A write that starts at or past the
     /// end fails with ENOSPC; one that runs past the end is cut short there, as a block device
     /// does.
@@ -651,6 +666,10 @@ impl BlockDevice for Device {
 
     fn write_sectors(&self, at: Sectors, buf: &[u8]) -> io::Result<()> {
         Device::write_sectors(self, at, buf)
+    }
+
+    fn read_in_place(&self, at: Bytes, len: usize, send: &mut dyn FnMut(&[u8])) -> bool {
+        Device::read_in_place(self, at, len, send)
     }
 
     fn flush(&self) -> io::Result<()> {

@@ -16,6 +16,7 @@ pub mod device_key;
 pub mod device_link;
 pub mod errlog;
 pub mod error;
+pub mod file_map;
 pub mod fs;
 pub mod kernel;
 pub mod mirror;

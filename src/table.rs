@@ -15,7 +15,7 @@ use crate::error::{DmError, DmResult};
 use crate::secret::{Zeroize, Zeroizing};
 use crate::snapshot::Origins;
 use crate::target::{self, Ctor, Target};
-use crate::units::Sectors;
+use crate::units::{Bytes, Sectors};
 
 /// Longest accepted table line, in bytes (the kernel has no fixed limit; dmfs keeps memory
 /// bounded against a runaway writer).
@@ -219,6 +219,19 @@ impl Table {
         self.for_each_piece(start, count, |e, off, range| {
             e.target.read(off, &mut buf[range])
         })
+    }
+
+    /// Hands `len` bytes from byte `offset` to `send` where they lie, when they are inside one
+    /// line whose target can say where (see `Target::read_in_place`); false otherwise.
+    pub fn read_in_place(&self, offset: Bytes, len: usize, send: &mut dyn FnMut(&[u8])) -> bool {
+        let Some(e) = self.entry_at(offset.sectors_floor()) else {
+            return false;
+        };
+        let from = offset.0 - e.start.bytes().0;
+        if from + len as u64 > e.len.bytes().0 {
+            return false;
+        }
+        e.target.read_in_place(Bytes(from), len, send)
     }
 
     /// Writes whole sectors; `buf.len()` must be a multiple of 512. As in the kernel, where

@@ -8,7 +8,7 @@ use super::View;
 use super::{Ctor, Target, TargetType, parse_sector_arg};
 use crate::backing::Backing;
 use crate::error::{DmError, DmResult};
-use crate::units::Sectors;
+use crate::units::{Bytes, Sectors};
 
 pub const TYPE: TargetType = TargetType {
     name: "linear",
@@ -40,6 +40,11 @@ impl Target for Linear {
 
     fn write(&self, offset: Sectors, buf: &[u8]) -> io::Result<()> {
         self.dev.write_at(self.start + offset, buf)
+    }
+
+    fn read_in_place(&self, offset: Bytes, len: usize, send: &mut dyn FnMut(&[u8])) -> bool {
+        self.dev
+            .read_in_place(Bytes(self.start.bytes().0 + offset.0), len, send)
     }
 
     fn table_args(&self) -> String {

@@ -10,7 +10,7 @@ use crate::backing::{Backing, DeviceResolver};
 use crate::device_link::DeviceLink;
 use crate::error::{DmError, DmResult};
 use crate::snapshot::Origins;
-use crate::units::Sectors;
+use crate::units::{Bytes, Sectors};
 
 mod crypt;
 mod delay;
@@ -32,6 +32,13 @@ pub trait Target: Send + Sync {
     fn read(&self, offset: Sectors, buf: &mut [u8]) -> io::Result<()>;
     /// Writes `buf.len() / 512` sectors starting `offset` sectors into the target.
     fn write(&self, offset: Sectors, buf: &[u8]) -> io::Result<()>;
+    /// Hands `len` bytes from byte `offset` of the target to `send` where they lie in a backing
+    /// file's page cache, unchanged, and returns true; or returns false without calling it, and
+    /// the read goes through `read` (see `Backing::read_in_place`). Only targets that map bytes
+    /// one to one onto one device say yes.
+    fn read_in_place(&self, _offset: Bytes, _len: usize, _send: &mut dyn FnMut(&[u8])) -> bool {
+        false
+    }
     /// Makes written data durable on the backing devices.
     fn flush(&self) -> io::Result<()> {
         for d in self.devices() {

@@ -10,7 +10,7 @@ use super::{Ctor, Target, TargetType, check_area};
 use crate::backing::Backing;
 use crate::error::{DmError, DmResult};
 use crate::snapshot::Origins;
-use crate::units::Sectors;
+use crate::units::{Bytes, Sectors};
 
 pub const TYPE: TargetType = TargetType {
     name: "snapshot-origin",
@@ -48,6 +48,11 @@ fn construct(ctor: &Ctor<'_>, args: &[String]) -> DmResult<Box<dyn Target>> {
 impl Target for OriginTarget {
     fn read(&self, offset: Sectors, buf: &mut [u8]) -> io::Result<()> {
         self.dev.read_at(self.begin + offset, buf)
+    }
+
+    fn read_in_place(&self, offset: Bytes, len: usize, send: &mut dyn FnMut(&[u8])) -> bool {
+        self.dev
+            .read_in_place(Bytes(self.begin.bytes().0 + offset.0), len, send)
     }
 
     fn write(&self, offset: Sectors, buf: &[u8]) -> io::Result<()> {

@@ -9,7 +9,7 @@ use super::View;
 use super::{Ctor, Target, TargetType, for_each_chunk, parse_sector_arg, parse_uint_arg};
 use crate::backing::Backing;
 use crate::error::{DmError, DmResult};
-use crate::units::Sectors;
+use crate::units::{Bytes, Sectors};
 
 pub const TYPE: TargetType = TargetType {
     name: "striped",
@@ -105,6 +105,23 @@ impl Target for Striped {
         self.for_each_chunk(offset, buf.len(), |s, at, range| {
             s.dev.write_at(at, &buf[range])
         })
+    }
+
+    /// A range inside one chunk lies on one stripe, in one piece.
+    fn read_in_place(&self, offset: Bytes, len: usize, send: &mut dyn FnMut(&[u8])) -> bool {
+        let chunk_bytes = Sectors(self.chunk_size).bytes().0;
+        let in_chunk = offset.0 % chunk_bytes;
+        if len == 0 || in_chunk + len as u64 > chunk_bytes {
+            return false;
+        }
+        let (stripe, at) = stripe_map(
+            offset.sectors_floor(),
+            self.chunk_size,
+            self.stripes.len() as u64,
+        );
+        let s = &self.stripes[stripe];
+        let at = Bytes((s.start + at).bytes().0 + offset.sector_offset());
+        s.dev.read_in_place(at, len, send)
     }
 
     fn table_args(&self) -> String {

@@ -1,0 +1,78 @@
+//! A read-only shared mapping of a backing file, so that a read can be answered from the
+//! file's page cache without dmfs copying it first: the reply to the kernel is written straight
+//! from the mapped pages, and the kernel's one copy (into the reader's pages) is the only one.
+//!
+//! dmfs never reads the mapped bytes itself. A file can shrink under its mapping, and touching a
+//! page past the new end from user space raises SIGBUS; the kernel copying from that page while
+//! it takes a reply fails the copy instead (EFAULT to the writer), and FUSE answers the reader's
+//! request with EIO, as a read past the end of a backing file answers. So the bytes are only
+//! ever handed to a system call (`FileMap::with_range`'s callers pass them to FUSE's reply).
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::ptr::NonNull;
+
+pub struct FileMap {
+    base: NonNull<u8>,
+    len: usize,
+}
+
+// The mapping is read-only and shared with the file's page cache; a slice of it is handed to
+// the kernel only, from any thread.
+unsafe impl Send for FileMap {}
+unsafe impl Sync for FileMap {}
+
+impl FileMap {
+    /// Maps the first `len` bytes of `file`, or None where the file cannot be mapped (an empty
+    /// file, a filesystem without mmap, an address space too small).
+    pub fn new(file: &File, len: u64) -> Option<FileMap> {
+        let len = usize::try_from(len).ok().filter(|&n| n > 0)?;
+        // SAFETY: a fresh read-only shared mapping of an open file; the kernel picks the address.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return None;
+        }
+        // Core dumps leave shared file mappings out by default; say it outright, an image can be
+        // large.
+        // SAFETY: advice on the mapping just made.
+        unsafe { libc::madvise(base, len, libc::MADV_DONTDUMP) };
+        Some(FileMap {
+            base: NonNull::new(base.cast())?,
+            len,
+        })
+    }
+
+    /// Calls `send` with the mapped bytes `offset..offset + len` and returns true, or returns
+    /// false without calling it when the range is not inside the mapping. `send` must only hand
+    /// the bytes to the kernel (see the module's comment), never read them itself.
+    pub fn with_range(&self, offset: u64, len: usize, send: &mut dyn FnMut(&[u8])) -> bool {
+        let Ok(offset) = usize::try_from(offset) else {
+            return false;
+        };
+        if offset.checked_add(len).is_none_or(|end| end > self.len) {
+            return false;
+        }
+        // SAFETY: the range lies inside the live mapping, which outlives this call. The bytes
+        // can change under the slice (other writers of the file): they are passed on to a
+        // system call, which reads whatever they are then, as a pread would.
+        let bytes = unsafe { std::slice::from_raw_parts(self.base.as_ptr().add(offset), len) };
+        send(bytes);
+        true
+    }
+}
+
+impl Drop for FileMap {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`; no slice of it outlives `with_range`.
+        unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
+    }
+}

@@ -767,17 +767,32 @@ impl Mount {
 }
 
 /// A table from `--table`, a file, or standard input (as dmsetup reads it).
-pub fn read_table(inline: Option<String>, file: Option<PathBuf>) -> Result<String, Failed> {
+pub fn read_table(
+    inline: Option<String>,
+    file: Option<PathBuf>,
+) -> Result<Zeroizing<String>, Failed> {
+    // A crypt table holds a key: every buffer the text passes through is wiped when let go.
     if let Some(t) = inline {
-        return Ok(t.replace(';', "\n"));
+        let t = Zeroizing::new(t);
+        return Ok(Zeroizing::new(t.replace(';', "\n")));
     }
-    let mut text = String::new();
-    let result = match file {
-        Some(path) => File::open(&path).and_then(|mut f| f.read_to_string(&mut text)),
-        None => std::io::stdin().read_to_string(&mut text),
+    let fail = |e: std::io::Error| Failed(format!("reading the table: {}", strerror(&e)));
+    let mut input: Box<dyn Read> = match file {
+        Some(path) => Box::new(File::open(&path).map_err(fail)?),
+        None => Box::new(std::io::stdin()),
     };
-    result.map_err(|e| Failed(format!("reading the table: {}", strerror(&e))))?;
-    Ok(text)
+    let mut text = Secret::default();
+    let mut chunk = Zeroizing::new([0u8; 4096]);
+    loop {
+        match input.read(&mut chunk[..]) {
+            Ok(0) => break,
+            Ok(n) => crate::secret::extend(&mut text, &chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(fail(e)),
+        }
+    }
+    crate::secret::text(text)
+        .ok_or_else(|| Failed("reading the table: not valid UTF-8 text".into()))
 }
 
 /// `dmfs open`: what to open and how (cryptsetup open's options).

@@ -244,3 +244,19 @@ fn resume_follows_a_snapshot_merge_to_its_end() {
     );
     m.ok("cmp o.img before.img && cmp $MNT/dev/origin before.img");
 }
+
+#[test]
+fn a_table_that_cannot_be_read_is_refused_with_the_reason() {
+    let m = Mount::new();
+    let err = m.fails("$DMFS --mount $MNT create t nosuch.table");
+    assert!(
+        err.contains("reading the table: No such file or directory"),
+        "{err}"
+    );
+    let err = m.fails("printf '0 8 zero\\n\\xff\\xfe' | $DMFS --mount $MNT create t");
+    assert!(
+        err.contains("reading the table: not valid UTF-8 text"),
+        "{err}"
+    );
+    assert!(m.devices().is_empty());
+}

@@ -256,7 +256,7 @@ impl Backing {
     pub fn logical_block_size(&self) -> u32 {
         match &self.source {
             Source::File { block_size, .. } => *block_size,
-            Source::Mapped { .. } => 512,
+            Source::Mapped { device, .. } => device.logical_block_size(),
         }
     }
 

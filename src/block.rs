@@ -13,6 +13,8 @@ pub trait BlockDevice: Any + Send + Sync {
     fn id(&self) -> u64;
     fn name(&self) -> String;
     fn size(&self) -> Sectors;
+    /// The logical block size in bytes the device's live table gives it.
+    fn logical_block_size(&self) -> u32;
     fn read_sectors(&self, at: Sectors, buf: &mut [u8]) -> io::Result<()>;
     fn write_sectors(&self, at: Sectors, buf: &[u8]) -> io::Result<()>;
     /// Hands `len` bytes from byte `at` to `send` where they lie in a backing file's page

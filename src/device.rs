@@ -660,6 +660,10 @@ impl BlockDevice for Device {
         Device::size(self)
     }
 
+    fn logical_block_size(&self) -> u32 {
+        self.table().logical_block_size()
+    }
+
     fn read_sectors(&self, at: Sectors, buf: &mut [u8]) -> io::Result<()> {
         Device::read_sectors(self, at, buf)
     }

@@ -159,9 +159,17 @@ pub struct Table {
     /// its search in a sixth of the cache.
     starts: Vec<u64>,
     len: Sectors,
+    /// The device's logical block size in sectors: the largest any line gives it.
+    block_sectors: u64,
 }
 
 impl Table {
+    /// The logical block size in bytes this table gives its device (a block device's
+    /// `blockdev --getss`): what a table stacked on the device must align to.
+    pub fn logical_block_size(&self) -> u32 {
+        (self.block_sectors * crate::units::SECTOR_SIZE) as u32
+    }
+
     pub fn len(&self) -> Sectors {
         self.len
     }
@@ -508,34 +516,43 @@ impl TableBuilder {
             }
             expect = e.start + e.len;
         }
-        check_block_alignment(&self.entries)?;
+        for e in &self.entries {
+            let block = e.target.logical_block_sectors();
+            for area in e.target.areas(e.len) {
+                target::check_area_alignment(&area, block)?;
+            }
+        }
+        let block_sectors = check_block_alignment(&self.entries)?;
         Ok(Table {
             entries: self.entries.clone(),
             starts: self.entries.iter().map(|e| e.start.0).collect(),
             len: expect,
+            block_sectors,
         })
     }
 }
 
 /// The kernel's `validate_hardware_logical_block_alignment`: the device's logical block size
-/// is the largest any line gives it, and every stretch of lines must fill whole blocks, with
-/// no block split where a line of a larger block size begins. Its words name the line where
-/// the check stopped, counted from 1, or the last line (the oracle's words for both).
-fn check_block_alignment(entries: &[Entry]) -> DmResult<()> {
+/// is the largest any line gives it (returned, in sectors), and every stretch of lines must
+/// fill whole blocks, with no block split where a line over a device of a larger block size
+/// begins. Its words, as the oracle printed them, give the line where the check stopped as
+/// the kernel's index counted from 0, or, when it ran through, the number of lines and the
+/// last line's extent.
+fn check_block_alignment(entries: &[Entry]) -> DmResult<u64> {
     let block = entries
         .iter()
         .map(|e| e.target.logical_block_sectors())
         .max()
         .unwrap_or(1);
     if block <= 1 {
-        return Ok(());
+        return Ok(block);
     }
     let mut next_start = 0u64;
     let mut remaining = 0u64;
-    let mut stopped = entries.len() - 1;
+    let mut stopped = None;
     for (i, e) in entries.iter().enumerate() {
-        if remaining < e.len.0 && remaining & (e.target.logical_block_sectors() - 1) != 0 {
-            stopped = i;
+        if remaining < e.len.0 && remaining & (e.target.device_block_sectors() - 1) != 0 {
+            stopped = Some(i);
             break;
         }
         next_start = (next_start + e.len.0) & (block - 1);
@@ -546,12 +563,14 @@ fn check_block_alignment(entries: &[Entry]) -> DmResult<()> {
         };
     }
     if remaining == 0 {
-        return Ok(());
+        return Ok(block);
     }
-    let e = &entries[stopped];
+    let (number, e) = match stopped {
+        Some(i) => (i, &entries[i]),
+        None => (entries.len(), &entries[entries.len() - 1]),
+    };
     Err(DmError::invalid(format!(
-        "table line {} (start sect {} len {}) not aligned to h/w logical block size {}",
-        stopped + 1,
+        "table line {number} (start sect {} len {}) not aligned to h/w logical block size {}",
         e.start,
         e.len,
         block * 512

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 
-use super::{Ctor, Target, TargetType, View, check_area, read_arg_group, scan_u64};
+use super::{Area, Ctor, Target, TargetType, View, check_area, read_arg_group, scan_u64};
 use crate::backing::Backing;
 use crate::crypt::{CipherSpec, Key, SectorCipher};
 use crate::error::{DmError, DmResult};
@@ -292,7 +292,7 @@ impl Target for Crypt {
     /// `sector_size` is the device's logical block size: the table's line boundaries must
     /// fall on it (`Table` checks them as the kernel's table load does).
     fn logical_block_sectors(&self) -> u64 {
-        self.step
+        self.step.max(self.device_block_sectors())
     }
 
     /// As `crypt_status` prints it: the key in hex (masking it is the reader's business),
@@ -335,6 +335,14 @@ impl Target for Crypt {
 
     fn devices(&self) -> Vec<Arc<Backing>> {
         vec![self.dev.clone()]
+    }
+
+    fn areas(&self, len: Sectors) -> Vec<Area<'_>> {
+        vec![Area {
+            dev: &self.dev,
+            start: self.start,
+            len,
+        }]
     }
 
     /// One to one: a changed device sector changes only the cipher sector holding it, which

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 
 use super::View;
-use super::{Ctor, Target, TargetType, check_area, parse_sector_arg, scan_u32};
+use super::{Area, Ctor, Target, TargetType, check_area, parse_sector_arg, scan_u32};
 use crate::backing::Backing;
 use crate::device_link::DeviceLink;
 use crate::error::{DmError, DmResult};
@@ -160,6 +160,19 @@ impl Target for Delay {
             }
         }
         out
+    }
+
+    /// Every class's area, as the kernel's `delay_iterate_devices` gives them.
+    fn areas(&self, len: Sectors) -> Vec<Area<'_>> {
+        [&self.read, &self.write, &self.flush]
+            .into_iter()
+            .take(self.sets)
+            .map(|c| Area {
+                dev: &c.dev,
+                start: c.start,
+                len,
+            })
+            .collect()
     }
 
     /// What the device shows is what the read class reads.

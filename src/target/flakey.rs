@@ -21,7 +21,8 @@ use std::time::Instant;
 
 use super::View;
 use super::{
-    Ctor, Target, TargetType, check_area, io_error, parse_sector_arg, read_arg_group, scan_u32,
+    Area, Ctor, Target, TargetType, check_area, io_error, parse_sector_arg, read_arg_group,
+    scan_u32,
 };
 use crate::backing::Backing;
 use crate::error::{DmError, DmResult};
@@ -334,6 +335,14 @@ impl Target for Flakey {
 
     fn devices(&self) -> Vec<Arc<Backing>> {
         vec![self.dev.clone()]
+    }
+
+    fn areas(&self, len: Sectors) -> Vec<Area<'_>> {
+        vec![Area {
+            dev: &self.dev,
+            start: self.start,
+            len,
+        }]
     }
 
     fn views(&self) -> Vec<View> {

@@ -5,7 +5,7 @@ use std::io;
 use std::sync::Arc;
 
 use super::View;
-use super::{Ctor, Target, TargetType, parse_sector_arg};
+use super::{Area, Ctor, Target, TargetType, parse_sector_arg};
 use crate::backing::Backing;
 use crate::error::{DmError, DmResult};
 use crate::units::{Bytes, Sectors};
@@ -57,6 +57,14 @@ impl Target for Linear {
 
     fn devices(&self) -> Vec<Arc<Backing>> {
         vec![self.dev.clone()]
+    }
+
+    fn areas(&self, len: Sectors) -> Vec<Area<'_>> {
+        vec![Area {
+            dev: &self.dev,
+            start: self.start,
+            len,
+        }]
     }
 
     fn views(&self) -> Vec<View> {

@@ -48,10 +48,26 @@ pub trait Target: Send + Sync {
     }
     /// The parameters `dmsetup table` prints after the target type.
     fn table_args(&self) -> String;
-    /// The logical block size this target gives the device, in sectors (the kernel's
-    /// `io_hints`): a power of two; dm-crypt's `sector_size` raises it.
+    /// The largest logical block size of the devices this target maps onto, in sectors (what
+    /// the kernel's `iterate_devices` stacks into the target's limits); 1 with none.
+    fn device_block_sectors(&self) -> u64 {
+        self.devices()
+            .iter()
+            .map(|d| u64::from(d.logical_block_size()) / crate::units::SECTOR_SIZE)
+            .max()
+            .unwrap_or(1)
+    }
+    /// The logical block size this target gives the device, in sectors: its devices' (see
+    /// `device_block_sectors`), raised by the kernel's `io_hints` where the target has them
+    /// (dm-crypt's `sector_size`). A power of two.
     fn logical_block_sectors(&self) -> u64 {
-        1
+        self.device_block_sectors()
+    }
+    /// The areas of devices a line of `len` sectors uses, as the kernel's `iterate_devices`
+    /// gives them (device, first sector, sectors): each must be aligned to the target's
+    /// logical block size (`check_area_alignment`).
+    fn areas(&self, _len: Sectors) -> Vec<Area<'_>> {
+        Vec::new()
     }
     /// Whether `table_args` shows key material (a crypt key): then only the device's owner
     /// reads the table, and dmfs wipes every copy of its text (`crate::secret`).
@@ -130,6 +146,29 @@ impl Ctor<'_> {
         check_area(&dev, start, len)?;
         Ok(dev)
     }
+}
+
+/// A stretch of a device a target uses (see `Target::areas`).
+pub struct Area<'a> {
+    pub dev: &'a Backing,
+    pub start: Sectors,
+    pub len: Sectors,
+}
+
+/// The rest of the kernel's `device_area_is_invalid`, checked once the table's lines are made
+/// (the kernel checks it when it sets the device's queue limits): the area must start and end
+/// on the target's logical block size, `block` sectors.
+pub fn check_area_alignment(area: &Area<'_>, block: u64) -> DmResult<()> {
+    let bytes = block * crate::units::SECTOR_SIZE;
+    for (what, n) in [("start", area.start.0), ("len", area.len.0)] {
+        if n & (block - 1) != 0 {
+            return Err(DmError::invalid(format!(
+                "{what}={n} not aligned to h/w logical block size {bytes} of {}",
+                area.dev.short_name()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The kernel's `device_area_is_invalid`: `len` sectors from `start` must lie inside `dev`.

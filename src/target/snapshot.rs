@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use parking_lot::Mutex;
 
 use super::View;
-use super::{Ctor, Target, TargetType, check_area, parse_uint_arg, read_arg_group};
+use super::{Area, Ctor, Target, TargetType, check_area, parse_uint_arg, read_arg_group};
 use crate::backing::Backing;
 use crate::device_link::DeviceLink;
 use crate::error::{DmError, DmResult};
@@ -290,6 +290,21 @@ impl Target for SnapshotTarget {
 
     fn devices(&self) -> Vec<Arc<Backing>> {
         vec![self.origin.clone(), self.cow.clone()]
+    }
+
+    fn areas(&self, len: Sectors) -> Vec<Area<'_>> {
+        vec![
+            Area {
+                dev: &self.origin,
+                start: Sectors(0),
+                len,
+            },
+            Area {
+                dev: &self.cow,
+                start: Sectors(0),
+                len: self.cow.size(),
+            },
+        ]
     }
 
     /// A chunk without an exception shows the origin's; the COW device changes only by this

@@ -6,7 +6,7 @@ use std::io;
 use std::sync::Arc;
 
 use super::View;
-use super::{Ctor, Target, TargetType, check_area};
+use super::{Area, Ctor, Target, TargetType, check_area};
 use crate::backing::Backing;
 use crate::error::{DmError, DmResult};
 use crate::snapshot::Origins;
@@ -66,6 +66,14 @@ impl Target for OriginTarget {
 
     fn devices(&self) -> Vec<Arc<Backing>> {
         vec![self.dev.clone()]
+    }
+
+    fn areas(&self, len: Sectors) -> Vec<Area<'_>> {
+        vec![Area {
+            dev: &self.dev,
+            start: Sectors(0),
+            len,
+        }]
     }
 
     fn views(&self) -> Vec<View> {

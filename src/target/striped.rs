@@ -6,7 +6,7 @@ use std::io;
 use std::sync::Arc;
 
 use super::View;
-use super::{Ctor, Target, TargetType, for_each_chunk, parse_sector_arg, parse_uint_arg};
+use super::{Area, Ctor, Target, TargetType, for_each_chunk, parse_sector_arg, parse_uint_arg};
 use crate::backing::Backing;
 use crate::error::{DmError, DmResult};
 use crate::units::{Bytes, Sectors};
@@ -146,6 +146,18 @@ impl Target for Striped {
 
     fn devices(&self) -> Vec<Arc<Backing>> {
         self.stripes.iter().map(|s| s.dev.clone()).collect()
+    }
+
+    fn areas(&self, len: Sectors) -> Vec<Area<'_>> {
+        let width = Sectors(len.0 / self.stripes.len() as u64);
+        self.stripes
+            .iter()
+            .map(|s| Area {
+                dev: &s.dev,
+                start: s.start,
+                len: width,
+            })
+            .collect()
     }
 
     fn views(&self) -> Vec<View> {

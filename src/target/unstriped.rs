@@ -11,7 +11,7 @@ use std::io;
 use std::sync::Arc;
 
 use super::{
-    Ctor, Target, TargetType, check_area, for_each_chunk, parse_sector_arg, parse_uint_arg,
+    Area, Ctor, Target, TargetType, check_area, for_each_chunk, parse_sector_arg, parse_uint_arg,
 };
 use crate::backing::Backing;
 use crate::error::{DmError, DmResult};
@@ -134,6 +134,14 @@ impl Target for Unstriped {
 
     fn devices(&self) -> Vec<Arc<Backing>> {
         vec![self.dev.clone()]
+    }
+
+    fn areas(&self, len: Sectors) -> Vec<Area<'_>> {
+        vec![Area {
+            dev: &self.dev,
+            start: self.start,
+            len,
+        }]
     }
 }
 

@@ -48,7 +48,7 @@ enum Source {
         direct: OnceLock<Option<File>>,
         /// The regular file mapped, at its first `read_in_place` (None where it cannot be: a
         /// block device, a file that cannot be mapped).
-        map: OnceLock<Option<FileMap>>,
+        map: OnceLock<Option<Arc<FileMap>>>,
         /// Where writes to it are reported (the mount's page-cache coherence listens).
         changes: Arc<Changes>,
     },
@@ -277,11 +277,11 @@ impl Backing {
             Source::File {
                 file,
                 size,
-                key: DeviceKey::File { .. },
+                key: DeviceKey::File { dev, ino },
                 map,
                 ..
             } => map
-                .get_or_init(|| FileMap::new(file, size.bytes().0))
+                .get_or_init(|| FileMap::shared(file, *dev, *ino, size.bytes().0))
                 .as_ref()
                 .is_some_and(|map| map.with_range(at.0, len, send)),
             Source::File { .. } => false,

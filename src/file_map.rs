@@ -8,9 +8,13 @@
 //! request with EIO, as a read past the end of a backing file answers. So the bytes are only
 //! ever handed to a system call (`FileMap::with_range`'s callers pass them to FUSE's reply).
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::ptr::NonNull;
+use std::sync::{Arc, Weak};
+
+use parking_lot::Mutex;
 
 pub struct FileMap {
     base: NonNull<u8>,
@@ -22,10 +26,33 @@ pub struct FileMap {
 unsafe impl Send for FileMap {}
 unsafe impl Sync for FileMap {}
 
+/// The mappings in use, by the file's device and inode and the mapped length: every reference
+/// to one file shares one mapping, so a thousand logical volumes over one image take one range
+/// of address space and one set of page tables, not a thousand.
+static SHARED: Mutex<Option<HashMap<MapKey, Weak<FileMap>>>> = Mutex::new(None);
+
+/// A mapping's file (device, inode) and length.
+type MapKey = (u64, u64, u64);
+
 impl FileMap {
+    /// The mapping of the first `len` bytes of the file with device `dev` and inode `ino`,
+    /// shared with every other reference to it, made from `file` (an open description of that
+    /// file, readable) when there is none yet; None where it cannot be mapped.
+    pub fn shared(file: &File, dev: u64, ino: u64, len: u64) -> Option<Arc<FileMap>> {
+        let mut shared = SHARED.lock();
+        let maps = shared.get_or_insert_with(HashMap::new);
+        if let Some(map) = maps.get(&(dev, ino, len)).and_then(Weak::upgrade) {
+            return Some(map);
+        }
+        maps.retain(|_, m| m.strong_count() > 0);
+        let map = Arc::new(FileMap::new(file, len)?);
+        maps.insert((dev, ino, len), Arc::downgrade(&map));
+        Some(map)
+    }
+
     /// Maps the first `len` bytes of `file`, or None where the file cannot be mapped (an empty
     /// file, a filesystem without mmap, an address space too small).
-    pub fn new(file: &File, len: u64) -> Option<FileMap> {
+    fn new(file: &File, len: u64) -> Option<FileMap> {
         let len = usize::try_from(len).ok().filter(|&n| n > 0)?;
         // SAFETY: a fresh read-only shared mapping of an open file; the kernel picks the address.
         let base = unsafe {

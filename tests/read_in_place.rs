@@ -13,11 +13,16 @@ use std::path::Path;
 
 use common::{Mount, Rng, assert_same, pattern_image, write_pattern_image};
 
-/// Whether the daemon has `file` mapped (its /proc/PID/maps names the file).
-fn mapped(m: &Mount, file: &Path) -> bool {
+/// How many mappings of `file` the daemon has (the lines of its /proc/PID/maps naming it).
+fn mappings(m: &Mount, file: &Path) -> usize {
     let maps = std::fs::read_to_string(format!("/proc/{}/maps", m.pid())).unwrap();
     let name = file.to_str().unwrap();
-    maps.lines().any(|l| l.ends_with(name))
+    maps.lines().filter(|l| l.ends_with(name)).count()
+}
+
+/// Whether the daemon has `file` mapped.
+fn mapped(m: &Mount, file: &Path) -> bool {
+    mappings(m, file) > 0
 }
 
 /// Waits up to two seconds for `mapped(m, file)` to become `want` (a removed device's table is
@@ -132,6 +137,16 @@ fn backing_files_are_mapped_while_a_table_uses_them() {
     let got = m.ok_bytes("dd if=$MNT/dev/top bs=4096 count=1 status=none");
     assert_same("dev/top", &got, &want);
     assert!(mapped(&m, &a), "a read through dev/top did not map a.img");
+    // Every device over the file shares one mapping of it.
+    m.ok(r#"
+        set -e
+        for i in 1 2 3; do
+            echo "0 100 linear $PWD/a.img $((i * 300))" > $MNT/ctl/create/more$i
+            dd if=$MNT/dev/more$i of=/dev/null bs=4096 count=2 status=none
+        done
+    "#);
+    assert_eq!(mappings(&m, &a), 1, "a.img mapped more than once");
+    m.ok("for i in 1 2 3; do echo more$i > $MNT/ctl/remove; done");
     // A crypt device changes the bytes it reads: its file is read, never mapped.
     m.ok("dd if=$MNT/dev/enc of=/dev/null bs=4096 count=16 status=none");
     assert!(!mapped(&m, &b), "the crypt device's b.img was mapped");

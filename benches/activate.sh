@@ -243,6 +243,8 @@ print(p["start"], p["size"])')
     mv "$STACK_IMG.tmp" "$STACK_IMG"
     mv "$STACK_ENV.tmp" "$STACK_ENV"
 fi
+# Set by stack.env (named here so that shellcheck knows them).
+PART_START='' PART_SIZE='' PE_START='' LV_SECTORS=''
 # shellcheck source=/dev/null
 . "$STACK_ENV"
 FLAT_START=$((PART_START + PE_START))   # the LV's first sector in the image
@@ -250,7 +252,8 @@ FLAT_START=$((PART_START + PE_START))   # the LV's first sector in the image
 # ---- vslvmmount ---------------------------------------------------------------------------------
 VSLVM_NOTE=
 vslvm_try() {   # vslvm_try BINARY DIR: mounts stack.img's VG on DIR; fails when no LV shows
-    local bin=$1 dir=$2 logf=$BENCH_DIR/vslvmmount-$(basename "$2").log
+    local bin=$1 dir=$2 logf
+    logf=$BENCH_DIR/vslvmmount-$(basename "$2").log
     mkdir -p "$dir"
     # -v: stays in the foreground (so its pid is known); its verbose output is for errors
     "$bin" -v -o $((PART_START * 512)) "$STACK_IMG" "$dir" < /dev/null > "$logf" 2>&1 &
@@ -301,7 +304,8 @@ LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 
 mount_dmfs() {   # mount_dmfs DIR ARGS...: a foreground daemon in the background
     local dir=$1; shift
-    local logf=$BENCH_DIR/dmfs-$(basename "$dir").log
+    local logf
+    logf=$BENCH_DIR/dmfs-$(basename "$dir").log
     log "mounting dmfs on $dir${*:+ ($*)}"
     "$DMFS" mount -f "$dir" "$@" < /dev/null > "$logf" 2>&1 &
     MOUNT_DIRS+=("$dir")

@@ -206,7 +206,8 @@ cat "$IMG" > /dev/null   # every row reads luks.img from the page cache
 # ---- 3. dmfs ----------------------------------------------------------------------------------
 mount_dmfs() {   # mount_dmfs DIR ARGS...: a foreground daemon in the background
     local dir=$1; shift
-    local logf=$BENCH_DIR/dmfs-$(basename "$dir").log
+    local logf
+    logf=$BENCH_DIR/dmfs-$(basename "$dir").log
     log "mounting dmfs on $dir${*:+ ($*)}"
     "$DMFS" mount -f "$dir" "$@" < /dev/null > "$logf" 2>&1 &
     FUSE_DIRS+=("$dir")

@@ -378,12 +378,12 @@ REREAD=(--size="$FIO_SIZE" --invalidate=0 --fallocate=none --create_on_open=0
         --allow_file_create=0 --output-format=json --bs=1M --ioengine=psync)
 run_fio() {   # run_fio ROW METRIC RW fio-args...
     local t=$1 m=$2 rw=$3; shift 3
-    local out=$BENCH_DIR/fio-$t-$m.json direct=() pids c0 c1
-    [[ $t == nbdkit-direct || $t == luksdemount-direct ]] && direct=(--direct=1)
-    [[ $t == native ]] && direct=(--offset=$((OFFSET * 512)))   # the payload's bytes
+    local out=$BENCH_DIR/fio-$t-$m.json extra=() pids c0 c1
+    [[ $t == nbdkit-direct || $t == luksdemount-direct ]] && extra=(--direct=1)
+    [[ $t == native ]] && extra=(--offset=$((OFFSET * 512)))   # the payload's bytes
     read -r -a pids <<< "$(server_pids "$t")"
     c0=$(cpu_ticks "${pids[@]}")
-    if fio --name="$t-$m" --filename="$(target_file "$t")" "$@" "${direct[@]}" > "$out" 2> "$out.err"; then
+    if fio --name="$t-$m" --filename="$(target_file "$t")" "$@" "${extra[@]}" > "$out" 2> "$out.err"; then
         c1=$(cpu_ticks "${pids[@]}")
         python3 -c '
 import json, sys
@@ -412,7 +412,7 @@ for round in $(seq "$ROUNDS"); do
             skip=0
             [[ $t == native ]] && skip=$((OFFSET * 512))
             dd if="$(target_file "$t")" of=/dev/null bs=1M iflag=skip_bytes skip="$skip" \
-                count="${FIO_SIZE%M}" status=none
+                count="${FIO_SIZE%M}" status=none || log "the read before $t's re-read failed"
             run_fio "$t" reread read "${REREAD[@]}" --rw=read
         fi
         [[ $t == native || $t == zero-direct ]] && continue

@@ -15,9 +15,13 @@
 # 3. the peer: libyal's vslvmmount (a rootless FUSE reader of LVM) on the same image, its
 #    volume offset set to the partition's start, reading the same LV.
 # fio jobs as benches/run.sh runs them: seq read psync bs=1M, rand read 4K io_uring QD16 x 2
-# jobs, time-based over FIO_SIZE with --invalidate=0. Every target runs once per round, the
-# targets compared in a row back to back in a rotating order, and the median of the rounds is
-# kept.
+# jobs, time-based over FIO_SIZE with --invalidate=0; and a re-read row: one pass of seq read
+# 1M (not time-based, --invalidate=0) in a new open of a file read before, as a second `cp` of
+# it is. Every target runs once per round, the targets compared in a row back to back in a
+# rotating order, and the median of the rounds is kept.
+# 4. the ceiling of each read row, in the same rounds: page-cache rows, the same job on
+#    stack.img itself (native); --cache direct rows, a dmfs zero device of the LV's size on the
+#    direct mount (the FUSE path with no data to fetch).
 #
 # Knobs (environment): BENCH_DIR (scratch), CACHE_DIR (the images, kept between runs, keyed by
 # IMAGES_VERSION), REPS (activations per image; 7), RUNTIME (s per fio job; 5), ROUNDS (5),
@@ -243,6 +247,8 @@ print(p["start"], p["size"])')
     mv "$STACK_IMG.tmp" "$STACK_IMG"
     mv "$STACK_ENV.tmp" "$STACK_ENV"
 fi
+# Set by stack.env (named here so that shellcheck knows them).
+PART_START='' PART_SIZE='' PE_START='' LV_SECTORS=''
 # shellcheck source=/dev/null
 . "$STACK_ENV"
 FLAT_START=$((PART_START + PE_START))   # the LV's first sector in the image
@@ -250,7 +256,8 @@ FLAT_START=$((PART_START + PE_START))   # the LV's first sector in the image
 # ---- vslvmmount ---------------------------------------------------------------------------------
 VSLVM_NOTE=
 vslvm_try() {   # vslvm_try BINARY DIR: mounts stack.img's VG on DIR; fails when no LV shows
-    local bin=$1 dir=$2 logf=$BENCH_DIR/vslvmmount-$(basename "$2").log
+    local bin=$1 dir=$2 logf
+    logf=$BENCH_DIR/vslvmmount-$(basename "$2").log
     mkdir -p "$dir"
     # -v: stays in the foreground (so its pid is known); its verbose output is for errors
     "$bin" -v -o $((PART_START * 512)) "$STACK_IMG" "$dir" < /dev/null > "$logf" 2>&1 &
@@ -301,7 +308,8 @@ LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 
 mount_dmfs() {   # mount_dmfs DIR ARGS...: a foreground daemon in the background
     local dir=$1; shift
-    local logf=$BENCH_DIR/dmfs-$(basename "$dir").log
+    local logf
+    logf=$BENCH_DIR/dmfs-$(basename "$dir").log
     log "mounting dmfs on $dir${*:+ ($*)}"
     "$DMFS" mount -f "$dir" "$@" < /dev/null > "$logf" 2>&1 &
     MOUNT_DIRS+=("$dir")
@@ -396,16 +404,31 @@ target_file() {
         lv-direct) echo "$MNT_D/dev/$STACK_VG-data" ;;
         vslvm) echo "$VMNT/lvm1" ;;
         vslvm-direct) echo "$VMNT_D/lvm1" ;;
+        native) echo "$STACK_IMG" ;;
+        zero-direct) echo "$MNT_D/dev/zero" ;;
     esac
 }
 # vslvmmount has no cache option: its uncached rows read with O_DIRECT, so that every read is a
-# request to it as every read of a --cache direct mount is to dmfs.
-target_args() { [[ $1 == vslvm-direct ]] && echo --direct=1; return 0; }
+# request to it as every read of a --cache direct mount is to dmfs. native reads the LV's bytes
+# of the image.
+target_args() {
+    case $1 in
+        vslvm-direct) echo --direct=1 ;;
+        native) echo --offset=$((FLAT_START * 512)) ;;
+    esac
+}
+
+# The ceilings. Page-cache rows: the image itself through the page cache (native): nothing a
+# FUSE daemon serves reads faster. --cache direct rows: a zero device of the LV's size, the same
+# FUSE path with no data to fetch, so only the copy of every reply that any daemon pays is left.
+echo "0 $LV_SECTORS zero" > "$MNT_D/ctl/create/zero"
+[[ $(stat -c %s "$MNT_D/dev/zero") -eq $((LV_SECTORS * 512)) ]] ||
+    { echo "the zero device is not the LV's size" >&2; exit 1; }
 
 RAND_ENGINE=psync
 RAND_DEPTH=(--iodepth=1)
 uring_ok=1
-for t in flat flat-direct vslvm; do
+for t in flat flat-direct vslvm native zero-direct; do
     fio --name=probe --filename="$(target_file "$t")" --rw=randread --bs=4k --ioengine=io_uring \
         --iodepth=16 --size=16M --runtime=1 --time_based --invalidate=0 --allow_file_create=0 \
         --output-format=json >/dev/null 2>&1 || uring_ok=
@@ -416,14 +439,29 @@ if [[ -n $uring_ok ]]; then
 fi
 log "random read engine: $RAND_ENGINE ${RAND_DEPTH[*]} numjobs=2"
 
-# The page-cache rows are measured warm, as in run.sh: one read of each first.
-for t in flat lv vslvm; do
-    dd if="$(target_file "$t")" of=/dev/null bs=1M count="${FIO_SIZE%M}" status=none
+# The image's cached pages are dropped and read in again first: pages cached by writing a file
+# (the image was written once) can read markedly slower than pages the kernel read in, which
+# would lower the native ceiling and the reads that dmfs makes of the image.
+python3 -c 'import os, sys
+fd = os.open(sys.argv[1], os.O_RDONLY)
+os.fsync(fd)
+os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)' "$STACK_IMG"
+cat "$STACK_IMG" > /dev/null
+# The page-cache rows are measured warm, as in run.sh: one read of each first. This is also
+# the earlier open that the re-read row's first job re-reads after.
+for t in flat lv vslvm native; do
+    skip=0
+    [[ $t == native ]] && skip=$((FLAT_START * 512))
+    dd if="$(target_file "$t")" of=/dev/null bs=1M iflag=skip_bytes skip="$skip" \
+        count="${FIO_SIZE%M}" status=none
 done
 sync
 
 COMMON=(--size="$FIO_SIZE" --runtime="$RUNTIME" --time_based --invalidate=0 --allow_file_create=0
         --output-format=json)
+# The re-read row: one pass in a new open (every fio job opens the file anew) of a file read
+# before, its cache left as it is.
+REREAD=(--size="$FIO_SIZE" --invalidate=0 --allow_file_create=0 --output-format=json)
 FIORAW=$BENCH_DIR/fio.tsv   # target, metric, value (one line per round)
 : > "$FIORAW"
 run_fio() {   # run_fio TARGET METRIC fio-args...
@@ -436,7 +474,7 @@ run_fio() {   # run_fio TARGET METRIC fio-args...
 import json, sys
 t, m = sys.argv[1:3]
 j = json.load(sys.stdin)["jobs"][0]["read"]
-v = j["bw_bytes"] / 1e6 if m == "seqread" else j["iops"]
+v = j["iops"] if m == "randread" else j["bw_bytes"] / 1e6
 print(f"{t}\t{m}\t{v:.1f}")' "$t" "$m" < "$out" | tee -a "$FIORAW" >&2
     else
         log "fio failed: $t $m: $(head -3 "$out.err" | tr '\n' ' ')"
@@ -444,7 +482,7 @@ print(f"{t}\t{m}\t{v:.1f}")' "$t" "$m" < "$out" | tee -a "$FIORAW" >&2
     fi
 }
 LOAD_FIO=$(cut -d' ' -f1-3 /proc/loadavg)
-# The three targets compared in a row (flat, LV, vslvmmount) run back to back, in an order that
+# The targets compared in a row (flat, LV, vslvmmount, the ceiling) run back to back, in an order that
 # rotates from round to round, so that a change in the machine's load between jobs falls on
 # each of them alike; the ratios are taken within a round.
 run_group() {   # run_group ROUND METRIC TARGETS...
@@ -454,6 +492,8 @@ run_group() {   # run_group ROUND METRIC TARGETS...
         t=${group[$(( (i + round) % n ))]}
         if [[ $m == seqread ]]; then
             run_fio "$t" seqread "${COMMON[@]}" --rw=read --bs=1M --ioengine=psync
+        elif [[ $m == reread ]]; then
+            run_fio "$t" reread "${REREAD[@]}" --rw=read --bs=1M --ioengine=psync
         else
             run_fio "$t" randread "${COMMON[@]}" --rw=randread --bs=4k --ioengine="$RAND_ENGINE" \
                 "${RAND_DEPTH[@]}" --numjobs=2 --group_reporting
@@ -463,10 +503,13 @@ run_group() {   # run_group ROUND METRIC TARGETS...
 for round in $(seq "$ROUNDS"); do
     log "fio round $round of $ROUNDS"
     for m in seqread randread; do
-        run_group "$round" "$m" flat lv vslvm
-        run_group "$round" "$m" flat-direct lv-direct vslvm-direct
+        run_group "$round" "$m" flat lv vslvm native
+        run_group "$round" "$m" flat-direct lv-direct vslvm-direct zero-direct
     done
+    run_group "$round" reread flat lv vslvm native
 done
+rm "$MNT_D/dev/zero"
+[[ ! -e $MNT_D/dev/zero ]] || { echo "the zero device was not removed" >&2; exit 1; }
 LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 said=$(cat "$BENCH_DIR"/vslvmmount-*.log | grep -v '^vslvmmount\|^$' | head -3 | tr '\n' ' ') || true
 [[ -z $said ]] || log "vslvmmount said: $said"
@@ -511,16 +554,22 @@ def ratio_of_rounds(a, b):
     # the same load, which medians taken apart do not keep.
     rs = per_round(a, b)
     return "-" if not rs or None in rs else f"{statistics.median(rs):.2f}"
-print("| read through | flat | LV on partition | LV / flat | every round, LV / flat | vslvmmount | LV / vslvmmount | every round, LV / vslvmmount |")
-print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-for sfx, mode, vmode in (("", "page-cache mount", "buffered"),
-                         ("-direct", "`--cache direct` mount", "O_DIRECT")):
+print("| read through | flat | LV on partition | LV / flat | every round, LV / flat | vslvmmount | LV / vslvmmount | every round, LV / vslvmmount | ceiling | ceiling / vslvmmount |")
+print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+ceilings = {"native": "native stack.img (page cache)",
+            "zero-direct": "dmfs zero device (the FUSE path, no data to fetch)"}
+def row(name, sfx, m, ceiling):
+    f, lv, v, c = med("flat" + sfx, m), med("lv" + sfx, m), med("vslvm" + sfx, m), med(ceiling, m)
+    fl, lk, vk, ck = ("flat" + sfx, m), ("lv" + sfx, m), ("vslvm" + sfx, m), (ceiling, m)
+    print(f"| {name} | {num(f)} | {num(lv)} | {ratio_of_rounds(fl, lk)} "
+          f"| {rounds(fl, lk)} | {num(v)} | {ratio_of_rounds(vk, lk)} "
+          f"| {rounds(vk, lk)} | {num(c)}, {ceilings[ceiling]} | {ratio_of_rounds(vk, ck)} |")
+for sfx, mode, vmode, ceiling in (("", "page-cache mount", "buffered", "native"),
+                                  ("-direct", "`--cache direct` mount", "O_DIRECT", "zero-direct")):
     for m, name in (("seqread", "seq read 1M MB/s"), ("randread", rand)):
-        f, lv, v = med("flat" + sfx, m), med("lv" + sfx, m), med("vslvm" + sfx, m)
-        fl, lk, vk = ("flat" + sfx, m), ("lv" + sfx, m), ("vslvm" + sfx, m)
-        print(f"| {name}, {mode} (vslvmmount {vmode}) | {num(f)} | {num(lv)} | {ratio_of_rounds(fl, lk)} "
-              f"| {rounds(fl, lk)} | {num(v)} | {ratio_of_rounds(vk, lk)} "
-              f"| {rounds(vk, lk)} |")
+        row(f"{name}, {mode} (vslvmmount {vmode})", sfx, m, ceiling)
+row("re-read in a new open, seq 1M MB/s, page-cache mount (vslvmmount buffered)", "", "reread",
+    "native")
 EOF
 )
 echo
@@ -568,10 +617,25 @@ SECTION=$(
     echo "  uncached rows read the other with O_DIRECT (fio --direct=1), each read a request to"
     echo "  it. It serves one request at a time (libfuse's single-threaded fuse_loop)"
     echo "- fio: seq read psync bs=1M 1 job; rand read bs=4k $RAND_ENGINE ${RAND_DEPTH[*]} numjobs=2;"
-    echo "  time-based over $FIO_SIZE, --invalidate=0; $ROUNDS rounds; in each, the three targets of a"
-    echo "  row run back to back in an order that rotates from round to round. Values are the"
-    echo "  medians of the rounds; a ratio is the median of the rounds' ratios (each of two jobs run"
-    echo "  back to back), each round's in the next column"
+    echo "  time-based over $FIO_SIZE, --invalidate=0; $ROUNDS rounds; in each, the targets of a row"
+    echo "  (flat, LV, vslvmmount, the ceiling) run back to back in an order that rotates from round"
+    echo "  to round. Values are the medians of the rounds; a ratio is the median of the rounds'"
+    echo "  ratios (each of two jobs run back to back), each round's in the next column"
+    echo "- ceiling: the most a row could reach, measured in the same rounds and rotation as its"
+    echo "  row. Page-cache rows: the same fio job on stack.img itself (over the LV's bytes) through"
+    echo "  the page cache, native: nothing served through FUSE reads faster (its cached pages are"
+    echo "  dropped and read in again first, as pages cached by writing a file read slower)."
+    echo "  \`--cache direct\` rows:"
+    echo "  \`0 $LV_SECTORS zero\` on the direct mount, a dmfs zero device (the FUSE path, no data to"
+    echo "  fetch): dmfs fills the reply and writes it, which leaves the copy of each reply that every"
+    echo "  FUSE daemon pays. ceiling / vslvmmount: the most any daemon could be ahead of vslvmmount"
+    echo "  on that row (the median of the rounds' ratios)"
+    echo "- re-read in a new open: one pass of $FIO_SIZE (seq read psync bs=1M, not time-based,"
+    echo "  --invalidate=0), each job a new open of a file read in an earlier open (the warm-up read,"
+    echo "  then the rounds before), as a second \`cp\`, \`sha256sum\` or \`dd\` of it is. dmfs answers"
+    echo "  read-only opens with FOPEN_KEEP_CACHE (its coherence keeps that cache true), so the page"
+    echo "  cache serves the pass; vslvmmount lets the kernel drop its cache at every open, so every"
+    echo "  byte goes to it"
     echo
     echo "$TABLES"
     echo "<!-- benches/activate.sh: end -->"

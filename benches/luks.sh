@@ -29,9 +29,14 @@
 # FIO_SIZE with --invalidate=0 (seq write on the writable rows only); and, on the rows without a
 # suffix, a one-pass read of FIO_SIZE with --invalidate=1, which drops the file's page cache
 # when the job starts: there every byte goes through the daemon once, where the time-based read
-# serves all but its first pass from the kernel's cache. ROUNDS rounds, each running every row in
-# turn; the median of the rounds is kept, every round's crypt/linear ratio shown. Beside MB/s,
-# the CPU time the serving processes (dmfs, nbdkit + nbdfuse, luksdemount) spent per GiB moved.
+# serves all but its first pass from the kernel's cache; and a re-read: one pass of FIO_SIZE
+# with --invalidate=0 in a new open of a file read just before in an open of its own, as a
+# second `cp` or `sha256sum` of it is. ROUNDS rounds, each running every row in turn; the
+# median of the rounds is kept, every round's crypt/linear ratio shown. Beside MB/s, the CPU
+# time the serving processes (dmfs, nbdkit + nbdfuse, luksdemount) spent per GiB moved.
+# The ceilings, in the same rounds: for the reads through the page cache, the same jobs on
+# luks.img itself (native, the payload's bytes); for the `--cache direct` read, a dmfs zero
+# device of the payload's size on the direct mount (the FUSE path with no data to fetch).
 #
 # Knobs (environment): BENCH_DIR (scratch), CACHE_DIR (the luksdemount build, kept between runs),
 # SIZE_MIB (payload of luks.img; 1024), FIO_SIZE (1000M; at most the payload), RUNTIME (s per
@@ -201,12 +206,24 @@ m = re.search(r"MK dump:((?:\s+[0-9a-f]{2})+)", sys.stdin.read())
 print("".join(m.group(1).split()) if m else "")')
 [[ ${#KEY} -eq $((KEY_BITS / 4)) ]] || { echo "could not read the volume key of $IMG" >&2; exit 1; }
 log "luks.img: payload offset $OFFSET sectors, $SECTORS sectors of payload"
-cat "$IMG" > /dev/null   # every row reads luks.img from the page cache
+# Every row reads luks.img from the page cache. Its cached pages are dropped (after its writes
+# reach the disk) and read in again: pages cached by writing a file can read markedly slower
+# than pages the kernel read in, which would lower the native ceiling and every read of the
+# image behind the devices. Again before each native job, as the write rows rewrite the image.
+recache() {   # recache FILE
+    python3 -c 'import os, sys
+fd = os.open(sys.argv[1], os.O_RDONLY)
+os.fsync(fd)
+os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)' "$1"
+    cat "$1" > /dev/null
+}
+recache "$IMG"
 
 # ---- 3. dmfs ----------------------------------------------------------------------------------
 mount_dmfs() {   # mount_dmfs DIR ARGS...: a foreground daemon in the background
     local dir=$1; shift
-    local logf=$BENCH_DIR/dmfs-$(basename "$dir").log
+    local logf
+    logf=$BENCH_DIR/dmfs-$(basename "$dir").log
     log "mounting dmfs on $dir${*:+ ($*)}"
     "$DMFS" mount -f "$dir" "$@" < /dev/null > "$logf" 2>&1 &
     FUSE_DIRS+=("$dir")
@@ -247,6 +264,10 @@ mount_dmfs "$MNT"
 make_devices "$MNT"
 mount_dmfs "$MNT_D" --cache direct
 make_devices "$MNT_D"
+# The ceiling of the --cache direct read row: a zero device of the payload's size, the same FUSE
+# path with no data to fetch (dmfs fills the reply and writes it: the copy of each reply that
+# every FUSE daemon pays is left).
+echo "0 $SECTORS zero" > "$MNT_D/ctl/create/zero"
 
 # ---- 4. the peers -----------------------------------------------------------------------------
 log "starting nbdkit (luks filter over the file plugin) on $NBD_SOCK"
@@ -291,6 +312,8 @@ target_file() {
         crypt-direct|linear-direct) echo "$MNT_D/dev/${1%-direct}" ;;
         nbdkit*) echo "$NBD_FILE" ;;
         luksdemount*) echo "$LMNT/luksde1" ;;
+        native) echo "$IMG" ;;
+        zero-direct) echo "$MNT_D/dev/zero" ;;
     esac
 }
 
@@ -300,6 +323,8 @@ server_pids() {   # the processes that serve a row's requests
         crypt-direct|linear-direct) echo "$DMFS_D_PID" ;;
         nbdkit*) echo "$NBDKIT_PID $NBDFUSE_PID" ;;
         luksdemount*) echo "$LUKSDE_PID" ;;
+        zero-direct) echo "$DMFS_D_PID" ;;
+        native) ;;   # no server: the kernel's page cache
     esac
 }
 cpu_ticks() {   # cpu_ticks PID...: user + system time of these processes (all their threads)
@@ -314,7 +339,7 @@ CLK_TCK=$(getconf CLK_TCK)
 
 # ---- 5. the same plaintext everywhere ---------------------------------------------------------
 PAYLOAD=$((SECTORS * 512))
-for t in crypt-direct nbdkit luksdemount linear; do
+for t in crypt-direct nbdkit luksdemount linear zero-direct; do
     size=$(stat -c %s "$(target_file "$t")")
     [[ $size -eq $PAYLOAD ]] || { echo "$t is $size bytes, the payload $PAYLOAD" >&2; exit 1; }
 done
@@ -336,7 +361,9 @@ done
 log "the same plaintext: crypt, crypt-direct, nbdkit and luksdemount agree on the first and last $VERIFY_MIB MiB; linear (the ciphertext) differs"
 
 # ---- 6. fio -----------------------------------------------------------------------------------
-ROWS=(crypt linear nbdkit luksdemount crypt-direct linear-direct nbdkit-direct luksdemount-direct)
+# native (luks.img itself, the payload's bytes) and zero-direct are the ceilings: read rows only.
+ROWS=(crypt linear nbdkit luksdemount native crypt-direct linear-direct nbdkit-direct
+      luksdemount-direct zero-direct)
 RAW=$BENCH_DIR/fio-raw.tsv   # row, metric, MB/s (one line per round)
 CPURAW=$BENCH_DIR/cpu-raw.tsv   # row, metric, CPU ms of the serving processes per GiB moved
 : > "$RAW"
@@ -345,13 +372,18 @@ COMMON=(--size="$FIO_SIZE" --runtime="$RUNTIME" --time_based --invalidate=0 --fa
         --create_on_open=0 --allow_file_create=0 --output-format=json --bs=1M --ioengine=psync)
 ONEPASS=(--size="$FIO_SIZE" --invalidate=1 --fallocate=none --create_on_open=0
          --allow_file_create=0 --output-format=json --bs=1M --ioengine=psync)
+# The re-read row: one pass in a new open (every fio job opens the file anew) of a file read
+# in an earlier open just before, its cache left as it is.
+REREAD=(--size="$FIO_SIZE" --invalidate=0 --fallocate=none --create_on_open=0
+        --allow_file_create=0 --output-format=json --bs=1M --ioengine=psync)
 run_fio() {   # run_fio ROW METRIC RW fio-args...
     local t=$1 m=$2 rw=$3; shift 3
-    local out=$BENCH_DIR/fio-$t-$m.json direct=() pids c0 c1
-    [[ $t == nbdkit-direct || $t == luksdemount-direct ]] && direct=(--direct=1)
+    local out=$BENCH_DIR/fio-$t-$m.json extra=() pids c0 c1
+    [[ $t == nbdkit-direct || $t == luksdemount-direct ]] && extra=(--direct=1)
+    [[ $t == native ]] && extra=(--offset=$((OFFSET * 512)))   # the payload's bytes
     read -r -a pids <<< "$(server_pids "$t")"
     c0=$(cpu_ticks "${pids[@]}")
-    if fio --name="$t-$m" --filename="$(target_file "$t")" "$@" "${direct[@]}" > "$out" 2> "$out.err"; then
+    if fio --name="$t-$m" --filename="$(target_file "$t")" "$@" "${extra[@]}" > "$out" 2> "$out.err"; then
         c1=$(cpu_ticks "${pids[@]}")
         python3 -c '
 import json, sys
@@ -372,11 +404,24 @@ LOAD_FIO=$(cut -d' ' -f1-3 /proc/loadavg)
 for round in $(seq "$ROUNDS"); do
     log "round $round of $ROUNDS"
     for t in "${ROWS[@]}"; do
+        [[ $t == native ]] && recache "$IMG"
         run_fio "$t" seqread read "${COMMON[@]}" --rw=read
+        if [[ $t != *-direct ]]; then
+            # Read once in an open of its own (the writes of the rows before may have dropped
+            # what was cached), then again in a new one.
+            skip=0
+            [[ $t == native ]] && skip=$((OFFSET * 512))
+            dd if="$(target_file "$t")" of=/dev/null bs=1M iflag=skip_bytes skip="$skip" \
+                count="${FIO_SIZE%M}" status=none || log "the read before $t's re-read failed"
+            run_fio "$t" reread read "${REREAD[@]}" --rw=read
+        fi
+        [[ $t == native || $t == zero-direct ]] && continue
         [[ $t == *-direct ]] || run_fio "$t" onepass read "${ONEPASS[@]}" --rw=read
         [[ $t == luksdemount* ]] || run_fio "$t" seqwrite write "${COMMON[@]}" --rw=write
     done
 done
+rm "$MNT_D/dev/zero"
+[[ ! -e $MNT_D/dev/zero ]] || { echo "the zero device was not removed" >&2; exit 1; }
 LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # ---- 7. the section of results.md -------------------------------------------------------------
@@ -396,13 +441,18 @@ def num(x):
     return "-" if x is None else f"{x:.0f}"
 def ratio(a, b):
     return "-" if a is None or not b else f"{a / b:.2f}"
-print("| MB/s (median) | crypt | linear | crypt / linear (goal >= 0.5) | every round | nbdkit | luksdemount | crypt / best peer (goal >= 3) |")
-print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+print("| MB/s (median) | crypt | linear | crypt / linear (goal >= 0.5) | every round | nbdkit | luksdemount | crypt / best peer (goal >= 3) | ceiling | ceiling / best peer |")
+print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
 rows = [("seq read 1M, through the page cache", "", "seqread"),
         ("one-pass read 1M, page cache dropped first", "", "onepass"),
+        ("re-read in a new open, seq 1M", "", "reread"),
         ("seq write 1M, page-cache mount / buffered", "", "seqwrite"),
         ("seq read 1M, `--cache direct` / O_DIRECT", "-direct", "seqread"),
         ("seq write 1M, `--cache direct` / O_DIRECT", "-direct", "seqwrite")]
+ceilings = {("", "seqread"): ("native", "native luks.img (page cache)"),
+            ("", "reread"): ("native", "native luks.img (page cache)"),
+            ("-direct", "seqread"): ("zero-direct",
+                                     "dmfs zero device (the FUSE path, no data to fetch)")}
 for name, sfx, m in rows:
     c, l = med("crypt" + sfx, m), med("linear" + sfx, m)
     n, d = med("nbdkit" + sfx, m), med("luksdemount" + sfx, m)
@@ -411,7 +461,14 @@ for name, sfx, m in rows:
     peers = [x for x in (n, d) if x is not None]
     best = max(peers) if peers else None
     dcol = "read-only" if m == "seqwrite" else num(d)
-    print(f"| {name} | {num(c)} | {num(l)} | {ratio(c, l)} | {every} | {num(n)} | {dcol} | {ratio(c, best)} |")
+    if (sfx, m) in ceilings:
+        t, what = ceilings[(sfx, m)]
+        top = med(t, m)
+        ccol, cratio = f"{num(top)}, {what}", ratio(top, best)
+    else:
+        ccol, cratio = "-", "-"
+    print(f"| {name} | {num(c)} | {num(l)} | {ratio(c, l)} | {every} | {num(n)} | {dcol} | {ratio(c, best)} "
+          f"| {ccol} | {cratio} |")
 print()
 print("| CPU ms of the serving processes per GiB (median) | crypt | linear | crypt - linear | nbdkit (with nbdfuse) | luksdemount |")
 print("| --- | --- | --- | --- | --- | --- |")
@@ -447,7 +504,8 @@ SECTION=$(
     echo "  --size=$FIO_SIZE)"
     echo "- the volume: luks.img, \`cryptsetup luksFormat --type luks1 --cipher $CIPHER --key-size"
     echo "  $KEY_BITS --hash sha256 --pbkdf-force-iterations 1000\` over $SIZE_MIB MiB of random bytes"
-    echo "  (payload offset $OFFSET sectors), in the page cache. Every row reads the same bytes of it:"
+    echo "  (payload offset $OFFSET sectors), in the page cache (its cached pages dropped and read in"
+    echo "  again at the start and before each native job). Every row reads the same bytes of it:"
     echo "  before timing, each peer's first and last $VERIFY_MIB MiB were compared equal to the crypt"
     echo "  device's, and the linear device's (the ciphertext) different"
     if [[ -n $OPEN ]]; then
@@ -476,11 +534,23 @@ SECTION=$(
     echo "  pages dropped when the job starts: every byte read through the daemon once). $ROUNDS"
     echo "  rounds, each running every row in turn, the median kept (every round's crypt / linear in"
     echo "  its own column); best peer = the faster of nbdkit and luksdemount in the same kind of row"
+    echo "- re-read in a new open: after an untimed read of $FIO_SIZE in an open of its own, one pass of"
+    echo "  $FIO_SIZE (not time-based, --invalidate=0) in a new open, as a second \`cp\` or \`sha256sum\`"
+    echo "  of a file is. dmfs answers read-only opens with FOPEN_KEEP_CACHE (its coherence keeps that"
+    echo "  cache true), so the page cache serves the pass; nbdfuse and luksdemount let the kernel"
+    echo "  drop their cache at every open, so every byte goes to them"
+    echo "- ceiling: the most a row could reach, measured in the same rounds. Through the page cache"
+    echo "  (seq read, re-read): the same fio job on luks.img itself (the payload's bytes), native:"
+    echo "  nothing served through FUSE reads faster. \`--cache direct\` seq read: \`0 $SECTORS zero\`"
+    echo "  on the direct mount, a dmfs zero device (the FUSE path, no data to fetch): dmfs fills the"
+    echo "  reply and writes it, which leaves the copy of each reply that every FUSE daemon pays."
+    echo "  ceiling / best peer: the most any daemon could be ahead of the best peer on that row"
     echo "- CPU: user + system time of the processes serving a row (dmfs's daemon; nbdkit and nbdfuse;"
     echo "  luksdemount) across each fio job, from /proc/PID/stat, per GiB fio moved: on a shared"
     echo "  machine a steadier measure of the work than MB/s. fio's own time (its side of the FUSE"
     echo "  copies) is not in it; the time-based read through the page cache is left out, as the"
-    echo "  kernel serves all but its first pass"
+    echo "  kernel serves all but its first pass (in the re-read row it serves the whole pass where"
+    echo "  the cache was kept)"
     echo
     echo "$TABLE"
     echo "<!-- benches/luks.sh: end -->"

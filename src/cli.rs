@@ -178,7 +178,8 @@ impl Mount {
             .write(true)
             .open(self.path(file))
             .map_err(|e| self.ioctl_failed(ioctl, name, &e))?;
-        f.write_all(format!("{line}\n").as_bytes())
+        // A message line may hold a key (`key set`): this copy is wiped too.
+        f.write_all(Zeroizing::new(format!("{line}\n")).as_bytes())
             .map_err(|e| self.ioctl_failed(ioctl, name, &e))
     }
 
@@ -363,13 +364,19 @@ impl Mount {
             .map_err(|e| self.ioctl_failed("rename", name, &e))
     }
 
+    /// The line is built in one wiped buffer of its final size (growing one would free an
+    /// unwiped copy): a crypt target's `key set` carries the key.
     pub fn message(&self, name: &str, sector: &str, words: &[String]) -> CliResult {
-        self.command(
-            "ctl/message",
-            "message",
-            name,
-            &format!("{name} {sector} {}", words.join(" ")),
-        )
+        let len = name.len() + 1 + sector.len() + words.iter().map(|w| w.len() + 1).sum::<usize>();
+        let mut line = Zeroizing::new(String::with_capacity(len));
+        line.push_str(name);
+        line.push(' ');
+        line.push_str(sector);
+        for w in words {
+            line.push(' ');
+            line.push_str(w);
+        }
+        self.command("ctl/message", "message", name, &line)
     }
 
     /// Device names, sorted.

@@ -52,6 +52,8 @@ pub fn errno_name(errno: i32) -> String {
         libc::ENXIO => "ENXIO".into(),
         libc::ENOTBLK => "ENOTBLK".into(),
         libc::EISDIR => "EISDIR".into(),
+        libc::EAGAIN => "EAGAIN".into(),
+        libc::ENOKEY => "ENOKEY".into(),
         other => format!("errno {other}"),
     }
 }

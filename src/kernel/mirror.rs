@@ -673,7 +673,7 @@ impl Mirror for Kernel {
         let tail = KmsgTail::start();
         Some(
             self.ctl
-                .message(&m.name, sector.0, &words.join(" "))
+                .message(&m.name, sector.0, &Zeroizing::new(words.join(" ")))
                 .map_err(|e| kernel_error(format!("message to {}", m.name), &e, tail)),
         )
     }

@@ -10,18 +10,26 @@
 //! above a kernel dm-crypt device: a partial read decrypts the whole cipher sectors and copies
 //! out its part, a partial write decrypts the edge sectors, patches them and writes them back
 //! whole, holding off other writes to the target meanwhile.
+//!
+//! Messages (`crypt_message`): `key set <key>` and `key wipe`, only while the device is
+//! suspended, are what cryptsetup's luksSuspend and luksResume send. After a wipe, or a `key
+//! set` whose hex did not decode, the device refuses to resume until a key is set (as recorded
+//! in fixtures/kernel/crypt/message.out).
 
 use std::io;
 use std::ops::Range;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::RwLock;
 
 use super::{Area, Ctor, Target, TargetType, View, check_area, read_arg_group, scan_u64};
 use crate::backing::Backing;
 use crate::crypt::{CipherSpec, Key, SectorCipher};
+use crate::device_link::DeviceLink;
 use crate::error::{DmError, DmResult};
 use crate::scratch;
+use crate::secret::Zeroizing;
 use crate::units::Sectors;
 
 pub const TYPE: TargetType = TargetType {
@@ -42,10 +50,21 @@ struct Features {
     iv_large_sectors: bool,
 }
 
+/// The key and the engine keyed with it, replaced together by `key set` and `key wipe`.
+struct Keyed {
+    /// What `table` prints: after a wipe, as many zero bytes (the kernel's `cc->key`).
+    key: Key,
+    /// `None` after a wipe or a failed `key set`: nothing may be read or written until a key is
+    /// set, which `preresume` ensures (I/O reaching it anyway fails with EIO).
+    engine: Option<SectorCipher>,
+}
+
 struct Crypt {
     spec: CipherSpec,
-    key: Key,
-    engine: SectorCipher,
+    keyed: RwLock<Keyed>,
+    /// Between the device's suspend and its resume (the kernel's `DM_CRYPT_SUSPENDED`): only
+    /// then does the target take key messages.
+    suspended: AtomicBool,
     iv_offset: u64,
     dev: Arc<Backing>,
     start: Sectors,
@@ -111,8 +130,11 @@ fn construct(ctor: &Ctor<'_>, args: &[String]) -> DmResult<Box<dyn Target>> {
     check_area(&dev, start, ctor.len)?;
     Ok(Box::new(Crypt {
         spec,
-        key,
-        engine,
+        keyed: RwLock::new(Keyed {
+            key,
+            engine: Some(engine),
+        }),
+        suspended: AtomicBool::new(false),
         iv_offset,
         dev,
         start,
@@ -226,10 +248,19 @@ impl Crypt {
         (first != offset.0 || last != end).then_some(first..last)
     }
 
+    /// Runs `f` with the engine, held for its whole run so a key message waits for it.
+    fn with_engine<T>(&self, f: impl FnOnce(&SectorCipher) -> io::Result<T>) -> io::Result<T> {
+        let keyed = self.keyed.read();
+        match &keyed.engine {
+            Some(engine) => f(engine),
+            None => Err(io::Error::from_raw_os_error(libc::EIO)),
+        }
+    }
+
     /// Reads and decrypts the cipher sector at `at` (512-byte sectors) into `out`.
-    fn read_cipher_sector(&self, at: u64, out: &mut [u8]) -> io::Result<()> {
+    fn read_cipher_sector(&self, engine: &SectorCipher, at: u64, out: &mut [u8]) -> io::Result<()> {
         self.dev.read_at(self.start + Sectors(at), out)?;
-        self.engine.decrypt(out, self.iv_sector(Sectors(at)));
+        engine.decrypt(out, self.iv_sector(Sectors(at)));
         Ok(())
     }
 
@@ -237,39 +268,114 @@ impl Crypt {
         let _alone = self.patching.write();
         let cs = self.features.sector_size as usize;
         let len = ((cover.end - cover.start) * 512) as usize;
-        scratch::with_buffer(len, |out| {
-            let head = ((offset.0 - cover.start) * 512) as usize;
-            let tail = head + buf.len();
-            if head != 0 {
-                self.read_cipher_sector(cover.start, &mut out[..cs])?;
-            }
-            // The last cipher sector, unless the one just read is it.
-            if tail != len && (len > cs || head == 0) {
-                self.read_cipher_sector(cover.end - self.step, &mut out[len - cs..])?;
-            }
-            out[head..tail].copy_from_slice(buf);
-            self.engine
-                .encrypt(out, self.iv_sector(Sectors(cover.start)));
-            self.dev.write_at(self.start + Sectors(cover.start), out)
+        self.with_engine(|engine| {
+            scratch::with_buffer(len, |out| {
+                let head = ((offset.0 - cover.start) * 512) as usize;
+                let tail = head + buf.len();
+                if head != 0 {
+                    self.read_cipher_sector(engine, cover.start, &mut out[..cs])?;
+                }
+                // The last cipher sector, unless the one just read is it.
+                if tail != len && (len > cs || head == 0) {
+                    self.read_cipher_sector(engine, cover.end - self.step, &mut out[len - cs..])?;
+                }
+                out[head..tail].copy_from_slice(buf);
+                engine.encrypt(out, self.iv_sector(Sectors(cover.start)));
+                self.dev.write_at(self.start + Sectors(cover.start), out)
+            })
         })
     }
+
+    /// `key set <key>` (the kernel's `crypt_message` and `crypt_set_key`): the key keeps the
+    /// table's size. A refusal before the hex is read leaves the key as it was; hex that does
+    /// not decode leaves no key (the device will not resume) and `table` showing what decoded.
+    /// No error repeats the key.
+    fn set_key(&self, text: &str) -> DmResult<()> {
+        let size = self.keyed.read().key.len();
+        let refused = || {
+            DmError::invalid(format!(
+                "key set: not a key of the table's {size} bytes (the key's size may not change)"
+            ))
+        };
+        if let Some(declared) = text.strip_prefix(':') {
+            // The keyring form `:<size>:<type>:<description>`.
+            let (digits, _) = declared.split_once(':').ok_or_else(refused)?;
+            if digits.is_empty()
+                || !digits.bytes().all(|b| b.is_ascii_digit())
+                || digits.parse::<usize>().ok() != Some(size)
+            {
+                return Err(refused());
+            }
+            return Err(keyring_refusal(text));
+        }
+        if text.len() / 2 != size {
+            return Err(refused());
+        }
+        // No key (cipher_null): only `-` says so.
+        if size == 0 && text != "-" {
+            return Err(refused());
+        }
+        let mut keyed = self.keyed.write();
+        keyed.engine = None;
+        let Some(key) = Key::from_kernel_hex(text) else {
+            // hex2bin writes the bytes before the first bad digit into the key it decodes into.
+            let good = text
+                .as_bytes()
+                .chunks_exact(2)
+                .take_while(|p| p.iter().all(u8::is_ascii_hexdigit))
+                .count();
+            let mut bytes = keyed.key.as_bytes().to_vec();
+            if let Some(prefix) = Key::from_kernel_hex(&text[..good * 2]) {
+                bytes[..good].copy_from_slice(prefix.as_bytes());
+            }
+            keyed.key = Key::new(bytes);
+            return Err(DmError::invalid("key set: the key is not hexadecimal"));
+        };
+        let engine = SectorCipher::new(
+            &self.spec,
+            key.as_bytes(),
+            self.features.sector_size,
+            self.features.iv_large_sectors,
+        )
+        .map_err(DmError::invalid)?;
+        // The old key is zeroed as it drops (`Key`, and the `aes` key schedules).
+        *keyed = Keyed {
+            key,
+            engine: Some(engine),
+        };
+        Ok(())
+    }
+
+    /// `key wipe` (`crypt_wipe_key`): the key and the engine keyed with it go; `table` shows
+    /// the key as zeros until a key is set.
+    fn wipe_key(&self) {
+        let mut keyed = self.keyed.write();
+        keyed.engine = None;
+        let zeros = vec![0; keyed.key.len()];
+        keyed.key = Key::new(zeros);
+    }
 }
+
+const UNRECOGNISED: &str = "unrecognised message received.";
 
 impl Target for Crypt {
     fn read(&self, offset: Sectors, buf: &mut [u8]) -> io::Result<()> {
         let Some(cover) = self.covering(offset, buf.len()) else {
-            self.dev.read_at(self.start + offset, buf)?;
-            self.engine.decrypt(buf, self.iv_sector(offset));
-            return Ok(());
+            return self.with_engine(|engine| {
+                self.dev.read_at(self.start + offset, buf)?;
+                engine.decrypt(buf, self.iv_sector(offset));
+                Ok(())
+            });
         };
         let len = ((cover.end - cover.start) * 512) as usize;
-        scratch::with_buffer(len, |whole| {
-            self.dev.read_at(self.start + Sectors(cover.start), whole)?;
-            self.engine
-                .decrypt(whole, self.iv_sector(Sectors(cover.start)));
-            let head = ((offset.0 - cover.start) * 512) as usize;
-            buf.copy_from_slice(&whole[head..head + buf.len()]);
-            Ok(())
+        self.with_engine(|engine| {
+            scratch::with_buffer(len, |whole| {
+                self.dev.read_at(self.start + Sectors(cover.start), whole)?;
+                engine.decrypt(whole, self.iv_sector(Sectors(cover.start)));
+                let head = ((offset.0 - cover.start) * 512) as usize;
+                buf.copy_from_slice(&whole[head..head + buf.len()]);
+                Ok(())
+            })
         })
     }
 
@@ -278,15 +384,52 @@ impl Target for Crypt {
             return self.write_patching(offset, buf, cover);
         }
         let _shared = self.patching.read();
-        scratch::with_buffer(buf.len(), |out| {
-            out.copy_from_slice(buf);
-            self.engine.encrypt(out, self.iv_sector(offset));
-            self.dev.write_at(self.start + offset, out)
+        self.with_engine(|engine| {
+            scratch::with_buffer(buf.len(), |out| {
+                out.copy_from_slice(buf);
+                engine.encrypt(out, self.iv_sector(offset));
+                self.dev.write_at(self.start + offset, out)
+            })
         })
     }
 
+    /// `key set <key>` and `key wipe`, words compared without case, only while suspended.
+    fn message(&self, args: &[&str]) -> DmResult<String> {
+        if args.len() < 2 || !args[0].eq_ignore_ascii_case("key") {
+            return Err(DmError::invalid(UNRECOGNISED));
+        }
+        if !self.suspended.load(Ordering::SeqCst) {
+            return Err(DmError::invalid("not suspended during key manipulation."));
+        }
+        match args {
+            [_, set, key] if set.eq_ignore_ascii_case("set") => self.set_key(key)?,
+            [_, wipe] if wipe.eq_ignore_ascii_case("wipe") => self.wipe_key(),
+            _ => return Err(DmError::invalid(UNRECOGNISED)),
+        }
+        Ok(String::new())
+    }
+
+    /// `crypt_preresume`: no resume without a key.
+    fn preresume(&self, _link: &DeviceLink) -> DmResult<()> {
+        if self.keyed.read().engine.is_none() {
+            return Err(DmError::new(
+                libc::EAGAIN,
+                "aborting resume - crypt key is not set.",
+            ));
+        }
+        Ok(())
+    }
+
+    fn resume(&self, _device_size: Sectors, _link: &DeviceLink) {
+        self.suspended.store(false, Ordering::SeqCst);
+    }
+
+    fn suspend(&self) {
+        self.suspended.store(true, Ordering::SeqCst);
+    }
+
     fn holds_key(&self) -> bool {
-        !self.key.is_empty()
+        !self.keyed.read().key.is_empty()
     }
 
     /// `sector_size` is the device's logical block size: the table's line boundaries must
@@ -318,7 +461,7 @@ impl Target for Crypt {
         let mut text = format!(
             "{} {} {} {} {}",
             self.spec.text,
-            self.key.to_kernel_hex(),
+            *Zeroizing::new(self.keyed.read().key.to_kernel_hex()),
             self.iv_offset,
             self.dev.name(),
             self.start

@@ -458,21 +458,22 @@ impl Target for Crypt {
             (f.iv_large_sectors, "iv_large_sectors".to_string()),
         ];
         let set: Vec<&String> = flags.iter().filter(|(on, _)| *on).map(|(_, s)| s).collect();
-        let mut text = format!(
-            "{} {} {} {} {}",
-            self.spec.text,
-            *Zeroizing::new(self.keyed.read().key.to_kernel_hex()),
-            self.iv_offset,
-            self.dev.name(),
-            self.start
-        );
+        // Everything after the key first: the text holding the key is then sized once, so
+        // that no reallocation frees a copy of it unwiped (`Table` wipes the text it is given).
+        let mut tail = format!(" {} {} {}", self.iv_offset, self.dev.name(), self.start);
         if !set.is_empty() {
-            text.push_str(&format!(" {}", set.len()));
+            tail.push_str(&format!(" {}", set.len()));
             for s in set {
-                text.push(' ');
-                text.push_str(s);
+                tail.push(' ');
+                tail.push_str(s);
             }
         }
+        let key = Zeroizing::new(self.keyed.read().key.to_kernel_hex());
+        let mut text = String::with_capacity(self.spec.text.len() + 1 + key.len() + tail.len());
+        text.push_str(&self.spec.text);
+        text.push(' ');
+        text.push_str(&key);
+        text.push_str(&tail);
         text
     }
 

@@ -1,6 +1,7 @@
-//! A read-only shared mapping of a backing file, so that a read can be answered from the
-//! file's page cache without dmfs copying it first: the reply to the kernel is written straight
-//! from the mapped pages, and the kernel's one copy (into the reader's pages) is the only one.
+//! Memory a read is answered from without dmfs copying it first: a read-only shared mapping of
+//! a backing file, so that the reply to the kernel is written straight from the file's page
+//! cache and the kernel's one copy (into the reader's pages) is the only one; and zeros for the
+//! `zero` target, which cost no memory.
 //!
 //! dmfs never reads the mapped bytes itself. A file can shrink under its mapping, and touching a
 //! page past the new end from user space raises SIGBUS; the kernel copying from that page while
@@ -12,7 +13,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::ptr::NonNull;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 
 use parking_lot::Mutex;
 
@@ -96,6 +97,38 @@ impl FileMap {
         true
     }
 }
+
+/// The largest read FUSE sends (`fs.fuse.max_pages_limit` pages).
+const ZEROS_LEN: usize = 1 << 20;
+
+/// `len` zero bytes that cost no memory: a read-only anonymous mapping, whose pages are all the
+/// kernel's one zero page. None for more than the largest read, or where it cannot be mapped.
+pub fn zeros(len: usize) -> Option<&'static [u8]> {
+    static ZEROS: OnceLock<Option<FileMapZeros>> = OnceLock::new();
+    let zeros = ZEROS.get_or_init(|| {
+        // SAFETY: a fresh private anonymous read-only mapping; the kernel picks the address.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                ZEROS_LEN,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        (base != libc::MAP_FAILED).then_some(FileMapZeros(base.cast()))
+    });
+    let zeros = zeros.as_ref()?;
+    // SAFETY: the mapping is never unmapped, and its bytes are zeros that nothing can change.
+    (len <= ZEROS_LEN).then(|| unsafe { std::slice::from_raw_parts(zeros.0, len) })
+}
+
+/// The address of the zeros mapping (kept for the process's life).
+struct FileMapZeros(*const u8);
+// SAFETY: the mapping is read-only and never unmapped.
+unsafe impl Send for FileMapZeros {}
+unsafe impl Sync for FileMapZeros {}
 
 impl Drop for FileMap {
     fn drop(&mut self) {

@@ -1,7 +1,8 @@
 //! Reads answered from the backing file's page cache (`Backing::read_in_place`): where a read
 //! lies in one piece of one regular file (linear, a stripe's chunk, a snapshot origin, and the
 //! same through stacked devices), dmfs writes the reply from a mapping of the file instead of
-//! reading it into a buffer first. These tests check that the bytes are the device's in every
+//! reading it into a buffer first (and a read inside a `zero` line from mapped zeros).
+//! These tests check that the bytes are the device's in every
 //! shape, whether the read fits one piece or not, that the files are mapped only while a table
 //! uses them, and that a backing file cut short under a table fails reads past its new end
 //! with EIO and leaves the daemon serving.
@@ -101,6 +102,7 @@ fn reads_in_every_shape_return_the_devices_bytes() {
         echo "0 1536 striped 3 8 $PWD/a.img 0 $PWD/b.img 16 $PWD/c.img 32" > $MNT/ctl/create/str
         echo "0 1200 linear $MNT/dev/str 20" > $MNT/ctl/create/top
         echo "0 2048 snapshot-origin $PWD/c.img" > $MNT/ctl/create/origin
+        printf "0 1000 zero\n1000 600 linear $PWD/b.img 3\n" > $MNT/ctl/create/zl
     "#);
     let lin = linear_bytes(&[(&imgs[0], 7, 1000), (&imgs[1], 3, 600)]);
     // The kernel's striping: chunk k of the target is chunk k / 3 of stripe k % 3.
@@ -116,6 +118,9 @@ fn reads_in_every_shape_return_the_devices_bytes() {
     check_reads(&m, "str", &str_bytes, 2);
     check_reads(&m, "top", &top, 3);
     check_reads(&m, "origin", &imgs[2], 4);
+    let mut zl = vec![0u8; 1000 * 512];
+    zl.extend_from_slice(&linear_bytes(&[(&imgs[1], 3, 600)]));
+    check_reads(&m, "zl", &zl, 5);
 }
 
 #[test]

@@ -4,7 +4,7 @@ use std::io;
 
 use super::{Ctor, Target, TargetType};
 use crate::error::{DmError, DmResult};
-use crate::units::Sectors;
+use crate::units::{Bytes, Sectors};
 
 pub const TYPE: TargetType = TargetType {
     name: "zero",
@@ -29,6 +29,11 @@ impl Target for Zero {
 
     fn write(&self, _offset: Sectors, _buf: &[u8]) -> io::Result<()> {
         Ok(())
+    }
+
+    /// Zeros the reply is written from, without filling a buffer first.
+    fn read_in_place(&self, _offset: Bytes, len: usize, send: &mut dyn FnMut(&[u8])) -> bool {
+        crate::file_map::zeros(len).map(send).is_some()
     }
 
     fn table_args(&self) -> String {

@@ -1,7 +1,7 @@
 //! Memory a read is answered from without dmfs copying it first: a read-only shared mapping of
 //! a backing file, so that the reply to the kernel is written straight from the file's page
 //! cache and the kernel's one copy (into the reader's pages) is the only one; and zeros for the
-//! `zero` target, which cost no memory.
+//! `zero` target.
 //!
 //! dmfs never reads the mapped bytes itself. A file can shrink under its mapping, and touching a
 //! page past the new end from user space raises SIGBUS; the kernel copying from that page while
@@ -101,23 +101,30 @@ impl FileMap {
 /// The largest read FUSE sends (`fs.fuse.max_pages_limit` pages).
 const ZEROS_LEN: usize = 1 << 20;
 
-/// `len` zero bytes that cost no memory: a read-only anonymous mapping, whose pages are all the
-/// kernel's one zero page. None for more than the largest read, or where it cannot be mapped.
+/// `len` zero bytes in memory of their own, made once (a megabyte for the process's life).
+/// None for more than the largest read, or where it cannot be mapped. Not the kernel's shared
+/// zero page, which an anonymous mapping only read would show: FUSE pins the pages of a reply,
+/// and pinning the zero page takes the kernel's slow path for every page of it.
 pub fn zeros(len: usize) -> Option<&'static [u8]> {
     static ZEROS: OnceLock<Option<FileMapZeros>> = OnceLock::new();
     let zeros = ZEROS.get_or_init(|| {
-        // SAFETY: a fresh private anonymous read-only mapping; the kernel picks the address.
-        let base = unsafe {
-            libc::mmap(
+        // SAFETY: a fresh private anonymous mapping, populated (its pages written in, zeroed)
+        // and then made read-only; the kernel picks the address.
+        unsafe {
+            let base = libc::mmap(
                 std::ptr::null_mut(),
                 ZEROS_LEN,
-                libc::PROT_READ,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
                 -1,
                 0,
-            )
-        };
-        (base != libc::MAP_FAILED).then_some(FileMapZeros(base.cast()))
+            );
+            if base == libc::MAP_FAILED {
+                return None;
+            }
+            libc::mprotect(base, ZEROS_LEN, libc::PROT_READ);
+            Some(FileMapZeros(base.cast()))
+        }
     });
     let zeros = zeros.as_ref()?;
     // SAFETY: the mapping is never unmapped, and its bytes are zeros that nothing can change.

@@ -93,7 +93,10 @@ fn kernel_error(what: String, err: &io::Error, tail: KmsgTail) -> DmError {
 pub fn replace_refs(params: &str, subs: &[(String, String)]) -> String {
     let mut subs: Vec<&(String, String)> = subs.iter().filter(|(f, _)| !f.is_empty()).collect();
     subs.sort_by_key(|(f, _)| std::cmp::Reverse(f.len()));
-    let mut out = String::with_capacity(params.len());
+    // Room for every word to be replaced by the longest substitute: the text may hold a crypt
+    // key, and a String that grows frees its old copy unwiped.
+    let longest = subs.iter().map(|(_, t)| t.len()).max().unwrap_or(0);
+    let mut out = String::with_capacity(params.len() + params.split(' ').count() * longest);
     let mut rest = params;
     let mut at_word_start = true;
     while !rest.is_empty() {

@@ -516,13 +516,18 @@ impl TableBuilder {
             }
             expect = e.start + e.len;
         }
+        // Each line's block sizes, worked out once: what its devices give it, and what it gives
+        // the device (the kernel's queue limits after `iterate_devices`, then `io_hints`).
+        let mut blocks = Vec::with_capacity(self.entries.len());
         for e in &self.entries {
-            let block = e.target.logical_block_sectors();
+            let stacked = e.target.device_block_sectors();
+            let block = e.target.logical_block_sectors(stacked);
             for area in e.target.areas(e.len) {
                 target::check_area_alignment(&area, block)?;
             }
+            blocks.push(LineBlocks { stacked, block });
         }
-        let block_sectors = check_block_alignment(&self.entries)?;
+        let block_sectors = check_block_alignment(&self.entries, &blocks)?;
         Ok(Table {
             entries: self.entries.clone(),
             starts: self.entries.iter().map(|e| e.start.0).collect(),
@@ -532,26 +537,29 @@ impl TableBuilder {
     }
 }
 
+/// A line's logical block sizes in sectors: the largest of its devices', and the one it gives
+/// the device.
+struct LineBlocks {
+    stacked: u64,
+    block: u64,
+}
+
 /// The kernel's `validate_hardware_logical_block_alignment`: the device's logical block size
 /// is the largest any line gives it (returned, in sectors), and every stretch of lines must
 /// fill whole blocks, with no block split where a line over a device of a larger block size
 /// begins. Its words, as the oracle printed them, give the line where the check stopped as
 /// the kernel's index counted from 0, or, when it ran through, the number of lines and the
-/// last line's extent.
-fn check_block_alignment(entries: &[Entry]) -> DmResult<u64> {
-    let block = entries
-        .iter()
-        .map(|e| e.target.logical_block_sectors())
-        .max()
-        .unwrap_or(1);
+/// last line's extent. `blocks` holds each entry's sizes.
+fn check_block_alignment(entries: &[Entry], blocks: &[LineBlocks]) -> DmResult<u64> {
+    let block = blocks.iter().map(|b| b.block).max().unwrap_or(1);
     if block <= 1 {
         return Ok(block);
     }
     let mut next_start = 0u64;
     let mut remaining = 0u64;
     let mut stopped = None;
-    for (i, e) in entries.iter().enumerate() {
-        if remaining < e.len.0 && remaining & (e.target.device_block_sectors() - 1) != 0 {
+    for (i, (e, b)) in entries.iter().zip(blocks).enumerate() {
+        if remaining < e.len.0 && remaining & (b.stacked - 1) != 0 {
             stopped = Some(i);
             break;
         }

@@ -434,8 +434,8 @@ impl Target for Crypt {
 
     /// `sector_size` is the device's logical block size: the table's line boundaries must
     /// fall on it (`Table` checks them as the kernel's table load does).
-    fn logical_block_sectors(&self) -> u64 {
-        self.step.max(self.device_block_sectors())
+    fn logical_block_sectors(&self, stacked: u64) -> u64 {
+        self.step.max(stacked)
     }
 
     /// As `crypt_status` prints it: the key in hex (masking it is the reader's business),
@@ -482,11 +482,7 @@ impl Target for Crypt {
     }
 
     fn areas(&self, len: Sectors) -> Vec<Area<'_>> {
-        vec![Area {
-            dev: &self.dev,
-            start: self.start,
-            len,
-        }]
+        vec![Area::new(&self.dev, self.start, len)]
     }
 
     /// One to one: a changed device sector changes only the cipher sector holding it, which

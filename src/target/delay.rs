@@ -167,11 +167,7 @@ impl Target for Delay {
         [&self.read, &self.write, &self.flush]
             .into_iter()
             .take(self.sets)
-            .map(|c| Area {
-                dev: &c.dev,
-                start: c.start,
-                len,
-            })
+            .map(|c| Area::new(&c.dev, c.start, len))
             .collect()
     }
 

@@ -338,11 +338,7 @@ impl Target for Flakey {
     }
 
     fn areas(&self, len: Sectors) -> Vec<Area<'_>> {
-        vec![Area {
-            dev: &self.dev,
-            start: self.start,
-            len,
-        }]
+        vec![Area::new(&self.dev, self.start, len)]
     }
 
     fn views(&self) -> Vec<View> {

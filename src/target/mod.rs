@@ -57,11 +57,11 @@ pub trait Target: Send + Sync {
             .max()
             .unwrap_or(1)
     }
-    /// The logical block size this target gives the device, in sectors: its devices' (see
-    /// `device_block_sectors`), raised by the kernel's `io_hints` where the target has them
-    /// (dm-crypt's `sector_size`). A power of two.
-    fn logical_block_sectors(&self) -> u64 {
-        self.device_block_sectors()
+    /// The logical block size this target gives the device, in sectors, given `stacked`, its
+    /// devices' (`device_block_sectors`): that, unless the target raises it, as the kernel's
+    /// `io_hints` do (dm-crypt's `sector_size`). A power of two.
+    fn logical_block_sectors(&self, stacked: u64) -> u64 {
+        stacked
     }
     /// The areas of devices a line of `len` sectors uses, as the kernel's `iterate_devices`
     /// gives them (device, first sector, sectors): each must be aligned to the target's
@@ -153,6 +153,12 @@ pub struct Area<'a> {
     pub dev: &'a Backing,
     pub start: Sectors,
     pub len: Sectors,
+}
+
+impl<'a> Area<'a> {
+    pub fn new(dev: &'a Backing, start: Sectors, len: Sectors) -> Area<'a> {
+        Area { dev, start, len }
+    }
 }
 
 /// The rest of the kernel's `device_area_is_invalid`, checked once the table's lines are made

@@ -294,16 +294,8 @@ impl Target for SnapshotTarget {
 
     fn areas(&self, len: Sectors) -> Vec<Area<'_>> {
         vec![
-            Area {
-                dev: &self.origin,
-                start: Sectors(0),
-                len,
-            },
-            Area {
-                dev: &self.cow,
-                start: Sectors(0),
-                len: self.cow.size(),
-            },
+            Area::new(&self.origin, Sectors(0), len),
+            Area::new(&self.cow, Sectors(0), self.cow.size()),
         ]
     }
 

@@ -69,11 +69,7 @@ impl Target for OriginTarget {
     }
 
     fn areas(&self, len: Sectors) -> Vec<Area<'_>> {
-        vec![Area {
-            dev: &self.dev,
-            start: Sectors(0),
-            len,
-        }]
+        vec![Area::new(&self.dev, Sectors(0), len)]
     }
 
     fn views(&self) -> Vec<View> {

@@ -152,11 +152,7 @@ impl Target for Striped {
         let width = Sectors(len.0 / self.stripes.len() as u64);
         self.stripes
             .iter()
-            .map(|s| Area {
-                dev: &s.dev,
-                start: s.start,
-                len: width,
-            })
+            .map(|s| Area::new(&s.dev, s.start, width))
             .collect()
     }
 

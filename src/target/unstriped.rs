@@ -137,11 +137,7 @@ impl Target for Unstriped {
     }
 
     fn areas(&self, len: Sectors) -> Vec<Area<'_>> {
-        vec![Area {
-            dev: &self.dev,
-            start: self.start,
-            len,
-        }]
+        vec![Area::new(&self.dev, self.start, len)]
     }
 }
 

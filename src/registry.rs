@@ -157,6 +157,31 @@ fn levels_above(
     d
 }
 
+/// The end of a device taken out of the registry (`remove`, `remove_set`). As the kernel's
+/// __dm_destroy, a live device is suspended on its way out: its table may outlive this call for
+/// a moment (a release still holding the device), and a snapshot it serves may be handed over to
+/// a new table meanwhile. The table goes with the device: references it held to other devices
+/// are released once the last reader drops its Arc. (The suspend let delay targets go of what
+/// they hold back, so the flush does not wait out a delay; a `mirrored` device's I/O went
+/// through the kernel, so dmfs's targets hold nothing to flush.) As __dm_destroy waits for the
+/// device's holders, this waits (a little) for another holder (a release still in progress) to
+/// let go: once it returns, the table and what it registered (a snapshot of its COW device) are
+/// gone, and a table created next on the same COW device starts from the device, not from the
+/// removed snapshot.
+fn let_go(device: Arc<Device>, mirrored: bool) {
+    let name = device.name();
+    device.suspend();
+    if !mirrored && let Err(e) = device.flush() {
+        log::warn!("remove {name}: flush failed: {e}");
+    }
+    let dropped = device.drop_signal();
+    drop(device);
+    if !dropped.wait(REMOVE_WAIT) {
+        log::warn!("remove {name}: the device is still referenced");
+    }
+    log::info!("removed {name}");
+}
+
 fn not_found(name: &str) -> DmError {
     DmError::not_found(format!("Device {name} not found"))
 }
@@ -291,27 +316,7 @@ impl Registry {
         d.by_id.remove(&device.id);
         drop(d);
         self.tables_changed();
-        // As the kernel's __dm_destroy, a live device is suspended on its way out: its table
-        // may outlive this call for a moment (a release still holding the device), and a
-        // snapshot it serves may be handed over to a new table meanwhile.
-        device.suspend();
-        // The table goes with the device: references it held to other devices are released
-        // once the last reader drops its Arc. (The suspend above let delay targets go of
-        // what they hold back, so the flush does not wait out a delay; a mirrored device's
-        // I/O went through the kernel, so dmfs's targets hold nothing to flush.)
-        if !mirrored && let Err(e) = device.flush() {
-            log::warn!("remove {name}: flush failed: {e}");
-        }
-        // As __dm_destroy waits for the device's holders, wait (a little) for another holder
-        // (a release still in progress) to let go: when remove returns, the table and what it
-        // registered (a snapshot of its COW device) are gone, and a table created next on the
-        // same COW device starts from the device, not from the removed snapshot.
-        let dropped = device.drop_signal();
-        drop(device);
-        if !dropped.wait(REMOVE_WAIT) {
-            log::warn!("remove {name}: the device is still referenced");
-        }
-        log::info!("removed {name}");
+        let_go(device, mirrored);
         Ok(())
     }
 
@@ -389,20 +394,9 @@ impl Registry {
         }
         drop(d);
         self.tables_changed();
+        // Holders first, so each one's table lets go of the next before that one is waited for.
         for (device, mirrored) in removed {
-            let name = device.name();
-            // As `remove`: suspended on the way out, flushed, and waited for (holders first,
-            // so each one's table lets go of the next before that one is waited for).
-            device.suspend();
-            if !mirrored && let Err(e) = device.flush() {
-                log::warn!("remove {name}: flush failed: {e}");
-            }
-            let dropped = device.drop_signal();
-            drop(device);
-            if !dropped.wait(REMOVE_WAIT) {
-                log::warn!("remove {name}: the device is still referenced");
-            }
-            log::info!("removed {name}");
+            let_go(device, mirrored);
         }
         failed.map_or(Ok(()), Err)
     }

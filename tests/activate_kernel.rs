@@ -20,8 +20,7 @@ use common::*;
 
 use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 const LVM: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/kernel/lvm");
 
@@ -176,33 +175,18 @@ fn a_filesystem_made_through_dmfs_reads_back_in_the_kernel() {
     )
     .unwrap();
     tell("running roundtrip-check-vm.sh in the kernel oracle's VM (one boot, 10 minutes at most)");
-    let started = Instant::now();
-    let out = Command::new("timeout")
-        .args(["-k", "10", "600"])
-        .arg(&oracle)
-        .arg("--share")
-        .arg(&share)
-        .arg("--disk")
-        .arg(&img)
-        .arg(share.join("roundtrip-check-vm.sh"))
-        .env("KERNEL_ORACLE_TIMEOUT", "570")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let _ = std::fs::remove_dir_all(&share);
-    let code = out.status.code();
-    // 125: the harness failed (no qemu, no kernel, no boot); only a quick one counts as
-    // skipped, a slow one may be a hang.
-    let quick = started.elapsed() < Duration::from_secs(240);
-    if code == Some(125) && quick && !stdout.contains("roundtrip-check:") {
-        tell(&format!(
-            "skipped: the kernel oracle could not run its VM (exit {code:?}): {}",
-            stderr.lines().last().unwrap_or("")
-        ));
-        return;
-    }
+    let disks = [img.as_path()];
+    let vm = match common::oracle::boot(
+        &oracle,
+        &share,
+        &disks,
+        "roundtrip-check-vm.sh",
+        "roundtrip-check:",
+    ) {
+        Ok(vm) => vm,
+        Err(why) => return tell(&format!("skipped: {why}")),
+    };
+    let (stdout, stderr, code) = (&vm.stdout, &vm.stderr, vm.code);
     let checks = stdout.lines().filter(|l| l.starts_with("ok: ")).count();
     assert!(
         code == Some(0) && stdout.contains("roundtrip-check: 5 checks, 0 failed") && checks == 5,

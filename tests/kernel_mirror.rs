@@ -17,7 +17,7 @@ mod common;
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{DMFS, Mount, scratch_dir};
 
@@ -97,39 +97,16 @@ fn kernel_mirror_end_to_end_in_the_kernel_oracle() {
         "running fixtures/kernel/mirror-vm.sh in the kernel oracle's VM (one boot, {} at most)",
         "10 minutes"
     ));
-    let started = Instant::now();
-    // The oracle's own timeout ends qemu; `timeout` ends the oracle if it hangs anyway. The VM
-    // emulates its CPU: on a machine busy with other work the run takes several times longer.
-    let out = Command::new("timeout")
-        .args(["-k", "10", "600"])
-        .arg(&oracle)
-        .arg("--share")
-        .arg(&share)
-        .arg(share.join("mirror-vm.sh"))
-        .env("KERNEL_ORACLE_TIMEOUT", "570")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let _ = std::fs::remove_dir_all(&share);
+    let vm = match common::oracle::boot(&oracle, &share, &[], "mirror-vm.sh", "mirror-vm:") {
+        Ok(vm) => vm,
+        Err(why) => return tell(&format!("skipped: {why}")),
+    };
+    let (stdout, stderr, code) = (&vm.stdout, &vm.stderr, vm.code);
     let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/kernel-mirror.out");
-    let _ = std::fs::write(&target, &stdout);
-    let code = out.status.code();
-    // 125: the harness failed (no qemu, no kernel, no boot). A VM that ran out of time also
-    // ends that way, but that may be dmfs hanging: only a quick failure counts as skipped.
-    let quick = started.elapsed() < Duration::from_secs(240);
-    if code == Some(125) && quick && !stdout.contains("mirror-vm:") {
-        tell(&format!(
-            "skipped: the kernel oracle could not run its VM (exit {code:?} after {:?}): {}",
-            started.elapsed(),
-            stderr.lines().last().unwrap_or("")
-        ));
-        return;
-    }
+    let _ = std::fs::write(&target, stdout);
     tell(&format!(
         "VM run took {:?}; its output is in target/kernel-mirror.out",
-        Duration::from_secs(started.elapsed().as_secs())
+        Duration::from_secs(vm.took.as_secs())
     ));
     let failed: Vec<&str> = stdout.lines().filter(|l| l.starts_with("FAIL")).collect();
     assert!(

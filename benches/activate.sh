@@ -42,6 +42,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=benches/lib.sh
+. "$ROOT/benches/lib.sh"
 # Bump when the images built below change: the cache directory is keyed by it.
 IMAGES_VERSION=1
 BENCH_DIR=${BENCH_DIR:-/tmp/dmfs-bench-activate}
@@ -63,34 +65,15 @@ MNT=$BENCH_DIR/mnt            # default mount (page-cache mode)
 MNT_D=$BENCH_DIR/mnt-direct   # --cache direct
 VMNT=$BENCH_DIR/vslvm         # vslvmmount's mount point (read buffered)
 VMNT_D=$BENCH_DIR/vslvm-direct   # a second vslvmmount mount (read with O_DIRECT)
-MOUNT_DIRS=()                 # FUSE mounts this run made (dmfs and vslvmmount) and their pids
-MOUNT_PIDS=()
 LOOPS=()                      # loop devices this run attached
 STARTED_DIR=
 
-log() { printf '== %s\n' "$*" >&2; }
-is_mounted() { awk -v m="$1" '$2 == m { f = 1 } END { exit !f }' /proc/mounts; }
 
 detach_loop() {   # detach_loop DEV: and forget it
     local i
     losetup -d "$1" 2>/dev/null || true
     for i in "${!LOOPS[@]}"; do [[ ${LOOPS[$i]} == "$1" ]] && unset 'LOOPS[i]'; done
     return 0
-}
-unmount_all() {
-    local i dir dpid
-    for i in "${!MOUNT_DIRS[@]}"; do
-        dir=${MOUNT_DIRS[$i]} dpid=${MOUNT_PIDS[$i]}
-        is_mounted "$dir" && { umount "$dir" 2>/dev/null || umount -l "$dir"; }
-        for _ in $(seq 100); do kill -0 "$dpid" 2>/dev/null || break; sleep 0.1; done
-        if kill -0 "$dpid" 2>/dev/null; then
-            kill -TERM "$dpid"
-            for _ in $(seq 50); do kill -0 "$dpid" 2>/dev/null || break; sleep 0.1; done
-            kill -0 "$dpid" 2>/dev/null && kill -KILL "$dpid"
-        fi
-        wait "$dpid" 2>/dev/null
-    done
-    MOUNT_DIRS=() MOUNT_PIDS=()
 }
 cleanup() {
     local rc=$?
@@ -116,12 +99,6 @@ if [[ -z ${NO_BUILD:-} && $DMFS == "$DMFS_DEFAULT" ]]; then
     log "building release dmfs"
     (cd "$ROOT" && cargo build --release --quiet)
 fi
-need_pkg() {   # need_pkg COMMAND DEBIAN-PACKAGE
-    command -v "$1" >/dev/null && return 0
-    log "installing $2"
-    apt-get install -y "$2" >/dev/null 2>&1 ||
-        { apt-get update >/dev/null && apt-get install -y "$2" >/dev/null; }
-}
 need_pkg fio fio
 need_pkg sfdisk fdisk
 need_pkg lvcreate lvm2
@@ -306,23 +283,6 @@ mkdir -p "$BENCH_DIR" "$MNT" "$MNT_D"
 STARTED_DIR=1
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 
-mount_dmfs() {   # mount_dmfs DIR ARGS...: a foreground daemon in the background
-    local dir=$1; shift
-    local logf
-    logf=$BENCH_DIR/dmfs-$(basename "$dir").log
-    log "mounting dmfs on $dir${*:+ ($*)}"
-    "$DMFS" mount -f "$dir" "$@" < /dev/null > "$logf" 2>&1 &
-    MOUNT_DIRS+=("$dir")
-    MOUNT_PIDS+=($!)
-    for _ in $(seq 200); do
-        is_mounted "$dir" && [[ -e $dir/ctl/version ]] && return 0
-        kill -0 "$!" 2>/dev/null || break
-        sleep 0.05
-    done
-    cat "$logf" >&2
-    echo "dmfs did not mount on $dir" >&2
-    exit 1
-}
 mount_dmfs "$MNT"
 mount_dmfs "$MNT_D" --cache direct
 
@@ -640,24 +600,9 @@ SECTION=$(
     echo "$TABLES"
     echo "<!-- benches/activate.sh: end -->"
 )
-write_section() {   # write_section FILE SECTION-FILE: replaces this script's section, or adds it
-    python3 - "$1" "$2" <<'EOF'
-import os, sys
-path = sys.argv[1]
-new = open(sys.argv[2]).read().rstrip("\n") + "\n"
-old = open(path).read() if os.path.exists(path) else ""
-b, e = "<!-- benches/activate.sh: begin -->", "<!-- benches/activate.sh: end -->"
-if b in old and e in old:
-    i, j = old.index(b), old.index(e) + len(e)
-    out = old[:i] + new.rstrip("\n") + old[j:]
-else:
-    out = old.rstrip("\n") + ("\n\n" if old else "") + new
-open(path, "w").write(out)
-EOF
-}
 if [[ -n $COMPLETE ]]; then
     echo "$SECTION" > "$BENCH_DIR/section.md"
-    write_section "$RESULTS" "$BENCH_DIR/section.md"
+    write_section activate.sh "$RESULTS" "$BENCH_DIR/section.md"
     log "section written to $RESULTS"
 else
     INCOMPLETE=${INCOMPLETE_RESULTS:-/tmp/dmfs-bench-activate.incomplete.md}

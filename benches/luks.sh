@@ -54,6 +54,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=benches/lib.sh
+. "$ROOT/benches/lib.sh"
 BENCH_DIR=${BENCH_DIR:-/tmp/dmfs-bench-luks}
 CACHE_DIR=${CACHE_DIR:-/tmp/dmfs-bench-cache/luks}
 SIZE_MIB=${SIZE_MIB:-1024}
@@ -74,36 +76,17 @@ MNT_D=$BENCH_DIR/mnt-direct   # --cache direct
 NBD_FILE=$BENCH_DIR/nbd       # nbdfuse's mount point (a file)
 NBD_SOCK=$BENCH_DIR/nbdkit.sock
 LMNT=$BENCH_DIR/luksde        # luksdemount's mount point
-FUSE_DIRS=()                  # FUSE mounts this run made (dmfs, nbdfuse, luksdemount) and their pids
-FUSE_PIDS=()
 NBDKIT_PID=
 STARTED_DIR=
 
-log() { printf '== %s\n' "$*" >&2; }
 
-is_mounted() { awk -v m="$1" '$2 == m { f = 1 } END { exit !f }' /proc/mounts; }
 
-stop_pid() {   # stop_pid PID: wait for it to exit, TERM it after 10 s, KILL it after 5 more
-    local pid=$1
-    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    if kill -0 "$pid" 2>/dev/null; then
-        kill -TERM "$pid"
-        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
-    fi
-    wait "$pid" 2>/dev/null
-}
 cleanup() {
     local rc=$?
     set +e
     trap - EXIT INT TERM
-    local i dir
     # Last mounted first: the FUSE daemons exit once their mount is gone.
-    for ((i = ${#FUSE_DIRS[@]} - 1; i >= 0; i--)); do
-        dir=${FUSE_DIRS[$i]}
-        is_mounted "$dir" && { umount "$dir" 2>/dev/null || umount -l "$dir"; }
-        stop_pid "${FUSE_PIDS[$i]}"
-    done
+    unmount_all
     if [[ -n $NBDKIT_PID ]] && kill -0 "$NBDKIT_PID" 2>/dev/null; then
         kill -TERM "$NBDKIT_PID"
         stop_pid "$NBDKIT_PID"
@@ -127,12 +110,6 @@ if [[ -z ${NO_BUILD:-} && $DMFS == "$DMFS_DEFAULT" ]]; then
     log "building release dmfs"
     (cd "$ROOT" && cargo build --release --quiet)
 fi
-need_pkg() {   # need_pkg COMMAND DEBIAN-PACKAGE
-    command -v "$1" >/dev/null && return 0
-    log "installing $2"
-    apt-get install -y "$2" >/dev/null 2>&1 ||
-        { apt-get update >/dev/null && apt-get install -y "$2" >/dev/null; }
-}
 need_pkg fio fio
 need_pkg python3 python3
 need_pkg cryptsetup cryptsetup-bin
@@ -220,23 +197,6 @@ os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)' "$1"
 recache "$IMG"
 
 # ---- 3. dmfs ----------------------------------------------------------------------------------
-mount_dmfs() {   # mount_dmfs DIR ARGS...: a foreground daemon in the background
-    local dir=$1; shift
-    local logf
-    logf=$BENCH_DIR/dmfs-$(basename "$dir").log
-    log "mounting dmfs on $dir${*:+ ($*)}"
-    "$DMFS" mount -f "$dir" "$@" < /dev/null > "$logf" 2>&1 &
-    FUSE_DIRS+=("$dir")
-    FUSE_PIDS+=($!)
-    for _ in $(seq 200); do
-        is_mounted "$dir" && [[ -e $dir/ctl/version ]] && return 0
-        kill -0 "$!" 2>/dev/null || break
-        sleep 0.05
-    done
-    cat "$logf" >&2
-    echo "dmfs did not mount on $dir" >&2
-    exit 1
-}
 masked() { sed -E 's/(crypt [^ ]+ )[0-9a-fA-F]+/\1<key>/'; }
 make_devices() {   # make_devices MNT: crypt and linear over the payload of luks.img
     local m=$1
@@ -283,8 +243,8 @@ done
 log "mounting nbdfuse on $NBD_FILE"
 touch "$NBD_FILE"
 nbdfuse "$NBD_FILE" --unix "$NBD_SOCK" > "$BENCH_DIR/nbdfuse.log" 2>&1 &
-FUSE_DIRS+=("$NBD_FILE")
-FUSE_PIDS+=($!)
+MOUNT_DIRS+=("$NBD_FILE")
+MOUNT_PIDS+=($!)
 for _ in $(seq 100); do
     is_mounted "$NBD_FILE" && break
     kill -0 "$!" 2>/dev/null || break
@@ -296,8 +256,8 @@ log "mounting luksdemount on $LMNT"
 # -v keeps it in the foreground (so its pid is known); its per-request messages are compiled
 # in only with debug output, which this build has not.
 "$LUKSDE_BIN" -v -p "$PASSPHRASE" "$IMG" "$LMNT" > "$BENCH_DIR/luksdemount.log" 2>&1 &
-FUSE_DIRS+=("$LMNT")
-FUSE_PIDS+=($!)
+MOUNT_DIRS+=("$LMNT")
+MOUNT_PIDS+=($!)
 for _ in $(seq 100); do
     is_mounted "$LMNT" && [[ -e $LMNT/luksde1 ]] && break
     kill -0 "$!" 2>/dev/null || break
@@ -305,7 +265,7 @@ for _ in $(seq 100); do
 done
 [[ -e $LMNT/luksde1 ]] || { cat "$BENCH_DIR/luksdemount.log" >&2; echo "luksdemount never mounted" >&2; exit 1; }
 
-DMFS_PID=${FUSE_PIDS[0]} DMFS_D_PID=${FUSE_PIDS[1]} NBDFUSE_PID=${FUSE_PIDS[2]} LUKSDE_PID=${FUSE_PIDS[3]}
+DMFS_PID=${MOUNT_PIDS[0]} DMFS_D_PID=${MOUNT_PIDS[1]} NBDFUSE_PID=${MOUNT_PIDS[2]} LUKSDE_PID=${MOUNT_PIDS[3]}
 target_file() {
     case $1 in
         crypt|linear) echo "$MNT/dev/$1" ;;
@@ -555,24 +515,9 @@ SECTION=$(
     echo "$TABLE"
     echo "<!-- benches/luks.sh: end -->"
 )
-write_section() {   # write_section FILE SECTION-FILE: replaces this script's section, or adds it at the end
-    python3 - "$1" "$2" <<'EOF'
-import os, sys
-path = sys.argv[1]
-new = open(sys.argv[2]).read().rstrip("\n") + "\n"
-old = open(path).read() if os.path.exists(path) else ""
-b, e = "<!-- benches/luks.sh: begin -->", "<!-- benches/luks.sh: end -->"
-if b in old and e in old:
-    i, j = old.index(b), old.index(e) + len(e)
-    out = old[:i] + new.rstrip("\n") + old[j:]
-else:
-    out = old.rstrip("\n") + ("\n\n" if old else "") + new
-open(path, "w").write(out)
-EOF
-}
 if [[ -n $COMPLETE ]]; then
     echo "$SECTION" > "$BENCH_DIR/section.md"
-    write_section "$RESULTS" "$BENCH_DIR/section.md"
+    write_section luks.sh "$RESULTS" "$BENCH_DIR/section.md"
     log "section written to $RESULTS"
 else
     INCOMPLETE=${INCOMPLETE_RESULTS:-/tmp/dmfs-bench-luks.incomplete.md}

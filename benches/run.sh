@@ -26,6 +26,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=benches/lib.sh
+. "$ROOT/benches/lib.sh"
 BENCH_DIR=${BENCH_DIR:-/tmp/dmfs-bench}
 RUNTIME=${RUNTIME:-5}
 SIZE_MIB=1024                 # backing image size
@@ -40,13 +42,7 @@ MNT_D=$BENCH_DIR/mnt-direct   # --cache direct
 MNT_W=$BENCH_DIR/mnt-wb       # --cache writeback
 QSD_FILE=$BENCH_DIR/qsd-export
 QSD_PID=
-MOUNT_DIRS=()                 # dmfs mounts this run made, and their daemons' pids
-MOUNT_PIDS=()
 STARTED_DIR=
-
-log() { printf '== %s\n' "$*" >&2; }
-
-is_mounted() { awk -v m="$1" '$2 == m { f = 1 } END { exit !f }' /proc/mounts; }
 
 cleanup() {
     local rc=$?
@@ -59,18 +55,7 @@ cleanup() {
         wait "$QSD_PID" 2>/dev/null
     fi
     is_mounted "$QSD_FILE" && { umount "$QSD_FILE" 2>/dev/null || umount -l "$QSD_FILE"; }
-    local i dir dpid
-    for i in "${!MOUNT_DIRS[@]}"; do
-        dir=${MOUNT_DIRS[$i]} dpid=${MOUNT_PIDS[$i]}
-        is_mounted "$dir" && { umount "$dir" 2>/dev/null || umount -l "$dir"; }
-        for _ in $(seq 100); do kill -0 "$dpid" 2>/dev/null || break; sleep 0.1; done
-        if kill -0 "$dpid" 2>/dev/null; then
-            kill -TERM "$dpid"
-            for _ in $(seq 50); do kill -0 "$dpid" 2>/dev/null || break; sleep 0.1; done
-            kill -0 "$dpid" 2>/dev/null && kill -KILL "$dpid"
-        fi
-        wait "$dpid" 2>/dev/null
-    done
+    unmount_all
     if awk -v d="$BENCH_DIR/" 'index($2, d) == 1 { f = 1 } END { exit !f }' /proc/mounts; then
         log "something is still mounted under $BENCH_DIR: scratch left in place"
     elif [[ -n $STARTED_DIR && -z ${KEEP:-} ]]; then
@@ -133,23 +118,6 @@ cat a.img > /dev/null; cat b.img > /dev/null
 SECTORS=$((SIZE_MIB * 2048))     # 512-byte sectors in one image
 Q=$((SECTORS / 4))
 
-# mount_dmfs DIR ARGS...: a foreground daemon in the background, so we know its pid
-mount_dmfs() {
-    local dir=$1; shift
-    local logf=$BENCH_DIR/dmfs-$(basename "$dir").log
-    log "mounting dmfs on $dir${*:+ ($*)}"
-    "$DMFS" mount -f "$dir" "$@" < /dev/null > "$logf" 2>&1 &
-    MOUNT_DIRS+=("$dir")
-    MOUNT_PIDS+=($!)
-    for _ in $(seq 200); do
-        is_mounted "$dir" && [[ -e $dir/ctl/version ]] && return 0
-        kill -0 "$!" 2>/dev/null || break
-        sleep 0.05
-    done
-    cat "$logf" >&2
-    echo "dmfs did not mount on $dir" >&2
-    exit 1
-}
 # make_map MNT NAME: the benchmark's maps, by name
 make_map() {
     local m=$1 d=$2

@@ -106,7 +106,7 @@ const ZEROS_LEN: usize = 1 << 20;
 /// zero page, which an anonymous mapping only read would show: FUSE pins the pages of a reply,
 /// and pinning the zero page takes the kernel's slow path for every page of it.
 pub fn zeros(len: usize) -> Option<&'static [u8]> {
-    static ZEROS: OnceLock<Option<FileMapZeros>> = OnceLock::new();
+    static ZEROS: OnceLock<Option<ZerosBase>> = OnceLock::new();
     let zeros = ZEROS.get_or_init(|| {
         // SAFETY: a fresh private anonymous mapping, populated (its pages written in, zeroed)
         // and then made read-only; the kernel picks the address.
@@ -123,7 +123,7 @@ pub fn zeros(len: usize) -> Option<&'static [u8]> {
                 return None;
             }
             libc::mprotect(base, ZEROS_LEN, libc::PROT_READ);
-            Some(FileMapZeros(base.cast()))
+            Some(ZerosBase(base.cast()))
         }
     });
     let zeros = zeros.as_ref()?;
@@ -132,10 +132,10 @@ pub fn zeros(len: usize) -> Option<&'static [u8]> {
 }
 
 /// The address of the zeros mapping (kept for the process's life).
-struct FileMapZeros(*const u8);
+struct ZerosBase(*const u8);
 // SAFETY: the mapping is read-only and never unmapped.
-unsafe impl Send for FileMapZeros {}
-unsafe impl Sync for FileMapZeros {}
+unsafe impl Send for ZerosBase {}
+unsafe impl Sync for ZerosBase {}
 
 impl Drop for FileMap {
     fn drop(&mut self) {
